@@ -1,0 +1,140 @@
+//! The answer cache in front of every provider.
+//!
+//! How long an answer may be reused depends on what it says (PROVIDERS.md): a finished
+//! session for long, an open one briefly and never past its own expiry, a not-found very
+//! briefly, and an error never. Concurrent misses for one key share one upstream call
+//! (`try_get_with`), including calls whose answer is not stored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::domain::{CheckoutStatus, FetchError, FetchResult};
+use crate::providers::SessionProvider;
+
+/// Lifetimes per kind of answer; each is a setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// `COMPLETED`, `CANCELLED`, `EXPIRED`: these no longer change.
+    pub terminal: Duration,
+    /// `FAILED`: the customer may retry within the same session.
+    pub failed: Duration,
+    /// `OPEN`, `ACTION_REQUIRED`, `PROCESSING`, `UNKNOWN`.
+    pub open: Duration,
+    /// A 404: may be a session created a moment ago, or a key of the wrong environment.
+    pub not_found: Duration,
+    /// The most entries kept.
+    pub max_entries: u64,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            terminal: Duration::from_secs(3600),
+            failed: Duration::from_secs(30),
+            open: Duration::from_secs(5),
+            not_found: Duration::from_secs(2),
+            max_entries: 100_000,
+        }
+    }
+}
+
+impl CachePolicy {
+    /// How long this answer may be reused from now; `None` or zero means not at all.
+    pub fn lifetime(&self, answer: &FetchResult) -> Option<Duration> {
+        match answer {
+            Ok(session) => {
+                let by_status = match session.status {
+                    CheckoutStatus::Completed | CheckoutStatus::Cancelled | CheckoutStatus::Expired => {
+                        return Some(self.terminal)
+                    }
+                    CheckoutStatus::Failed => self.failed,
+                    CheckoutStatus::Open
+                    | CheckoutStatus::ActionRequired
+                    | CheckoutStatus::Processing
+                    | CheckoutStatus::Unknown => self.open,
+                };
+                // A session still in play must not be served as open after it has expired.
+                let until_expiry =
+                    session.expires_at.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+                Some(until_expiry.map_or(by_status, |left| left.min(by_status)))
+            }
+            Err(FetchError::NotFound) => Some(self.not_found),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A stored answer: a session or a not-found, with the moment it stops being reusable.
+#[derive(Clone, Debug)]
+struct Entry {
+    answer: FetchResult,
+    expires_at: Instant,
+}
+
+struct ByAnswer;
+
+impl Expiry<Key, Entry> for ByAnswer {
+    fn expire_after_create(&self, _key: &Key, value: &Entry, created_at: Instant) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(created_at))
+    }
+}
+
+/// Whose view (provider, environment, credential fingerprint) and which session.
+type Key = (Arc<str>, Box<str>);
+
+/// An answer and for how much longer a client may reuse it (`None`: not at all).
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    pub answer: FetchResult,
+    pub reusable_for: Option<Duration>,
+}
+
+/// One cache for every provider: bounded in total, keyed by whose view and which session.
+#[derive(Debug)]
+pub struct SessionCache {
+    policy: CachePolicy,
+    cache: Cache<Key, Entry>,
+}
+
+impl SessionCache {
+    pub fn new(policy: CachePolicy) -> Self {
+        let cache =
+            Cache::builder().name("sessions").max_capacity(policy.max_entries).expire_after(ByAnswer).build();
+        Self { policy, cache }
+    }
+
+    /// The stored answer for `id` as `provider` sees it, or the provider's answer now (shared
+    /// with every concurrent asker of the same key, and stored if it may be reused).
+    pub async fn lookup(&self, provider: &dyn SessionProvider, id: &str) -> Lookup {
+        let key: Key = (Arc::from(provider.scope()), Box::from(id));
+        let stored = self
+            .cache
+            .try_get_with(key, async {
+                let answer = provider.fetch_session(id).await;
+                match self.policy.lifetime(&answer) {
+                    Some(lifetime) if !lifetime.is_zero() => {
+                        Ok(Entry { answer, expires_at: Instant::now() + lifetime })
+                    }
+                    // Shared with the concurrent askers of this key, but not stored.
+                    _ => Err(answer),
+                }
+            })
+            .await;
+        match stored {
+            Ok(entry) => Lookup {
+                answer: entry.answer,
+                reusable_for: Some(entry.expires_at.saturating_duration_since(Instant::now())),
+            },
+            Err(unstored) => Lookup { answer: (*unstored).clone(), reusable_for: None },
+        }
+    }
+
+    /// How many answers are stored now (approximate until pending maintenance runs).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

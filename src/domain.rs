@@ -1,0 +1,274 @@
+//! The gateway's own model of a checkout session and of what can go wrong fetching one.
+//!
+//! Every provider module maps its wire format into these types; nothing above the providers
+//! knows a provider's JSON. The GraphQL layer derives its enums from here so that a status or
+//! a reason is defined once.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+/// A payment provider the gateway can ask. Adding one means a variant here and a module in
+/// `providers/`.
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    /// DHMAD, the escrow platform.
+    Dhmad,
+    /// Dodo Payments.
+    Dodo,
+}
+
+impl Provider {
+    /// The name people and logs use for the provider.
+    pub fn label(self) -> &'static str {
+        match self {
+            Provider::Dhmad => "DHMAD",
+            Provider::Dodo => "Dodo Payments",
+        }
+    }
+
+    /// A short, stable, lower-case name for metrics labels and cache keys.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Provider::Dhmad => "dhmad",
+            Provider::Dodo => "dodo",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The provider-independent state of a session (see PROVIDERS.md for the mapping).
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckoutStatus {
+    /// Waiting for the person to act.
+    Open,
+    /// The payment needs something from the customer or the merchant.
+    ActionRequired,
+    /// The payment is being processed.
+    Processing,
+    /// Done: the action was completed or the payment succeeded.
+    Completed,
+    /// The payment failed; the customer may retry within the same session.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// The session expired before completion.
+    Expired,
+    /// The provider answered with a value this gateway does not know yet (kept in `providerStatus`).
+    Unknown,
+}
+
+/// One checkout session as the gateway reports it, whichever provider holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckoutSession {
+    pub provider: Provider,
+    pub id: String,
+    pub status: CheckoutStatus,
+    /// The provider's own word for the status, so nothing is lost by normalising.
+    pub provider_status: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub customer_email: Option<String>,
+    pub customer_name: Option<String>,
+    pub payment_id: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    /// When the gateway heard this from the provider; a cached answer keeps its original time.
+    pub fetched_at: DateTime<Utc>,
+    pub details: SessionDetails,
+}
+
+/// What only one provider knows about a session.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionDetails {
+    Dhmad(DhmadDetails),
+    Dodo(DodoDetails),
+}
+
+#[derive(async_graphql::SimpleObject, Clone, Debug, PartialEq)]
+#[graphql(name = "DhmadSessionDetails")]
+pub struct DhmadDetails {
+    /// The escrow this session belongs to.
+    pub escrow_id: Option<String>,
+    /// What the person was asked to do.
+    pub action: DhmadAction,
+    /// DHMAD's own word for the action (useful when `action` is `UNKNOWN`).
+    pub raw_action: Option<String>,
+    /// Email of the user who was meant to act.
+    pub target_user_email: Option<String>,
+}
+
+#[derive(async_graphql::SimpleObject, Clone, Debug, PartialEq)]
+#[graphql(name = "DodoSessionDetails")]
+pub struct DodoDetails {
+    /// The payment created by the session; null while the customer is still entering details.
+    pub payment_id: Option<String>,
+    /// The payment's status; null while there is no payment. `UNKNOWN` keeps new values
+    /// (the raw value is in `CheckoutSession.providerStatus`).
+    pub payment_status: Option<DodoPaymentStatus>,
+}
+
+/// The action a DHMAD session asks the person to take.
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DhmadAction {
+    SignContract,
+    AcceptPay,
+    Complete,
+    Dispute,
+    RequestCancellation,
+    RejectCancellation,
+    AcceptCancellation,
+    CancelEscrow,
+    SubmitProof,
+    ReviewProof,
+    /// A value this gateway does not know yet (see `rawAction`).
+    Unknown,
+}
+
+impl DhmadAction {
+    pub fn from_wire(raw: &str) -> Self {
+        match raw {
+            "sign_contract" => Self::SignContract,
+            "accept_pay" => Self::AcceptPay,
+            "complete" => Self::Complete,
+            "dispute" => Self::Dispute,
+            "request_cancellation" => Self::RequestCancellation,
+            "reject_cancellation" => Self::RejectCancellation,
+            "accept_cancellation" => Self::AcceptCancellation,
+            "cancel_escrow" => Self::CancelEscrow,
+            "submit_proof" => Self::SubmitProof,
+            "review_proof" => Self::ReviewProof,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Dodo's `IntentStatus`, plus `UNKNOWN` for values added after this gateway was built.
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DodoPaymentStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    Processing,
+    RequiresCustomerAction,
+    RequiresMerchantAction,
+    RequiresPaymentMethod,
+    RequiresConfirmation,
+    RequiresCapture,
+    PartiallyCaptured,
+    PartiallyCapturedAndCapturable,
+    Unknown,
+}
+
+impl DodoPaymentStatus {
+    pub fn from_wire(raw: &str) -> Self {
+        match raw {
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            "processing" => Self::Processing,
+            "requires_customer_action" => Self::RequiresCustomerAction,
+            "requires_merchant_action" => Self::RequiresMerchantAction,
+            "requires_payment_method" => Self::RequiresPaymentMethod,
+            "requires_confirmation" => Self::RequiresConfirmation,
+            "requires_capture" => Self::RequiresCapture,
+            "partially_captured" => Self::PartiallyCaptured,
+            "partially_captured_and_capturable" => Self::PartiallyCapturedAndCapturable,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The stable codes a client switches on. They appear as the `code` of an error in the result
+/// union and as `extensions.code` where a GraphQL error is the only way out.
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    InvalidId,
+    ProviderUnavailable,
+}
+
+/// Why a provider could not give an answer.
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnavailableReason {
+    /// The gateway has no credentials for this provider.
+    NotConfigured,
+    /// The provider said 429.
+    RateLimited,
+    /// The provider answered 5xx or a status the gateway does not expect.
+    UpstreamError,
+    /// The provider did not answer within the upstream timeout.
+    Timeout,
+    /// The provider could not be reached (DNS, connect, TLS, connection reset).
+    ConnectionFailed,
+    /// The provider answered 200 with a body that is not a session.
+    InvalidResponse,
+}
+
+/// Everything that can stop the gateway from answering with a session. Messages are the
+/// gateway's own words: never a credential, an upstream URL or an upstream body.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum FetchError {
+    #[error("the provider rejected the gateway's credentials")]
+    Unauthorized,
+    #[error("the gateway's account may not read this checkout session")]
+    Forbidden,
+    #[error("no checkout session with this id")]
+    NotFound,
+    #[error("invalid checkout session id: {0}")]
+    InvalidId(&'static str),
+    #[error("{}", unavailable_message(*reason, *upstream_status, *retry_after_seconds))]
+    Unavailable {
+        reason: UnavailableReason,
+        /// The HTTP status the provider answered with, when it answered.
+        upstream_status: Option<u16>,
+        /// How long the provider asked us to wait, when it said.
+        retry_after_seconds: Option<u64>,
+    },
+}
+
+fn unavailable_message(reason: UnavailableReason, status: Option<u16>, wait: Option<u64>) -> String {
+    let what = match reason {
+        UnavailableReason::NotConfigured => "the gateway has no credentials for this provider",
+        UnavailableReason::RateLimited => "the provider is rate limiting the gateway",
+        UnavailableReason::UpstreamError => "the provider answered with an error",
+        UnavailableReason::Timeout => "the provider did not answer in time",
+        UnavailableReason::ConnectionFailed => "the provider could not be reached",
+        UnavailableReason::InvalidResponse => "the provider's answer could not be understood",
+    };
+    let mut message = what.to_owned();
+    if let Some(status) = status {
+        message.push_str(&format!(" (HTTP {status})"));
+    }
+    if let Some(wait) = wait {
+        message.push_str(&format!("; retry after {wait} s"));
+    }
+    message
+}
+
+impl FetchError {
+    pub fn unavailable(reason: UnavailableReason) -> Self {
+        FetchError::Unavailable { reason, upstream_status: None, retry_after_seconds: None }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FetchError::Unauthorized => ErrorCode::Unauthorized,
+            FetchError::Forbidden => ErrorCode::Forbidden,
+            FetchError::NotFound => ErrorCode::NotFound,
+            FetchError::InvalidId(_) => ErrorCode::InvalidId,
+            FetchError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
+        }
+    }
+}
+
+/// What a lookup yields: a shared, immutable session (cache hits hand out the same `Arc`).
+pub type FetchResult = Result<Arc<CheckoutSession>, FetchError>;

@@ -1,0 +1,203 @@
+//! The GraphQL schema: thin resolvers over [`SessionService`]. Each answer becomes a member of
+//! the `CheckoutSessionResult` union; the federation entity resolver goes through the same
+//! service, so a router's fetch of a cached session costs no upstream call.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_graphql::{
+    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, PathSegment, SDLExportOptions,
+    Schema, SchemaBuilder, Value, ID,
+};
+
+use crate::cache::Lookup;
+use crate::domain::Provider;
+use crate::service::SessionService;
+
+mod types;
+
+pub use types::{CheckoutError, CheckoutSessionRef, CheckoutSessionResult, CheckoutSessionView};
+
+pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
+
+/// What the resolvers need, shared by every request.
+#[derive(Debug)]
+pub struct Gateway {
+    pub service: Arc<SessionService>,
+    /// Most refs one `checkoutSessions` call may ask for.
+    pub batch_max: usize,
+}
+
+/// Generous for any real query (ours nest four levels; introspection about a dozen), tight
+/// enough to refuse pathological documents before they run.
+const MAX_DEPTH: usize = 32;
+const MAX_COMPLEXITY: usize = 5_000;
+
+fn builder() -> SchemaBuilder<Query, EmptyMutation, EmptySubscription> {
+    Schema::build(Query, EmptyMutation, EmptySubscription)
+        .enable_federation()
+        // The interface is reached only through its implementers; register it so it is in
+        // the schema for clients to spread on.
+        .register_output_type::<CheckoutError>()
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+}
+
+pub fn schema(gateway: Gateway) -> GatewaySchema {
+    builder().data(gateway).finish()
+}
+
+/// The SDL a federation composition is given; `schema.graphql` holds exactly this.
+pub fn sdl() -> String {
+    builder().finish().sdl_with_options(SDLExportOptions::new().federation())
+}
+
+/// Collects, over one response, how long its content may be reused, for `Cache-Control`.
+/// Put one in each request's data; resolvers report every lookup to it.
+#[derive(Clone, Debug, Default)]
+pub struct CacheHint(Arc<Mutex<HintState>>);
+
+#[derive(Debug, Default)]
+struct HintState {
+    /// The shortest remaining lifetime seen so far; `None` before any lookup.
+    shortest: Option<Duration>,
+    /// Set once anything that must not be reused (an error, an uncacheable answer) is seen.
+    no_store: bool,
+}
+
+impl CacheHint {
+    fn observe(&self, lookup: &Lookup) {
+        let mut state = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match lookup.reusable_for {
+            Some(left) if lookup.answer.is_ok() => {
+                state.shortest = Some(state.shortest.map_or(left, |s| s.min(left)));
+            }
+            _ => state.no_store = true,
+        }
+    }
+
+    /// `private, max-age=N` for a response made only of reusable sessions; `no-store` for one
+    /// with any error, any answer that must not be reused, or no session at all.
+    pub fn header_value(&self, response_has_errors: bool) -> String {
+        let state = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match state.shortest {
+            Some(left) if !state.no_store && !response_has_errors => {
+                format!("private, max-age={}", left.as_secs())
+            }
+            _ => "no-store".to_owned(),
+        }
+    }
+}
+
+fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
+    // Registered in `schema()`; a schema without it is a programming error caught by tests.
+    ctx.data_unchecked::<Gateway>()
+}
+
+fn observe(ctx: &Context<'_>, lookup: &Lookup) {
+    if let Some(hint) = ctx.data_opt::<CacheHint>() {
+        hint.observe(lookup);
+    }
+}
+
+#[derive(Debug)]
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// One checkout session, or the typed reason there is none.
+    async fn checkout_session(&self, ctx: &Context<'_>, provider: Provider, id: ID) -> CheckoutSessionResult {
+        let lookup = gateway(ctx).service.get(provider, &id).await;
+        observe(ctx, &lookup);
+        CheckoutSessionResult::from_answer(provider, lookup.answer)
+    }
+
+    /// Many sessions at once, answered in input order. A ref repeated in one call is fetched
+    /// once. At most 100 refs (GATEWAY_BATCH_MAX); more is refused with `BATCH_TOO_LARGE`
+    /// before any upstream call.
+    async fn checkout_sessions(
+        &self,
+        ctx: &Context<'_>,
+        refs: Vec<CheckoutSessionRef>,
+    ) -> async_graphql::Result<Vec<CheckoutSessionResult>> {
+        let gateway = gateway(ctx);
+        if refs.len() > gateway.batch_max {
+            let (max, given) = (gateway.batch_max, refs.len());
+            return Err(async_graphql::Error::new(format!(
+                "checkoutSessions takes at most {max} refs; {given} were given"
+            ))
+            .extend_with(|_, ext| {
+                ext.set("code", "BATCH_TOO_LARGE");
+                ext.set("max", max);
+                ext.set("given", given);
+            }));
+        }
+        let keys: Vec<(Provider, &str)> = refs.iter().map(|r| (r.provider, r.id.as_str())).collect();
+        let lookups = gateway.service.get_many(&keys).await;
+        Ok(refs
+            .iter()
+            .zip(lookups)
+            .map(|(r, lookup)| {
+                observe(ctx, &lookup);
+                CheckoutSessionResult::from_answer(r.provider, lookup.answer)
+            })
+            .collect())
+    }
+
+    /// Federation entity resolver for `CheckoutSession @key(fields: "provider id")`.
+    ///
+    /// A session that cannot be resolved is `null` with an error at `_entities.<index>` whose
+    /// `extensions.code` says why; the other representations are unaffected. (Returning an
+    /// `Err` would fail the whole `_entities` list in async-graphql.)
+    #[graphql(entity)]
+    async fn find_checkout_session(
+        &self,
+        ctx: &Context<'_>,
+        provider: Provider,
+        id: ID,
+    ) -> Option<CheckoutSessionView> {
+        let lookup = gateway(ctx).service.get(provider, &id).await;
+        observe(ctx, &lookup);
+        match lookup.answer {
+            Ok(session) => Some(CheckoutSessionView(session)),
+            Err(error) => {
+                let mut server_error =
+                    types::to_graphql_error(provider, &error).into_server_error(ctx.item.pos);
+                server_error.path = entity_path(ctx, provider, &id);
+                ctx.add_error(server_error);
+                None
+            }
+        }
+    }
+}
+
+/// The response path of the representation `(provider, id)`: `_entities.<index>`. The entity
+/// resolver is not told its index, so it is found in the arguments (only on the error path).
+fn entity_path(ctx: &Context<'_>, provider: Provider, id: &str) -> Vec<PathSegment> {
+    let field = PathSegment::Field(ctx.item.node.response_key().node.to_string());
+    // Variables carry the enum as a string, an inline literal as an enum value.
+    let provider_name = match async_graphql::resolver_utils::enum_value(provider) {
+        Value::Enum(name) => name.to_string(),
+        _ => String::new(),
+    };
+    let is_provider = |value: Option<&Value>| match value {
+        Some(Value::Enum(name)) => name.as_str() == provider_name,
+        Some(Value::String(name)) => *name == provider_name,
+        _ => false,
+    };
+    let index = ctx.param_value::<Vec<async_graphql::Any>>("representations", None).ok().and_then(
+        |(_, representations)| {
+            representations.iter().position(|rep| match &rep.0 {
+                Value::Object(fields) => {
+                    is_provider(fields.get("provider"))
+                        && matches!(fields.get("id"), Some(Value::String(given)) if given == id)
+                }
+                _ => false,
+            })
+        },
+    );
+    match index {
+        Some(index) => vec![field, PathSegment::Index(index)],
+        None => vec![field],
+    }
+}

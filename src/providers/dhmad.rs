@@ -1,0 +1,132 @@
+//! DHMAD (escrow platform): `GET {base}/sessions/{uuid}` with a Bearer key.
+//! Wire format and error bodies: PROVIDERS.md.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::upstream::{Upstream, UpstreamResponse};
+use super::SessionProvider;
+use crate::domain::{
+    CheckoutSession, CheckoutStatus, DhmadAction, DhmadDetails, FetchError, FetchResult, Provider,
+    SessionDetails,
+};
+
+#[derive(Debug)]
+pub struct DhmadClient {
+    upstream: Upstream,
+}
+
+impl DhmadClient {
+    pub fn new(upstream: Upstream) -> Self {
+        Self { upstream }
+    }
+}
+
+#[async_trait]
+impl SessionProvider for DhmadClient {
+    fn provider(&self) -> Provider {
+        Provider::Dhmad
+    }
+
+    fn scope(&self) -> &str {
+        self.upstream.scope()
+    }
+
+    async fn fetch_session(&self, id: &str) -> FetchResult {
+        validate_id(id)?;
+        let response = self.upstream.get(&["sessions", id]).await?;
+        if response.status != 200 {
+            return Err(self.upstream.error_for(&response, body_retry_after(&response)));
+        }
+        let envelope: Envelope =
+            serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
+        Ok(Arc::new(envelope.session.into_domain(id)))
+    }
+}
+
+/// DHMAD session ids are UUIDs; anything else cannot exist there.
+fn validate_id(id: &str) -> Result<(), FetchError> {
+    uuid::Uuid::try_parse(id).map(|_| ()).map_err(|_| FetchError::InvalidId("a DHMAD session id is a UUID"))
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    session: WireSession,
+}
+
+/// Only `status` and `createdAt` are needed to describe a session; everything else may be
+/// absent or null without failing the parse.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireSession {
+    status: String,
+    created_at: DateTime<Utc>,
+    #[serde(default)]
+    escrow_id: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    target_user_email: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl WireSession {
+    fn into_domain(self, id: &str) -> CheckoutSession {
+        CheckoutSession {
+            provider: Provider::Dhmad,
+            id: id.to_owned(),
+            status: normalise(&self.status),
+            provider_status: Some(self.status),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            completed_at: self.completed_at,
+            // The person DHMAD asked to act is the closest thing it has to a customer.
+            customer_email: self.target_user_email.clone(),
+            customer_name: None,
+            payment_id: None,
+            metadata: self.metadata.filter(|m| !m.is_null()),
+            fetched_at: Utc::now(),
+            details: SessionDetails::Dhmad(DhmadDetails {
+                escrow_id: self.escrow_id,
+                action: self.action.as_deref().map_or(DhmadAction::Unknown, DhmadAction::from_wire),
+                raw_action: self.action,
+                target_user_email: self.target_user_email,
+            }),
+        }
+    }
+}
+
+fn normalise(status: &str) -> CheckoutStatus {
+    match status {
+        "pending" => CheckoutStatus::Open,
+        "completed" => CheckoutStatus::Completed,
+        "expired" => CheckoutStatus::Expired,
+        "cancelled" => CheckoutStatus::Cancelled,
+        _ => CheckoutStatus::Unknown,
+    }
+}
+
+/// DHMAD's error bodies come in several shapes (`{"error": "..."}`, `{"error": "...",
+/// "message": "..."}`, `{"error": {"code": ...}}`); only `retryAfter` on a 429 matters to the
+/// gateway, and any shape, or no JSON at all, must be accepted.
+fn body_retry_after(response: &UpstreamResponse) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        #[serde(default, rename = "retryAfter")]
+        retry_after: Option<serde_json::Value>,
+    }
+    let body: ErrorBody = serde_json::from_slice(&response.body).ok()?;
+    match body.retry_after? {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0).ceil() as u64)),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,131 @@
+//! Dodo Payments: `GET {base}/checkouts/{id}` with a Bearer key.
+//! Wire format (OpenAPI `GetCheckoutSessionsStatus`) and errors: PROVIDERS.md.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::upstream::Upstream;
+use super::SessionProvider;
+use crate::domain::{
+    CheckoutSession, CheckoutStatus, DodoDetails, DodoPaymentStatus, FetchError, FetchResult, Provider,
+    SessionDetails,
+};
+
+/// Far longer than any id Dodo issues (`cks_` and a short token); a bound keeps junk out of
+/// logs and the cache.
+const MAX_ID_LEN: usize = 128;
+
+#[derive(Debug)]
+pub struct DodoClient {
+    upstream: Upstream,
+}
+
+impl DodoClient {
+    pub fn new(upstream: Upstream) -> Self {
+        Self { upstream }
+    }
+}
+
+#[async_trait]
+impl SessionProvider for DodoClient {
+    fn provider(&self) -> Provider {
+        Provider::Dodo
+    }
+
+    fn scope(&self) -> &str {
+        self.upstream.scope()
+    }
+
+    async fn fetch_session(&self, id: &str) -> FetchResult {
+        validate_id(id)?;
+        let response = self.upstream.get(&["checkouts", id]).await?;
+        if response.status != 200 {
+            // Dodo's error body (`{"code", "message"}`) adds nothing the status does not say;
+            // the wait comes from headers.
+            return Err(self.upstream.error_for(&response, None));
+        }
+        let wire: WireSession =
+            serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
+        Ok(Arc::new(wire.into_domain(id)))
+    }
+}
+
+/// Dodo does not document its id format beyond `cks_…`, so only what can never be an id, or
+/// could change which endpoint is called, is refused.
+fn validate_id(id: &str) -> Result<(), FetchError> {
+    if id.is_empty() {
+        return Err(FetchError::InvalidId("the id is empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(FetchError::InvalidId("the id is longer than 128 bytes"));
+    }
+    if id == "." || id == ".." {
+        return Err(FetchError::InvalidId("the id is a path segment"));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace() || matches!(c, '/' | '\\' | '?' | '#' | '%')) {
+        return Err(FetchError::InvalidId(
+            "the id contains whitespace, a control character or one of / \\ ? # %",
+        ));
+    }
+    Ok(())
+}
+
+/// Only `id` and `created_at` are required by Dodo's schema; the rest may be null or absent.
+#[derive(Deserialize)]
+struct WireSession {
+    created_at: DateTime<Utc>,
+    #[serde(default)]
+    customer_email: Option<String>,
+    #[serde(default)]
+    customer_name: Option<String>,
+    #[serde(default)]
+    payment_id: Option<String>,
+    #[serde(default)]
+    payment_status: Option<String>,
+}
+
+impl WireSession {
+    fn into_domain(self, id: &str) -> CheckoutSession {
+        CheckoutSession {
+            provider: Provider::Dodo,
+            id: id.to_owned(),
+            status: normalise(self.payment_status.as_deref()),
+            created_at: self.created_at,
+            // The GET response carries no expiry and the lifetime depends on how the session
+            // was created, so none is guessed.
+            expires_at: None,
+            completed_at: None,
+            customer_email: self.customer_email,
+            customer_name: self.customer_name,
+            payment_id: self.payment_id.clone(),
+            metadata: None,
+            fetched_at: Utc::now(),
+            details: SessionDetails::Dodo(DodoDetails {
+                payment_id: self.payment_id,
+                payment_status: self.payment_status.as_deref().map(DodoPaymentStatus::from_wire),
+            }),
+            provider_status: self.payment_status,
+        }
+    }
+}
+
+fn normalise(payment_status: Option<&str>) -> CheckoutStatus {
+    match payment_status {
+        None => CheckoutStatus::Open,
+        Some(
+            "requires_customer_action"
+            | "requires_merchant_action"
+            | "requires_payment_method"
+            | "requires_confirmation"
+            | "requires_capture",
+        ) => CheckoutStatus::ActionRequired,
+        Some("processing" | "partially_captured_and_capturable") => CheckoutStatus::Processing,
+        Some("succeeded" | "partially_captured") => CheckoutStatus::Completed,
+        Some("failed") => CheckoutStatus::Failed,
+        Some("cancelled") => CheckoutStatus::Cancelled,
+        Some(_) => CheckoutStatus::Unknown,
+    }
+}

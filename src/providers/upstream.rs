@@ -1,0 +1,265 @@
+//! What every provider's HTTP call shares: the credential, the base URL, the bound on
+//! concurrent calls, the timeout, and the mapping of transport failures and HTTP statuses to
+//! [`FetchError`].
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::config::ProviderConfig;
+use crate::domain::{FetchError, Provider, UnavailableReason};
+
+/// Everything but RFC 3986 unreserved characters is escaped, so an id can never add a path
+/// segment, a query or a fragment (`/`, `?`, `#`, `%` are all escaped).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// A provider answer larger than this is not a checkout session; reading stops there.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// One provider endpoint as seen with one credential.
+pub struct Upstream {
+    provider: Provider,
+    client: reqwest::Client,
+    base_url: String,
+    /// `Bearer <key>`, marked sensitive so that no HTTP-layer log prints it.
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+    permits: Semaphore,
+    scope: String,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .field("configured", &self.authorization.is_some())
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A provider's answer, read in full, before the provider module interprets it.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Upstream {
+    pub fn new(
+        provider: Provider,
+        client: reqwest::Client,
+        config: &ProviderConfig,
+        timeout: Duration,
+        concurrency: usize,
+    ) -> anyhow::Result<Self> {
+        let base_url = config.base_url.trim_end_matches('/').to_owned();
+        let authorization = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                    anyhow::anyhow!(
+                        "the {provider} API key contains characters not allowed in an HTTP header"
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let fingerprint =
+            config.api_key.as_ref().map_or_else(|| "none".to_owned(), |key| fingerprint(key.expose()));
+        let scope = format!("{}|{}|{}", provider.slug(), base_url, fingerprint);
+        Ok(Self {
+            provider,
+            client,
+            base_url,
+            authorization,
+            timeout,
+            permits: Semaphore::new(concurrency.max(1)),
+            scope,
+        })
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// `GET {base}/{segments…}` with each segment percent-encoded. The whole call, including
+    /// the wait for a concurrency permit, is bounded by the upstream timeout.
+    pub async fn get(&self, segments: &[&str]) -> Result<UpstreamResponse, FetchError> {
+        let Some(authorization) = &self.authorization else {
+            return Err(FetchError::unavailable(UnavailableReason::NotConfigured));
+        };
+        let mut url = self.base_url.clone();
+        for segment in segments {
+            url.push('/');
+            url.extend(utf8_percent_encode(segment, PATH_SEGMENT));
+        }
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let _permit = self.permits.acquire().await.map_err(|_| {
+                // The semaphore is never closed; treat it as unreachable rather than panic.
+                FetchError::unavailable(UnavailableReason::ConnectionFailed)
+            })?;
+            let response = self
+                .client
+                .get(&url)
+                .header(AUTHORIZATION, authorization.clone())
+                .send()
+                .await
+                .map_err(transport_error)?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = read_bounded(response).await?;
+            Ok(UpstreamResponse { status, headers, body })
+        })
+        .await
+        .unwrap_or_else(|_| Err(FetchError::unavailable(UnavailableReason::Timeout)));
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &outcome {
+            Ok(response) => tracing::debug!(
+                provider = self.provider.slug(),
+                status = response.status,
+                elapsed_ms,
+                "upstream call"
+            ),
+            Err(error) => tracing::warn!(
+                provider = self.provider.slug(),
+                error = %error,
+                elapsed_ms,
+                "upstream call failed"
+            ),
+        }
+        outcome
+    }
+
+    /// Maps a non-success answer to the error a client sees. `body_retry_after` is what the
+    /// provider's body said about waiting, when its format has such a field.
+    pub fn error_for(&self, response: &UpstreamResponse, body_retry_after: Option<u64>) -> FetchError {
+        match response.status {
+            401 => FetchError::Unauthorized,
+            403 => FetchError::Forbidden,
+            404 => FetchError::NotFound,
+            // The provider says the id is malformed; we check ids before calling, so this is
+            // the provider's rule being stricter than ours.
+            400 | 422 => FetchError::InvalidId("the provider rejected this id as malformed"),
+            status => FetchError::Unavailable {
+                reason: match status {
+                    408 => UnavailableReason::Timeout,
+                    429 => UnavailableReason::RateLimited,
+                    _ => UnavailableReason::UpstreamError,
+                },
+                upstream_status: Some(status),
+                retry_after_seconds: body_retry_after.or_else(|| retry_after(&response.headers)),
+            },
+        }
+    }
+
+    /// The error for a 200 whose body is not what the provider documents.
+    pub fn invalid_body(&self, error: &serde_json::Error) -> FetchError {
+        tracing::warn!(
+            provider = self.provider.slug(),
+            error = %error,
+            "provider answered 200 with a body that is not a session"
+        );
+        FetchError::Unavailable {
+            reason: UnavailableReason::InvalidResponse,
+            upstream_status: Some(200),
+            retry_after_seconds: None,
+        }
+    }
+}
+
+/// A short, one-way fingerprint of a credential: enough to tell two keys apart in a cache
+/// key, useless for recovering the key.
+pub fn fingerprint(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn transport_error(error: reqwest::Error) -> FetchError {
+    // reqwest's error text can carry the URL; log the kind only.
+    tracing::debug!(timeout = error.is_timeout(), connect = error.is_connect(), "transport error");
+    if error.is_timeout() {
+        FetchError::unavailable(UnavailableReason::Timeout)
+    } else {
+        FetchError::unavailable(UnavailableReason::ConnectionFailed)
+    }
+}
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Bytes, FetchError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(FetchError::Unavailable {
+                reason: UnavailableReason::InvalidResponse,
+                upstream_status: Some(response.status().as_u16()),
+                retry_after_seconds: None,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// `Retry-After` in seconds (or an HTTP date), or Dodo's SDK's `retry-after-ms`, rounded up.
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some((ms / 1000.0).ceil() as u64);
+        }
+    }
+    let value = text(RETRY_AFTER.as_str())?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds);
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = date.signed_duration_since(chrono::Utc::now()).num_seconds();
+    Some(wait.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_cannot_escape() {
+        let encoded: String = utf8_percent_encode("../me?x=1#f%2e", PATH_SEGMENT).collect();
+        assert_eq!(encoded, "..%2Fme%3Fx%3D1%23f%252e");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(7));
+        headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(retry_after(&headers), Some(2));
+        headers.remove("retry-after-ms");
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&headers), Some(0));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn fingerprints_differ_and_hide_the_key() {
+        let a = fingerprint("sk_live_aaaa");
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, fingerprint("sk_live_aaab"));
+        assert!(!a.contains("aaaa"));
+    }
+}

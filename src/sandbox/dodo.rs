@@ -1,0 +1,99 @@
+//! Dodo Payments' API as the sandbox plays it: `GET /checkouts/{id}`, with Dodo's error bodies
+//! and rate-limit headers.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Duration;
+use serde_json::json;
+
+use super::{presented_key, SandboxState, SLOW_FIXTURE_DELAY};
+
+/// The sandbox's key. Public: it opens nothing real.
+pub const DEMO_KEY: &str = "demo_dodo_read_only_key";
+
+/// Every documented `payment_status`; `cks_demo_<status>` holds a session in that status.
+pub const PAYMENT_STATUSES: [&str; 11] = [
+    "succeeded",
+    "failed",
+    "cancelled",
+    "processing",
+    "requires_customer_action",
+    "requires_merchant_action",
+    "requires_payment_method",
+    "requires_confirmation",
+    "requires_capture",
+    "partially_captured",
+    "partially_captured_and_capturable",
+];
+/// Payment not started yet (`payment_status` null).
+pub const OPEN: &str = "cks_demo_open";
+/// A `payment_status` this gateway does not know.
+pub const NEW_STATUS: &str = "cks_demo_new_status";
+pub const UNAUTHORIZED: &str = "cks_err_401";
+pub const FORBIDDEN: &str = "cks_err_403";
+pub const NOT_FOUND: &str = "cks_err_404";
+pub const INVALID: &str = "cks_err_422";
+pub const RATE_LIMITED: &str = "cks_err_429";
+pub const SERVER_ERROR: &str = "cks_err_500";
+pub const GARBAGE: &str = "cks_err_garbage";
+pub const SLOW: &str = "cks_err_slow";
+
+pub(crate) fn router() -> Router<SandboxState> {
+    Router::new().route("/checkouts/{id}", get(checkout))
+}
+
+fn error(status: StatusCode, code: &str, message: Option<&str>) -> Response {
+    let body = match message {
+        Some(message) => json!({"code": code, "message": message}),
+        None => json!({"code": code}),
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn checkout(State(state): State<SandboxState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if presented_key(&headers) != Some(DEMO_KEY) || headers.contains_key("x-api-key") {
+        return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", Some("Invalid API key"));
+    }
+    let session = |status: Option<&str>| {
+        let paid = status.is_some();
+        Json(json!({
+            "id": id, "created_at": (state.started - Duration::minutes(10)).to_rfc3339(),
+            "customer_email": "ana@example.com", "customer_name": "Ana",
+            "payment_id": paid.then_some("pay_9Qz"), "payment_status": status
+        }))
+        .into_response()
+    };
+    if let Some(status) = id.strip_prefix("cks_demo_").filter(|s| PAYMENT_STATUSES.contains(s)) {
+        return session(Some(status));
+    }
+    match id.as_str() {
+        OPEN => session(None),
+        NEW_STATUS => session(Some("awaiting_bank_transfer")),
+        UNAUTHORIZED => error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", Some("Invalid API key")),
+        FORBIDDEN => {
+            error(StatusCode::FORBIDDEN, "FORBIDDEN", Some("This key may not read checkout sessions"))
+        }
+        INVALID => error(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST_PARAMETERS", Some("Invalid id")),
+        RATE_LIMITED => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", None);
+            let headers = response.headers_mut();
+            headers.insert("retry-after", "12".parse().expect("static header"));
+            headers.insert("x-ratelimit-limit", "40".parse().expect("static header"));
+            headers.insert("x-ratelimit-remaining", "0".parse().expect("static header"));
+            headers.insert("x-ratelimit-reset", "12".parse().expect("static header"));
+            response
+        }
+        SERVER_ERROR => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", Some("Something went wrong :("))
+        }
+        GARBAGE => (StatusCode::OK, Json(json!({"unexpected": true}))).into_response(),
+        SLOW => {
+            tokio::time::sleep(SLOW_FIXTURE_DELAY).await;
+            session(None)
+        }
+        _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("Item not found")),
+    }
+}

@@ -1,0 +1,104 @@
+//! Built-in stand-ins that speak each provider's real HTTP API on 127.0.0.1, with fixture
+//! sessions in every status and ids that produce every error. They make `--demo` work on a
+//! fresh machine with no keys, and they are the upstream for benchmarks.
+//!
+//! Fixture ids are listed in the README; each provider's module defines its own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+
+pub mod dhmad;
+pub mod dodo;
+
+/// How long the "slow" fixtures take: longer than any sensible upstream timeout, so they
+/// show the gateway's timeout, and short enough not to pin resources forever.
+pub const SLOW_FIXTURE_DELAY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SandboxOptions {
+    /// Added to every answer, to stand in for the network and the provider's own work.
+    pub latency: Duration,
+}
+
+/// What the gateway needs to talk to a running sandbox provider.
+#[derive(Clone, Debug)]
+pub struct SandboxEndpoint {
+    pub addr: SocketAddr,
+    /// The base URL to configure (`DHMAD_BASE_URL` / `DODO_PAYMENTS_BASE_URL`).
+    pub base_url: String,
+    /// The key the sandbox accepts (a public demo value, not a secret).
+    pub api_key: &'static str,
+    /// Session requests answered so far (all fixtures, errors included).
+    pub requests: Arc<AtomicU64>,
+}
+
+/// Shared by every sandbox route: when the sandbox started (fixture times are relative to
+/// it), the added latency and the request counter.
+#[derive(Clone, Debug)]
+pub(crate) struct SandboxState {
+    pub started: DateTime<Utc>,
+    pub latency: Duration,
+    pub requests: Arc<AtomicU64>,
+}
+
+/// Starts both providers' sandboxes on ephemeral 127.0.0.1 ports.
+pub async fn start(options: SandboxOptions) -> std::io::Result<(SandboxEndpoint, SandboxEndpoint)> {
+    let dhmad = serve(dhmad::router, "/api/v1", dhmad::DEMO_KEY, options).await?;
+    let dodo = serve(dodo::router, "", dodo::DEMO_KEY, options).await?;
+    Ok((dhmad, dodo))
+}
+
+async fn serve(
+    router: fn() -> Router<SandboxState>,
+    base_path: &str,
+    api_key: &'static str,
+    options: SandboxOptions,
+) -> std::io::Result<SandboxEndpoint> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let requests = Arc::new(AtomicU64::new(0));
+    let state = SandboxState { started: Utc::now(), latency: options.latency, requests: requests.clone() };
+    let app = router()
+        .route("/_sandbox/stats", get(stats))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_and_delay))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "sandbox provider stopped");
+        }
+    });
+    Ok(SandboxEndpoint { addr, base_url: format!("http://{addr}{base_path}"), api_key, requests })
+}
+
+async fn count_and_delay(State(state): State<SandboxState>, request: Request, next: Next) -> Response {
+    if request.uri().path() != "/_sandbox/stats" {
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        if !state.latency.is_zero() {
+            tokio::time::sleep(state.latency).await;
+        }
+    }
+    next.run(request).await
+}
+
+async fn stats(State(state): State<SandboxState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "requests": state.requests.load(Ordering::Relaxed) }))
+}
+
+/// The bearer token of a request, from `Authorization: Bearer …` or (DHMAD) `X-API-Key`.
+pub(crate) fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+}

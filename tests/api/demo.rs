@@ -1,0 +1,64 @@
+//! `--demo`: the built-in sandbox providers answer every fixture the README lists.
+
+use checkout_gateway::config::Config;
+use checkout_gateway::sandbox::{dhmad, dodo};
+use serde_json::json;
+
+use crate::helpers::{post_graphql, start, RESULT_FIELDS};
+
+#[tokio::test]
+async fn every_fixture_answers_as_documented() {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        demo: true,
+        upstream_timeout: std::time::Duration::from_millis(300),
+        ..Config::default()
+    };
+    let addr = start(config).await;
+    let http = reqwest::Client::new();
+
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("DHMAD", dhmad::OPEN.into(), "CheckoutSession", "OPEN"),
+        ("DHMAD", dhmad::COMPLETED.into(), "CheckoutSession", "COMPLETED"),
+        ("DHMAD", dhmad::EXPIRED.into(), "CheckoutSession", "EXPIRED"),
+        ("DHMAD", dhmad::CANCELLED.into(), "CheckoutSession", "CANCELLED"),
+        ("DHMAD", dhmad::NEW_STATUS.into(), "CheckoutSession", "UNKNOWN"),
+        ("DHMAD", dhmad::UNAUTHORIZED.into(), "UnauthorizedError", "UNAUTHORIZED"),
+        ("DHMAD", dhmad::FORBIDDEN.into(), "ForbiddenError", "FORBIDDEN"),
+        ("DHMAD", dhmad::NOT_FOUND.into(), "NotFoundError", "NOT_FOUND"),
+        ("DHMAD", "not-a-uuid".into(), "InvalidIdError", "INVALID_ID"),
+        ("DHMAD", dhmad::RATE_LIMITED.into(), "ProviderUnavailableError", "RATE_LIMITED"),
+        ("DHMAD", dhmad::SERVER_ERROR.into(), "ProviderUnavailableError", "UPSTREAM_ERROR"),
+        ("DHMAD", dhmad::GARBAGE.into(), "ProviderUnavailableError", "INVALID_RESPONSE"),
+        ("DHMAD", dhmad::SLOW.into(), "ProviderUnavailableError", "TIMEOUT"),
+        ("DODO", dodo::OPEN.into(), "CheckoutSession", "OPEN"),
+        ("DODO", dodo::NEW_STATUS.into(), "CheckoutSession", "UNKNOWN"),
+        ("DODO", "cks_demo_succeeded".into(), "CheckoutSession", "COMPLETED"),
+        ("DODO", "cks_demo_failed".into(), "CheckoutSession", "FAILED"),
+        ("DODO", "cks_demo_requires_capture".into(), "CheckoutSession", "ACTION_REQUIRED"),
+        ("DODO", "cks_demo_processing".into(), "CheckoutSession", "PROCESSING"),
+        ("DODO", "cks_demo_cancelled".into(), "CheckoutSession", "CANCELLED"),
+        ("DODO", dodo::UNAUTHORIZED.into(), "UnauthorizedError", "UNAUTHORIZED"),
+        ("DODO", dodo::FORBIDDEN.into(), "ForbiddenError", "FORBIDDEN"),
+        ("DODO", dodo::NOT_FOUND.into(), "NotFoundError", "NOT_FOUND"),
+        ("DODO", dodo::INVALID.into(), "InvalidIdError", "INVALID_ID"),
+        ("DODO", dodo::RATE_LIMITED.into(), "ProviderUnavailableError", "RATE_LIMITED"),
+        ("DODO", dodo::SERVER_ERROR.into(), "ProviderUnavailableError", "UPSTREAM_ERROR"),
+        ("DODO", dodo::GARBAGE.into(), "ProviderUnavailableError", "INVALID_RESPONSE"),
+        ("DODO", dodo::SLOW.into(), "ProviderUnavailableError", "TIMEOUT"),
+    ];
+    let refs: Vec<_> = cases.iter().map(|(p, id, _, _)| json!({"provider": p, "id": id})).collect();
+    let query = format!(
+        "query($refs: [CheckoutSessionRef!]!) {{ checkoutSessions(refs: $refs) {{ {RESULT_FIELDS} }} }}"
+    );
+    let reply = post_graphql(&http, addr, &query, json!({"refs": refs})).await;
+    let results = reply.data("checkoutSessions").as_array().unwrap();
+    for ((provider, id, typename, what), result) in cases.iter().zip(results) {
+        assert_eq!(result["__typename"], *typename, "{provider} {id}: {result}");
+        let got = result.get("reason").or(result.get("status")).or(result.get("code")).unwrap();
+        assert_eq!(got, what, "{provider} {id}: {result}");
+    }
+    let rate_limited = &results[9];
+    assert_eq!(rate_limited["retryAfterSeconds"], 30);
+    assert_eq!(results[24]["retryAfterSeconds"], 12);
+}

@@ -1,0 +1,202 @@
+//! The GraphQL surface: batches, HTTP methods, bad requests, cache headers.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wiremock::matchers::path;
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{dhmad_session, dodo_session, spawn_app, DHMAD_ID, RESULT_FIELDS};
+
+fn batch_query() -> String {
+    format!("query($refs: [CheckoutSessionRef!]!) {{ checkoutSessions(refs: $refs) {{ {RESULT_FIELDS} }} }}")
+}
+
+#[tokio::test]
+async fn a_batch_answers_in_input_order_and_asks_each_session_once() {
+    let app = spawn_app(|_| {}).await;
+    // Each answer is delayed differently so that completion order differs from input order.
+    for (id, status, delay) in
+        [("cks_1", Some("succeeded"), 300), ("cks_2", None, 10), ("cks_3", Some("failed"), 150)]
+    {
+        Mock::given(path(format!("/checkouts/{id}")))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(dodo_session(id, status))
+                    .set_delay(Duration::from_millis(delay)),
+            )
+            .expect(1)
+            .mount(&app.dodo)
+            .await;
+    }
+    Mock::given(path(format!("/api/v1/sessions/{DHMAD_ID}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dhmad_session(DHMAD_ID, "cancelled")))
+        .expect(1)
+        .mount(&app.dhmad)
+        .await;
+    let refs = json!([
+        {"provider": "DODO", "id": "cks_1"},
+        {"provider": "DHMAD", "id": DHMAD_ID},
+        {"provider": "DODO", "id": "cks_2"},
+        {"provider": "DODO", "id": "cks_1"},
+        {"provider": "DHMAD", "id": "not-a-uuid"},
+        {"provider": "DODO", "id": "cks_3"},
+        {"provider": "DODO", "id": "cks_missing"},
+        {"provider": "DODO", "id": "cks_2"},
+    ]);
+
+    let reply = app.graphql(&batch_query(), json!({"refs": refs})).await;
+
+    let results = reply.data("checkoutSessions").as_array().unwrap();
+    let summary: Vec<(String, String)> = results
+        .iter()
+        .map(|r| {
+            let what = r.get("status").or(r.get("code")).and_then(Value::as_str).unwrap_or("?");
+            (r["id"].as_str().unwrap_or("-").to_owned(), what.to_owned())
+        })
+        .collect();
+    let expected = [
+        ("cks_1", "COMPLETED"),
+        (DHMAD_ID, "CANCELLED"),
+        ("cks_2", "OPEN"),
+        ("cks_1", "COMPLETED"),
+        ("-", "INVALID_ID"),
+        ("cks_3", "FAILED"),
+        ("-", "NOT_FOUND"),
+        ("cks_2", "OPEN"),
+    ];
+    let expected: Vec<(String, String)> =
+        expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(summary, expected);
+    // `.expect(1)` on each mock is verified when the servers drop; check now for a clear message.
+    assert_eq!(
+        app.dodo.received_requests().await.unwrap().len(),
+        4,
+        "cks_1, cks_2, cks_3, cks_missing once each"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_100_is_served_and_101_refused_without_any_upstream_call() {
+    let app = spawn_app(|_| {}).await;
+    Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_n[0-9]+$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_n", Some("succeeded"))))
+        .mount(&app.dodo)
+        .await;
+    let refs = |n: usize| {
+        json!((0..n).map(|i| json!({"provider": "DODO", "id": format!("cks_n{i}")})).collect::<Vec<_>>())
+    };
+
+    let too_many = app.graphql(&batch_query(), json!({"refs": refs(101)})).await;
+    assert_eq!(too_many.status, 200);
+    assert!(too_many.body["data"].is_null(), "{}", too_many.body);
+    let error = &too_many.body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "BATCH_TOO_LARGE");
+    assert_eq!(error["extensions"]["max"], 100);
+    assert!(error["message"].as_str().unwrap().contains("at most 100"));
+    assert!(app.dodo.received_requests().await.unwrap().is_empty());
+    assert_eq!(too_many.cache_control(), "no-store");
+
+    let hundred = app.graphql(&batch_query(), json!({"refs": refs(100)})).await;
+    assert_eq!(hundred.data("checkoutSessions").as_array().unwrap().len(), 100);
+    assert_eq!(app.dodo.received_requests().await.unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn get_runs_a_query_and_a_browser_gets_graphiql() {
+    let app = spawn_app(|_| {}).await;
+    Mock::given(path("/checkouts/cks_get"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_get", Some("processing"))))
+        .mount(&app.dodo)
+        .await;
+    let url = format!("http://{}/graphql", app.addr);
+    let query = r#"{ checkoutSession(provider: DODO, id: "cks_get") { ... on CheckoutSession { status } } }"#;
+    let body: Value =
+        app.http.get(&url).query(&[("query", query)]).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["data"]["checkoutSession"]["status"], "PROCESSING");
+
+    let page = app.http.get(&url).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().to_lowercase().contains("graphiql"));
+}
+
+#[tokio::test]
+async fn bad_requests_are_client_errors_never_500() {
+    let app = spawn_app(|_| {}).await;
+    let url = format!("http://{}/graphql", app.addr);
+    let not_json = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    let no_query = app.http.get(&url).send().await.unwrap();
+    assert_eq!(no_query.status(), 400);
+
+    let reply =
+        app.graphql("{ checkoutSession(provider: PAYPAL, id: \"x\") { __typename } }", json!({})).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body["errors"][0]["message"].as_str().unwrap().contains("PAYPAL"));
+
+    let deep = format!(
+        "{{ {}__typename{} }}",
+        "__schema { types { fields { type { ofType { ".repeat(8),
+        " } } } } }".repeat(8)
+    );
+    let reply = app.graphql(&deep, json!({})).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body["errors"][0]["message"].as_str().unwrap().to_lowercase().contains("depth"),
+        "{}",
+        reply.body
+    );
+
+    let missing = app.http.get(format!("http://{}/nope", app.addr)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn cache_control_follows_the_shortest_lifetime_and_errors_forbid_storing() {
+    let app = spawn_app(|_| {}).await;
+    Mock::given(path("/checkouts/cks_done"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_done", Some("succeeded"))))
+        .mount(&app.dodo)
+        .await;
+    Mock::given(path("/checkouts/cks_open"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_open", None)))
+        .mount(&app.dodo)
+        .await;
+    Mock::given(path("/checkouts/cks_boom")).respond_with(ResponseTemplate::new(500)).mount(&app.dodo).await;
+    let one = |id: &str| format!(r#"{{ checkoutSession(provider: DODO, id: "{id}") {{ __typename }} }}"#);
+
+    let done = app.graphql(&one("cks_done"), json!({})).await;
+    let max_age = |reply: &crate::helpers::Reply| -> u64 {
+        let header = reply.cache_control().to_owned();
+        header.strip_prefix("private, max-age=").unwrap_or_else(|| panic!("{header}")).parse().unwrap()
+    };
+    assert!((3590..=3600).contains(&max_age(&done)), "{}", done.cache_control());
+
+    let both = app
+        .graphql(
+            r#"{ a: checkoutSession(provider: DODO, id: "cks_done") { __typename }
+                 b: checkoutSession(provider: DODO, id: "cks_open") { __typename } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(max_age(&both) <= 5, "{}", both.cache_control());
+
+    let failing = app
+        .graphql(
+            r#"{ a: checkoutSession(provider: DODO, id: "cks_done") { __typename }
+                 b: checkoutSession(provider: DODO, id: "cks_boom") { __typename } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(failing.cache_control(), "no-store");
+
+    let nothing = app.graphql("{ __typename }", json!({})).await;
+    assert_eq!(nothing.cache_control(), "no-store");
+}

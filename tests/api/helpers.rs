@@ -1,0 +1,130 @@
+use std::future::pending;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use checkout_gateway::config::{Config, ProviderConfig, Secret};
+use checkout_gateway::server::Application;
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use wiremock::MockServer;
+
+pub const DHMAD_KEY: &str = "sk_sandbox_1111111111111111111111111111111111111111111111111111111111111111";
+pub const DODO_KEY: &str = "dodo_test_key_2222";
+pub const DHMAD_ID: &str = "550e8400-e29b-41d4-a716-446655440000";
+
+/// A running gateway whose providers are two wiremock servers.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub dhmad: MockServer,
+    pub dodo: MockServer,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// `data.<field>`, failing loudly if the response has no such field.
+    pub fn data(&self, field: &str) -> &Value {
+        let value = &self.body["data"][field];
+        assert!(!value.is_null(), "no data.{field} in {}", self.body);
+        value
+    }
+
+    pub fn cache_control(&self) -> &str {
+        self.headers.get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// Starts the gateway with test keys pointing at fresh wiremock servers; `tweak` adjusts the
+/// configuration first.
+pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dhmad = MockServer::start().await;
+    let dodo = MockServer::start().await;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dhmad: ProviderConfig {
+            api_key: Some(Secret::new(DHMAD_KEY)),
+            base_url: format!("{}/api/v1", dhmad.uri()),
+        },
+        dodo: ProviderConfig { api_key: Some(Secret::new(DODO_KEY)), base_url: dodo.uri() },
+        upstream_timeout: Duration::from_secs(2),
+        shutdown_delay: Duration::ZERO,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let addr = start(config).await;
+    TestApp { addr, http: reqwest::Client::new(), dhmad, dodo }
+}
+
+/// Builds and runs an application in the background; returns its address.
+pub async fn start(config: Config) -> SocketAddr {
+    let app = Application::build(config).await.expect("the application builds");
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(app.run_until_stopped(pending()));
+    addr
+}
+
+pub async fn post_graphql(http: &reqwest::Client, addr: SocketAddr, query: &str, variables: Value) -> Reply {
+    let response = http
+        .post(format!("http://{addr}/graphql"))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.expect("a JSON body");
+    Reply { status, headers, body }
+}
+
+/// Every field of a session and of every error, so one query shows any answer whole.
+pub const RESULT_FIELDS: &str = r#"
+    __typename
+    ... on CheckoutSession {
+      provider id status providerStatus createdAt expiresAt completedAt customerEmail
+      customerName paymentId metadata fetchedAt
+      details {
+        __typename
+        ... on DhmadSessionDetails { escrowId action rawAction targetUserEmail }
+        ... on DodoSessionDetails { paymentId paymentStatus }
+      }
+    }
+    ... on CheckoutError { code message provider }
+    ... on ProviderUnavailableError { reason retryAfterSeconds upstreamStatus }
+"#;
+
+impl TestApp {
+    pub async fn graphql(&self, query: &str, variables: Value) -> Reply {
+        post_graphql(&self.http, self.addr, query, variables).await
+    }
+
+    /// `checkoutSession(provider, id)` with every field selected; returns the result object.
+    pub async fn session(&self, provider: &str, id: &str) -> Value {
+        let query = format!(
+            "query($p: Provider!, $id: ID!) {{ checkoutSession(provider: $p, id: $id) {{ {RESULT_FIELDS} }} }}"
+        );
+        let reply = self.graphql(&query, json!({"p": provider, "id": id})).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.data("checkoutSession").clone()
+    }
+}
+
+/// A DHMAD `GET /sessions/{id}` 200 body.
+pub fn dhmad_session(id: &str, status: &str) -> Value {
+    json!({"session": {
+        "sessionId": id, "escrowId": "507f1f77bcf86cd799439011", "action": "sign_contract",
+        "targetUserEmail": "buyer@example.com", "status": status,
+        "metadata": {"order_id": "ord_123"}, "expiresAt": "2099-01-15T10:30:00Z",
+        "completedAt": null, "createdAt": "2024-01-15T10:00:00Z"
+    }})
+}
+
+/// A Dodo `GET /checkouts/{id}` 200 body.
+pub fn dodo_session(id: &str, payment_status: Option<&str>) -> Value {
+    json!({"id": id, "created_at": "2025-06-01T12:00:00Z", "customer_email": "ana@example.com",
+           "customer_name": "Ana", "payment_id": payment_status.map(|_| "pay_9Qz"), "payment_status": payment_status})
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests through real HTTP: the gateway on port 0, providers as wiremock servers
+//! (or the built-in sandbox). One test binary, so the suite links once.
+
+// A failed unwrap in a test is a failed test with a backtrace: what we want.
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+mod cache;
+mod cli;
+mod demo;
+mod dhmad;
+mod dodo;
+mod federation;
+mod graphql;
