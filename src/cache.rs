@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::Expiry;
 
 use crate::domain::{CheckoutStatus, FetchError, FetchResult};
+use crate::metrics::Metrics;
 use crate::providers::SessionProvider;
 
 /// Lifetimes per kind of answer; each is a setting.
@@ -98,22 +100,44 @@ pub struct Lookup {
 pub struct SessionCache {
     policy: CachePolicy,
     cache: Cache<Key, Entry>,
+    metrics: Arc<Metrics>,
 }
 
 impl SessionCache {
-    pub fn new(policy: CachePolicy) -> Self {
-        let cache =
-            Cache::builder().name("sessions").max_capacity(policy.max_entries).expire_after(ByAnswer).build();
-        Self { policy, cache }
+    pub fn new(policy: CachePolicy, metrics: Arc<Metrics>) -> Self {
+        let evictions = metrics.cache_evictions.clone();
+        let cache = Cache::builder()
+            .name("sessions")
+            .max_capacity(policy.max_entries)
+            .expire_after(ByAnswer)
+            .eviction_listener(move |_key, _value, cause| {
+                let cause = match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Size => "size",
+                    RemovalCause::Replaced => "replaced",
+                    RemovalCause::Explicit => "explicit",
+                };
+                evictions.with_label_values(&[cause]).inc();
+            })
+            .build();
+        Self { policy, cache, metrics }
     }
 
     /// The stored answer for `id` as `provider` sees it, or the provider's answer now (shared
     /// with every concurrent asker of the same key, and stored if it may be reused).
     pub async fn lookup(&self, provider: &dyn SessionProvider, id: &str) -> Lookup {
+        let label = [provider.provider().slug()];
         let key: Key = (Arc::from(provider.scope()), Box::from(id));
+        // The common case, a hit, is one read; only a miss goes through the shared insert.
+        if let Some(entry) = self.cache.get(&key).await {
+            self.metrics.cache_hits.with_label_values(&label).inc();
+            return entry.into_lookup();
+        }
+        let mut called = false;
         let stored = self
             .cache
             .try_get_with(key, async {
+                called = true;
                 let answer = provider.fetch_session(id).await;
                 match self.policy.lifetime(&answer) {
                     Some(lifetime) if !lifetime.is_zero() => {
@@ -124,17 +148,28 @@ impl SessionCache {
                 }
             })
             .await;
+        let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };
+        counter.with_label_values(&label).inc();
         match stored {
-            Ok(entry) => Lookup {
-                answer: entry.answer,
-                reusable_for: Some(entry.expires_at.saturating_duration_since(Instant::now())),
-            },
+            Ok(entry) => entry.into_lookup(),
             Err(unstored) => Lookup { answer: (*unstored).clone(), reusable_for: None },
         }
     }
 
-    /// How many answers are stored now (approximate until pending maintenance runs).
-    pub fn entry_count(&self) -> u64 {
+    /// How many answers are stored now. Runs the cache's pending maintenance first, so the
+    /// count is exact (and expired entries are counted as evicted); meant for scrapes, not
+    /// for the request path.
+    pub async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
         self.cache.entry_count()
+    }
+}
+
+impl Entry {
+    fn into_lookup(self) -> Lookup {
+        Lookup {
+            reusable_for: Some(self.expires_at.saturating_duration_since(Instant::now())),
+            answer: self.answer,
+        }
     }
 }

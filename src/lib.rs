@@ -4,7 +4,8 @@
 //!
 //! A request flows top to bottom:
 //!
-//! - [`server`]: axum routes (`/graphql`, `/livez`, `/readyz`), startup and graceful shutdown.
+//! - [`server`]: axum routes (`/graphql`, `/livez`, `/readyz`, `/metrics`), startup and graceful
+//!   shutdown.
 //! - [`graphql`]: the schema and thin resolvers; answers become members of a result union,
 //!   errors are data with a stable code.
 //! - [`service`]: picks the provider, answers batches in order with each session asked once.
@@ -15,12 +16,15 @@
 //! - [`domain`]: the provider-independent session and error types.
 //! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`].
 //! - [`sandbox`]: built-in stand-ins for the providers, for `--demo` and benchmarks.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics; logs, OTLP traces and request ids.
 
 pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod graphql;
+pub mod metrics;
 pub mod providers;
 pub mod sandbox;
 pub mod server;
 pub mod service;
+pub mod telemetry;

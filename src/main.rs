@@ -1,8 +1,8 @@
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
-use checkout_gateway::config::{Cli, Command, Config, LogFormat};
+use checkout_gateway::config::{Cli, Command, Config};
 use checkout_gateway::server::{shutdown_signal, Application};
+use checkout_gateway::telemetry;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -17,7 +17,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    let telemetry = match telemetry::init(config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("checkout-gateway: cannot set up logging and tracing: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -25,10 +31,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let outcome = runtime.block_on(serve(config));
+    drop(runtime);
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("checkout-gateway: {error:#}");
             std::process::ExitCode::FAILURE
         }
@@ -39,13 +47,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     tracing::info!(addr = %app.local_addr()?, "serving GraphQL at /graphql");
     app.run_until_stopped(shutdown_signal()).await
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -1,34 +1,48 @@
-//! HTTP: `/graphql` (POST, GET for queries, GraphiQL for browsers), `/livez`, `/readyz`;
-//! startup ([`Application::build`], which reports the port it bound) and graceful shutdown.
+//! HTTP: `/graphql` (POST, GET for queries, GraphiQL for browsers), `/livez`, `/readyz`,
+//! `/metrics`; startup ([`Application::build`], which reports the port it bound) and graceful
+//! shutdown.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::State;
-use axum::http::header::{ACCEPT, CACHE_CONTROL};
+use axum::extract::{Request, State};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
+use crate::cache::SessionCache;
 use crate::config::{Config, ProviderConfig, Secret};
 use crate::graphql::{self, CacheHint, Gateway, GatewaySchema};
-use crate::providers;
+use crate::metrics::Metrics;
+use crate::providers::{self, CredentialStatus, SessionProvider};
 use crate::sandbox::{self, SandboxOptions};
 use crate::service::SessionService;
+use crate::telemetry;
+
+/// What the startup credential check found, per provider (`/readyz` reports it).
+type Credentials = Arc<RwLock<BTreeMap<&'static str, CredentialStatus>>>;
 
 #[derive(Clone)]
 struct AppState {
     schema: GatewaySchema,
+    service: Arc<SessionService>,
+    metrics: Arc<Metrics>,
     /// False until the server is serving, and again from the moment shutdown begins.
     ready: Arc<AtomicBool>,
+    credentials: Credentials,
 }
 
 /// A gateway bound to its port, ready to run.
@@ -38,6 +52,8 @@ pub struct Application {
     router: Router,
     ready: Arc<AtomicBool>,
     config: Config,
+    providers: Vec<Arc<dyn SessionProvider>>,
+    credentials: Credentials,
 }
 
 impl Application {
@@ -52,21 +68,27 @@ impl Application {
             config.dodo =
                 ProviderConfig { api_key: Some(Secret::new(dodo.api_key)), base_url: dodo.base_url };
         }
+        let metrics = Arc::new(Metrics::new());
         let client = providers::http_client()?;
-        let providers = providers::from_config(&config, &client)?;
-        for provider in &providers {
-            if provider.scope().ends_with("|none") {
-                tracing::warn!(provider = %provider.provider(), "no API key: its sessions answer PROVIDER_UNAVAILABLE (NOT_CONFIGURED)");
-            }
-        }
-        let service = Arc::new(SessionService::new(providers, config.cache));
-        let schema = graphql::schema(Gateway { service, batch_max: config.batch_max });
+        let providers = providers::from_config(&config, &client, &metrics)?;
+        let credentials: Credentials = Arc::new(RwLock::new(
+            providers.iter().map(|p| (p.provider().slug(), CredentialStatus::Checking)).collect(),
+        ));
+        let cache = SessionCache::new(config.cache, metrics.clone());
+        let service = Arc::new(SessionService::new(providers.clone(), cache));
+        let schema = graphql::schema(Gateway { service: service.clone(), batch_max: config.batch_max });
         let ready = Arc::new(AtomicBool::new(false));
-        let router = router(AppState { schema, ready: ready.clone() });
+        let router = router(AppState {
+            schema,
+            service,
+            metrics,
+            ready: ready.clone(),
+            credentials: credentials.clone(),
+        });
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (GATEWAY_LISTEN): {e}", config.listen))?;
-        Ok(Self { listener, router, ready, config })
+        Ok(Self { listener, router, ready, config, providers, credentials })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -80,7 +102,8 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, router, ready, config } = self;
+        let Self { listener, router, ready, config, providers, credentials } = self;
+        tokio::spawn(check_credentials(providers, credentials));
         let (drain, drained) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = drained.await;
@@ -109,8 +132,76 @@ fn router(state: AppState) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe_request))
         .with_state(state)
+}
+
+/// Checks each provider's key once, in the background: readiness never waits on a provider.
+async fn check_credentials(providers: Vec<Arc<dyn SessionProvider>>, credentials: Credentials) {
+    for provider in providers {
+        let status = provider.check_credentials().await;
+        let name = provider.provider().slug();
+        match status {
+            CredentialStatus::Rejected => {
+                tracing::error!(provider = name, "the provider refused the configured key")
+            }
+            CredentialStatus::NotConfigured => {
+                tracing::warn!(
+                    provider = name,
+                    "no API key: its sessions answer PROVIDER_UNAVAILABLE (NOT_CONFIGURED)"
+                )
+            }
+            CredentialStatus::Unreachable => {
+                tracing::warn!(provider = name, "could not check the key: provider unreachable")
+            }
+            _ => tracing::info!(provider = name, status = ?status, "credential check"),
+        }
+        if let Ok(mut map) = credentials.write() {
+            map.insert(name, status);
+        }
+    }
+}
+
+/// The request id (the caller's `x-request-id` when it is sane, else a new one) follows the
+/// request into its span, its provider calls and its response; every request is counted and
+/// timed, and logged once (probes and scrapes at debug level).
+async fn observe_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let route: &'static str = match request.uri().path() {
+        "/graphql" => "/graphql",
+        "/livez" => "/livez",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route);
+    let started = Instant::now();
+    let mut response =
+        telemetry::with_request_id(request_id.clone(), next.run(request)).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    state.metrics.http_requests.with_label_values(&[route, &method, &status.to_string()]).inc();
+    state.metrics.http_duration.with_label_values(&[route, &method]).observe(elapsed.as_secs_f64());
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if route == "/graphql" || route == "other" {
+            tracing::info!(status, elapsed_ms, "served");
+        } else {
+            tracing::debug!(status, elapsed_ms, "served");
+        }
+    });
+    response
 }
 
 async fn graphql_post(State(state): State<AppState>, request: GraphQLRequest) -> Response {
@@ -138,8 +229,12 @@ async fn graphql_get(
 }
 
 async fn execute(state: &AppState, request: GraphQLRequest) -> Response {
+    let mut request = request.into_inner();
+    let operation = operation_label(&mut request);
     let hint = CacheHint::default();
-    let response = state.schema.execute(request.into_inner().data(hint.clone())).await;
+    let response = state.schema.execute(request.data(hint.clone())).await;
+    let outcome = if response.is_ok() { "ok" } else { "error" };
+    state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();
     let cache_control = hint.header_value(response.is_err());
     let mut http = GraphQLResponse::from(response).into_response();
     if let Ok(value) = HeaderValue::from_str(&cache_control) {
@@ -148,20 +243,58 @@ async fn execute(state: &AppState, request: GraphQLRequest) -> Response {
     http
 }
 
+/// The operation's name for metrics: `operationName`, else the name in the document (parsed
+/// once; execution reuses the parse). Names come from clients: keep the label clean.
+fn operation_label(request: &mut async_graphql::Request) -> String {
+    let name = match &request.operation_name {
+        Some(name) => Some(name.clone()),
+        None => match request.parsed_query().map(|doc| &doc.operations) {
+            Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
+                if operations.len() == 1 =>
+            {
+                operations.keys().next().map(|name| name.to_string())
+            }
+            _ => None,
+        },
+    };
+    match name {
+        None => "anonymous".to_owned(),
+        Some(name) if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+            name
+        }
+        Some(_) => "invalid_name".to_owned(),
+    }
+}
+
 async fn livez() -> &'static str {
     "ok"
 }
 
+/// 200 while serving, 503 before and from the start of shutdown. Never calls a provider; the
+/// startup credential check is reported, not waited on.
 async fn readyz(State(state): State<AppState>) -> Response {
+    let providers = state.credentials.read().map(|map| json!(*map)).unwrap_or_default();
     if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+        (StatusCode::OK, Json(json!({"status": "ready", "providers": providers}))).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready"}))).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "providers": providers})))
+            .into_response()
     }
 }
 
+async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .cache_entries
+        .set(i64::try_from(state.service.cache().entry_count().await).unwrap_or(i64::MAX));
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": "not found", "routes": ["/graphql", "/livez", "/readyz"]})))
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not found", "routes": ["/graphql", "/livez", "/readyz", "/metrics"]})),
+    )
         .into_response()
 }
 

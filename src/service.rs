@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 
-use crate::cache::{CachePolicy, Lookup, SessionCache};
+use crate::cache::{Lookup, SessionCache};
 use crate::domain::{FetchError, Provider, UnavailableReason};
 use crate::providers::SessionProvider;
 
@@ -17,9 +17,9 @@ pub struct SessionService {
 }
 
 impl SessionService {
-    pub fn new(providers: Vec<Arc<dyn SessionProvider>>, policy: CachePolicy) -> Self {
+    pub fn new(providers: Vec<Arc<dyn SessionProvider>>, cache: SessionCache) -> Self {
         let providers = providers.into_iter().map(|p| (p.provider(), p)).collect();
-        Self { providers, cache: SessionCache::new(policy) }
+        Self { providers, cache }
     }
 
     pub async fn get(&self, provider: Provider, id: &str) -> Lookup {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::upstream::{Upstream, UpstreamResponse};
-use super::SessionProvider;
+use super::{CredentialStatus, SessionProvider};
 use crate::domain::{
     CheckoutSession, CheckoutStatus, DhmadAction, DhmadDetails, FetchError, FetchResult, Provider,
     SessionDetails,
@@ -44,6 +44,11 @@ impl SessionProvider for DhmadClient {
         let envelope: Envelope =
             serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
         Ok(Arc::new(envelope.session.into_domain(id)))
+    }
+
+    /// `GET /me` needs no account association, so it checks just the key.
+    async fn check_credentials(&self) -> CredentialStatus {
+        self.upstream.probe(&["me"]).await
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::upstream::Upstream;
-use super::SessionProvider;
+use super::{CredentialStatus, SessionProvider};
 use crate::domain::{
     CheckoutSession, CheckoutStatus, DodoDetails, DodoPaymentStatus, FetchError, FetchResult, Provider,
     SessionDetails,
@@ -50,6 +50,11 @@ impl SessionProvider for DodoClient {
         let wire: WireSession =
             serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
         Ok(Arc::new(wire.into_domain(id)))
+    }
+
+    /// Dodo documents no identity call that a read-only key may make.
+    async fn check_credentials(&self) -> CredentialStatus {
+        self.upstream.unprobed()
     }
 }
 

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::config::Config;
 use crate::domain::{FetchResult, Provider};
+use crate::metrics::Metrics;
 
 pub mod dhmad;
 pub mod dodo;
@@ -26,12 +27,35 @@ pub trait SessionProvider: Send + Sync + fmt::Debug {
     /// Fetches one session. An id that cannot be valid for this provider is refused here,
     /// before any upstream call.
     async fn fetch_session(&self, id: &str) -> FetchResult;
+
+    /// Whether the provider accepts the gateway's credentials, checked once at startup where
+    /// the provider has a cheap identity call.
+    async fn check_credentials(&self) -> CredentialStatus;
+}
+
+/// What the startup credential check found, reported by `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialStatus {
+    /// The check has not finished yet.
+    Checking,
+    /// No key is configured: the provider's sessions answer NOT_CONFIGURED.
+    NotConfigured,
+    /// A key is configured; the provider has no identity call to check it with.
+    Unchecked,
+    /// The provider accepted the key.
+    Valid,
+    /// The provider refused the key (401/403): every call will fail until it is fixed.
+    Rejected,
+    /// The provider could not be asked (timeout, connection, 5xx); calls may still work later.
+    Unreachable,
 }
 
 /// Builds every provider from the configuration: the one place that lists them.
 pub fn from_config(
     config: &Config,
     client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Vec<Arc<dyn SessionProvider>>> {
     Ok(vec![
         Arc::new(dhmad::DhmadClient::new(upstream::Upstream::new(
@@ -40,6 +64,7 @@ pub fn from_config(
             &config.dhmad,
             config.upstream_timeout,
             config.upstream_concurrency,
+            metrics.clone(),
         )?)),
         Arc::new(dodo::DodoClient::new(upstream::Upstream::new(
             Provider::Dodo,
@@ -47,6 +72,7 @@ pub fn from_config(
             &config.dodo,
             config.upstream_timeout,
             config.upstream_concurrency,
+            metrics.clone(),
         )?)),
     ])
 }
@@ -54,13 +80,17 @@ pub fn from_config(
 /// One HTTP client for every provider: connection pools are shared, redirects are not
 /// followed (a provider API never redirects a GET; following one could leak the key).
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    // reqwest is built without a default crypto provider; ring keeps the build small. A
-    // second install (tests build several applications) is refused harmlessly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("checkout-gateway/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(3))
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .build()?)
+}
+
+/// reqwest is built without a default TLS crypto provider; ring keeps the build small. A
+/// second install (tests build several applications) is refused harmlessly.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

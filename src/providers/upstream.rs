@@ -3,6 +3,7 @@
 //! [`FetchError`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,8 +12,11 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::CredentialStatus;
 use crate::config::ProviderConfig;
 use crate::domain::{FetchError, Provider, UnavailableReason};
+use crate::metrics::Metrics;
+use crate::telemetry;
 
 /// Everything but RFC 3986 unreserved characters is escaped, so an id can never add a path
 /// segment, a query or a fragment (`/`, `?`, `#`, `%` are all escaped).
@@ -31,6 +35,7 @@ pub struct Upstream {
     timeout: Duration,
     permits: Semaphore,
     scope: String,
+    metrics: Arc<Metrics>,
 }
 
 impl fmt::Debug for Upstream {
@@ -59,6 +64,7 @@ impl Upstream {
         config: &ProviderConfig,
         timeout: Duration,
         concurrency: usize,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let base_url = config.base_url.trim_end_matches('/').to_owned();
         let authorization = match &config.api_key {
@@ -84,6 +90,7 @@ impl Upstream {
             timeout,
             permits: Semaphore::new(concurrency.max(1)),
             scope,
+            metrics,
         })
     }
 
@@ -112,13 +119,11 @@ impl Upstream {
                 // The semaphore is never closed; treat it as unreachable rather than panic.
                 FetchError::unavailable(UnavailableReason::ConnectionFailed)
             })?;
-            let response = self
-                .client
-                .get(&url)
-                .header(AUTHORIZATION, authorization.clone())
-                .send()
-                .await
-                .map_err(transport_error)?;
+            let mut request = self.client.get(&url).header(AUTHORIZATION, authorization.clone());
+            if let Some(id) = telemetry::request_id() {
+                request = request.header("x-request-id", id);
+            }
+            let response = request.send().await.map_err(transport_error)?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let body = read_bounded(response).await?;
@@ -126,22 +131,56 @@ impl Upstream {
         })
         .await
         .unwrap_or_else(|_| Err(FetchError::unavailable(UnavailableReason::Timeout)));
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match &outcome {
-            Ok(response) => tracing::debug!(
-                provider = self.provider.slug(),
-                status = response.status,
-                elapsed_ms,
-                "upstream call"
-            ),
-            Err(error) => tracing::warn!(
-                provider = self.provider.slug(),
-                error = %error,
-                elapsed_ms,
-                "upstream call failed"
-            ),
-        }
+        self.record(&outcome, started.elapsed());
         outcome
+    }
+
+    /// Asks an identity endpoint (`GET {base}/{segments…}`) whether the key is accepted.
+    pub async fn probe(&self, segments: &[&str]) -> CredentialStatus {
+        match self.get(segments).await {
+            Ok(response) if response.status == 200 => CredentialStatus::Valid,
+            Ok(response) if matches!(response.status, 401 | 403) => CredentialStatus::Rejected,
+            Err(FetchError::Unavailable { reason: UnavailableReason::NotConfigured, .. }) => {
+                CredentialStatus::NotConfigured
+            }
+            _ => CredentialStatus::Unreachable,
+        }
+    }
+
+    /// For a provider with no identity call: all that can be said without calling.
+    pub fn unprobed(&self) -> CredentialStatus {
+        if self.authorization.is_some() {
+            CredentialStatus::Unchecked
+        } else {
+            CredentialStatus::NotConfigured
+        }
+    }
+
+    /// One log line and the metrics for each call made.
+    fn record(&self, outcome: &Result<UpstreamResponse, FetchError>, elapsed: Duration) {
+        let provider = self.provider.slug();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let (outcome_label, status_class) = match outcome {
+            Ok(response) => {
+                tracing::info!(provider, status = response.status, elapsed_ms, "upstream call");
+                let class = match response.status {
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                };
+                (if class == "2xx" { "ok" } else { "http_error" }, class)
+            }
+            Err(error) => {
+                tracing::warn!(provider, error = %error, elapsed_ms, "upstream call failed");
+                match error {
+                    FetchError::Unavailable { reason: UnavailableReason::Timeout, .. } => ("timeout", "none"),
+                    _ => ("connection_error", "none"),
+                }
+            }
+        };
+        self.metrics.upstream_requests.with_label_values(&[provider, outcome_label, status_class]).inc();
+        self.metrics.upstream_duration.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
     }
 
     /// Maps a non-success answer to the error a client sees. `body_retry_after` is what the

@@ -6,6 +6,7 @@ use std::time::Duration;
 use checkout_gateway::cache::{CachePolicy, SessionCache};
 use checkout_gateway::config::{ProviderConfig, Secret};
 use checkout_gateway::domain::Provider;
+use checkout_gateway::metrics::Metrics;
 use checkout_gateway::providers::dhmad::DhmadClient;
 use checkout_gateway::providers::upstream::Upstream;
 use checkout_gateway::providers::{http_client, SessionProvider};
@@ -16,8 +17,12 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
 
+fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new())
+}
+
 async fn calls(server: &MockServer) -> usize {
-    server.received_requests().await.unwrap().len()
+    crate::helpers::session_calls(server).await
 }
 
 async fn mount_dodo(app: &TestApp, id: &str, status: Option<&str>) {
@@ -165,15 +170,21 @@ async fn the_cache_key_holds_the_credential() {
     let client = |key: &str| {
         let config =
             ProviderConfig { api_key: Some(Secret::new(key)), base_url: format!("{}/api/v1", server.uri()) };
-        let upstream =
-            Upstream::new(Provider::Dhmad, http_client().unwrap(), &config, Duration::from_secs(2), 4)
-                .unwrap();
+        let upstream = Upstream::new(
+            Provider::Dhmad,
+            http_client().unwrap(),
+            &config,
+            Duration::from_secs(2),
+            4,
+            metrics(),
+        )
+        .unwrap();
         DhmadClient::new(upstream)
     };
     let (a, b) = (client("sk_sandbox_a"), client("sk_sandbox_b"));
     assert_ne!(a.scope(), b.scope());
     assert!(!a.scope().contains("sk_sandbox_a"), "the key itself is never part of the cache key");
-    let cache = SessionCache::new(CachePolicy::default());
+    let cache = SessionCache::new(CachePolicy::default(), Arc::new(Metrics::new()));
 
     let seen_by_a = cache.lookup(&a, DHMAD_ID).await.answer.unwrap();
     let seen_by_b = cache.lookup(&b, DHMAD_ID).await.answer.unwrap();

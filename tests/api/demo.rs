@@ -15,7 +15,7 @@ async fn every_fixture_answers_as_documented() {
         ..Config::default()
     };
     let addr = start(config).await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
 
     let cases: Vec<(&str, String, &str, &str)> = vec![
         ("DHMAD", dhmad::OPEN.into(), "CheckoutSession", "OPEN"),

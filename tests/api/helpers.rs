@@ -57,7 +57,19 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
     };
     tweak(&mut config);
     let addr = start(config).await;
-    TestApp { addr, http: reqwest::Client::new(), dhmad, dodo }
+    TestApp { addr, http: http(), dhmad, dodo }
+}
+
+/// An HTTP client for tests (reqwest is built without a default TLS provider).
+pub fn http() -> reqwest::Client {
+    checkout_gateway::providers::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// Requests a provider mock received for sessions: DHMAD's startup credential check
+/// (`GET /api/v1/me`) is not one.
+pub async fn session_calls(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap().iter().filter(|r| r.url.path() != "/api/v1/me").count()
 }
 
 /// Builds and runs an application in the background; returns its address.

@@ -13,3 +13,5 @@ mod dhmad;
 mod dodo;
 mod federation;
 mod graphql;
+mod ops;
+mod process;

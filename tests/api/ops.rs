@@ -1,0 +1,176 @@
+//! What operators see: probes, metrics, request ids.
+
+use serde_json::{json, Value};
+use wiremock::matchers::{header, header_exists, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{dodo_session, spawn_app, TestApp};
+
+async fn get(app: &TestApp, route: &str) -> (u16, String) {
+    let response = app.http.get(format!("http://{}{route}", app.addr)).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The value of one sample line, e.g. `checkout_gateway_cache_hits_total{provider="dodo"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn probes_answer_without_calling_a_provider() {
+    let app = spawn_app(|_| {}).await;
+    assert_eq!(get(&app, "/livez").await, (200, "ok".to_owned()));
+    let (status, body) = get(&app, "/readyz").await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "ready");
+    // Dodo has no identity call; DHMAD's `/me` is asked once at startup (unmocked here: 404).
+    assert_eq!(body["providers"]["dodo"], "unchecked");
+    for _ in 0..5 {
+        get(&app, "/readyz").await;
+    }
+    assert!(app.dodo.received_requests().await.unwrap().is_empty());
+    let dhmad_calls = app.dhmad.received_requests().await.unwrap();
+    assert!(dhmad_calls.iter().all(|r| r.url.path() == "/api/v1/me"));
+    assert!(dhmad_calls.len() <= 1, "probes never call DHMAD again");
+}
+
+#[tokio::test]
+async fn readiness_reports_the_startup_credential_check() {
+    // The check runs at startup, so the key's answer is mounted before the app starts.
+    let server = wiremock::MockServer::start().await;
+    Mock::given(path("/api/v1/me"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "Unauthorized"})))
+        .mount(&server)
+        .await;
+    let app = spawn_app(|config| config.dhmad.base_url = format!("{}/api/v1", server.uri())).await;
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        let (_, body) = get(&app, "/readyz").await;
+        status = serde_json::from_str::<Value>(&body).unwrap()["providers"]["dhmad"].clone();
+        if status != "checking" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "rejected");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_operations_upstream_calls_and_the_cache() {
+    let app = spawn_app(|_| {}).await;
+    Mock::given(path("/checkouts/cks_m"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_m", Some("succeeded"))))
+        .mount(&app.dodo)
+        .await;
+    let query = r#"query Dashboard { checkoutSession(provider: DODO, id: "cks_m") { __typename } }"#;
+    for _ in 0..3 {
+        app.graphql(query, json!({})).await;
+    }
+    app.graphql("query Broken { nope }", json!({})).await;
+
+    let (status, metrics) = get(&app, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "checkout_gateway_http_requests_total",
+        "checkout_gateway_http_request_duration_seconds_bucket",
+        "checkout_gateway_graphql_operations_total",
+        "checkout_gateway_upstream_requests_total",
+        "checkout_gateway_upstream_request_duration_seconds_bucket",
+        "checkout_gateway_cache_hits_total",
+        "checkout_gateway_cache_misses_total",
+        "checkout_gateway_cache_entries",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    let count = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        count(r#"checkout_gateway_graphql_operations_total{operation="Dashboard",outcome="ok"}"#),
+        3.0
+    );
+    assert_eq!(
+        count(r#"checkout_gateway_graphql_operations_total{operation="Broken",outcome="error"}"#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"checkout_gateway_http_requests_total{method="POST",route="/graphql",status="200"}"#),
+        4.0
+    );
+    assert_eq!(
+        count(r#"checkout_gateway_upstream_requests_total{outcome="ok",provider="dodo",status_class="2xx"}"#),
+        1.0
+    );
+    assert_eq!(count(r#"checkout_gateway_cache_misses_total{provider="dodo"}"#), 1.0);
+    assert_eq!(count(r#"checkout_gateway_cache_hits_total{provider="dodo"}"#), 2.0);
+    assert_eq!(count("checkout_gateway_cache_entries"), 1.0);
+}
+
+#[tokio::test]
+async fn coalesced_waits_are_counted() {
+    let app = std::sync::Arc::new(spawn_app(|_| {}).await);
+    Mock::given(path("/checkouts/cks_co"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(dodo_session("cks_co", None))
+                .set_delay(std::time::Duration::from_millis(300)),
+        )
+        .mount(&app.dodo)
+        .await;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.session("DODO", "cks_co").await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (_, metrics) = get(&app, "/metrics").await;
+    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_misses_total{provider="dodo"}"#), 1.0);
+    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_coalesced_waits_total{provider="dodo"}"#), 9.0);
+}
+
+#[tokio::test]
+async fn the_request_id_is_returned_and_sent_upstream() {
+    let app = spawn_app(|_| {}).await;
+    Mock::given(path("/checkouts/cks_rid"))
+        .and(header("x-request-id", "dash-42"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_rid", None)))
+        .expect(1)
+        .mount(&app.dodo)
+        .await;
+    Mock::given(path("/checkouts/cks_gen"))
+        .and(header_exists("x-request-id"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_gen", None)))
+        .expect(1)
+        .mount(&app.dodo)
+        .await;
+    let url = format!("http://{}/graphql", app.addr);
+    let given = app
+        .http
+        .post(&url)
+        .header("x-request-id", "dash-42")
+        .json(&json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_rid") { __typename } }"#}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "dash-42");
+    let body: Value = given.json().await.unwrap();
+    assert_eq!(body["data"]["checkoutSession"]["__typename"], "CheckoutSession");
+
+    let generated = app
+        .http
+        .post(&url)
+        .json(&json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_gen") { __typename } }"#}))
+        .send()
+        .await
+        .unwrap();
+    let id = generated.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let upstream = app.dodo.received_requests().await.unwrap();
+    let sent = upstream.iter().find(|r| r.url.path() == "/checkouts/cks_gen").unwrap();
+    assert_eq!(sent.headers["x-request-id"], id.as_str());
+}

@@ -1,0 +1,204 @@
+//! The real binary as an operator runs it: signals, JSON logs, OTLP traces.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{dodo_session, post_graphql};
+
+/// The binary, started with `LOG_FORMAT=json` on a free port; its stdout lines arrive on a
+/// channel, parsed.
+struct Gateway {
+    child: Child,
+    addr: std::net::SocketAddr,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Drop for Gateway {
+    /// A failed test must not leave a gateway running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    // The child is reaped by `Drop` on every path, including a failed start.
+    #[allow(clippy::zombie_processes)]
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"));
+        command
+            .args(args)
+            .env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("GATEWAY_SHUTDOWN_DELAY", "0s")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let parsed =
+                    serde_json::from_str::<Value>(&line).unwrap_or_else(|_| json!({"not_json": line}));
+                if send.send(parsed).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap();
+            if let Some(addr) = line["addr"].as_str() {
+                return Gateway { child, addr: addr.parse().unwrap(), lines };
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(status.unwrap().success());
+    }
+
+    /// Waits for the process to exit; returns its exit code and every log line it printed.
+    fn wait(&mut self) -> (Option<i32>, Vec<Value>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (code, self.lines.try_iter().collect())
+    }
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_then_drains_in_flight_queries_and_exits_zero() {
+    let gateway = Gateway::start(
+        &["--demo"],
+        &[
+            ("GATEWAY_DEMO_LATENCY", "1500ms"),
+            ("GATEWAY_SHUTDOWN_DELAY", "700ms"),
+            ("GATEWAY_SHUTDOWN_GRACE", "10s"),
+        ],
+    );
+    let http = crate::helpers::http();
+    let addr = gateway.addr;
+    let slow_query = tokio::spawn({
+        let http = http.clone();
+        async move {
+            post_graphql(
+                &http,
+                addr,
+                r#"{ checkoutSession(provider: DODO, id: "cks_demo_succeeded") { ... on CheckoutSession { status } } }"#,
+                json!({}),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let readiness = http.get(format!("http://{addr}/readyz")).send().await.unwrap();
+    assert_eq!(readiness.status(), 503, "readiness is off at once, while the listener still answers");
+
+    let reply = slow_query.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["data"]["checkoutSession"]["status"], "COMPLETED");
+    let (code, logs) = tokio::task::spawn_blocking(move || {
+        let mut gateway = gateway;
+        gateway.wait()
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(logs.iter().any(|l| l["message"] == "stopped"), "{logs:?}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_and_upstream_call_but_never_the_key() {
+    let dodo = MockServer::start().await;
+    Mock::given(path("/checkouts/cks_log"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_log", None)))
+        .mount(&dodo)
+        .await;
+    let secret = "dodo_live_key_do_not_log_0123456789";
+    let gateway =
+        Gateway::start(&[], &[("DODO_PAYMENTS_API_KEY", secret), ("DODO_PAYMENTS_BASE_URL", &dodo.uri())]);
+    let http = crate::helpers::http();
+    let response = http
+        .post(format!("http://{}/graphql", gateway.addr))
+        .header("x-request-id", "trace-me-7")
+        .json(&json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_log") { __typename } }"#}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gateway.signal("INT");
+    let (code, logs) = tokio::task::spawn_blocking(move || {
+        let mut gateway = gateway;
+        gateway.wait()
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(logs.iter().all(|l| l.get("not_json").is_none()), "every line is JSON: {logs:?}");
+    let upstream =
+        logs.iter().find(|l| l["message"] == "upstream call").expect("the upstream call is logged");
+    assert_eq!(upstream["provider"], "dodo");
+    assert_eq!(upstream["status"], 200);
+    assert!(upstream["elapsed_ms"].as_f64().is_some());
+    assert_eq!(upstream["span"]["request_id"], "trace-me-7");
+    let all = serde_json::to_string(&logs).unwrap();
+    assert!(!all.contains(secret), "the key was logged");
+}
+
+#[tokio::test]
+async fn traces_are_exported_over_otlp_when_the_endpoint_is_set() {
+    let collector = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/traces"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&collector)
+        .await;
+    let gateway = Gateway::start(
+        &["--demo"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.uri()), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let http = crate::helpers::http();
+    let reply = post_graphql(
+        &http,
+        gateway.addr,
+        r#"{ checkoutSession(provider: DODO, id: "cks_demo_failed") { __typename } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    gateway.signal("TERM");
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        let mut gateway = gateway;
+        gateway.wait()
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    let exports = collector.received_requests().await.unwrap();
+    assert!(!exports.is_empty(), "no OTLP export reached the collector");
+    assert!(exports.iter().all(|r| r.headers["content-type"] == "application/x-protobuf"));
+    let bodies: Vec<u8> = exports.iter().flat_map(|r| r.body.clone()).collect();
+    let contains = |needle: &[u8]| bodies.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"checkout-gateway"), "the service name is in the export");
+    assert!(contains(b"request"), "the request span is in the export");
+    assert!(contains(b"upstream call") || contains(b"provider"), "the upstream call is in the export");
+}
