@@ -127,7 +127,7 @@ impl SessionCache {
     /// with every concurrent asker of the same key, and stored if it may be reused).
     pub async fn lookup(&self, provider: &dyn SessionProvider, id: &str) -> Lookup {
         let label = [provider.provider().slug()];
-        let key: Key = (Arc::from(provider.scope()), Box::from(id));
+        let key: Key = (provider.scope().clone(), Box::from(id));
         // The common case, a hit, is one read; only a miss goes through the shared insert.
         if let Some(entry) = self.cache.get(&key).await {
             self.metrics.cache_hits.with_label_values(&label).inc();

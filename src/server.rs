@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::cache::SessionCache;
 use crate::config::{Config, ProviderConfig, Secret};
-use crate::graphql::{self, CacheHint, Gateway, GatewaySchema};
+use crate::graphql::{self, CacheHint, EntityErrorSlots, Gateway, GatewaySchema};
 use crate::metrics::Metrics;
 use crate::providers::{self, CredentialStatus, SessionProvider};
 use crate::sandbox::{self, SandboxOptions};
@@ -62,7 +62,6 @@ impl Application {
     pub async fn build(mut config: Config) -> anyhow::Result<Self> {
         if config.demo {
             let (dhmad, dodo) = sandbox::start(SandboxOptions { latency: config.demo_latency }).await?;
-            tracing::info!(dhmad = %dhmad.base_url, dodo = %dodo.base_url, "demo mode: serving sandbox providers");
             config.dhmad =
                 ProviderConfig { api_key: Some(Secret::new(dhmad.api_key)), base_url: dhmad.base_url };
             config.dodo =
@@ -232,7 +231,8 @@ async fn execute(state: &AppState, request: GraphQLRequest) -> Response {
     let mut request = request.into_inner();
     let operation = operation_label(&mut request);
     let hint = CacheHint::default();
-    let response = state.schema.execute(request.data(hint.clone())).await;
+    let request = request.data(hint.clone()).data(EntityErrorSlots::default());
+    let response = state.schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();
     let cache_control = hint.header_value(response.is_err());

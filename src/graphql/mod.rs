@@ -2,6 +2,7 @@
 //! the `CheckoutSessionResult` union; the federation entity resolver goes through the same
 //! service, so a router's fetch of a cached session costs no upstream call.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +90,22 @@ impl CacheHint {
     }
 }
 
+/// Per request: how many entity errors were already placed for each `(provider, id)`, so that
+/// when a router repeats a representation, the n-th failure lands on the n-th copy and every
+/// null gets its own error. Put one in each request's data.
+#[derive(Clone, Debug, Default)]
+pub struct EntityErrorSlots(Arc<Mutex<HashMap<(Provider, String), usize>>>);
+
+impl EntityErrorSlots {
+    /// Which copy of `(provider, id)` this failure belongs to: 0 for the first, then 1, …
+    fn take(&self, provider: Provider, id: &str) -> usize {
+        let mut taken = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = taken.entry((provider, id.to_owned())).or_default();
+        *slot += 1;
+        *slot - 1
+    }
+}
+
 fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
     // Registered in `schema()`; a schema without it is a programming error caught by tests.
     ctx.data_unchecked::<Gateway>()
@@ -172,8 +189,10 @@ impl Query {
 }
 
 /// The response path of the representation `(provider, id)`: `_entities.<index>`. The entity
-/// resolver is not told its index, so it is found in the arguments (only on the error path).
+/// resolver is not told its index, so it is found in the arguments (only on the error path);
+/// a repeated representation takes its copies in turn.
 fn entity_path(ctx: &Context<'_>, provider: Provider, id: &str) -> Vec<PathSegment> {
+    let copy = ctx.data_opt::<EntityErrorSlots>().map_or(0, |slots| slots.take(provider, id));
     let field = PathSegment::Field(ctx.item.node.response_key().node.to_string());
     // Variables carry the enum as a string, an inline literal as an enum value.
     let provider_name = match async_graphql::resolver_utils::enum_value(provider) {
@@ -187,13 +206,14 @@ fn entity_path(ctx: &Context<'_>, provider: Provider, id: &str) -> Vec<PathSegme
     };
     let index = ctx.param_value::<Vec<async_graphql::Any>>("representations", None).ok().and_then(
         |(_, representations)| {
-            representations.iter().position(|rep| match &rep.0 {
+            let mut matching = representations.iter().enumerate().filter(|(_, rep)| match &rep.0 {
                 Value::Object(fields) => {
                     is_provider(fields.get("provider"))
                         && matches!(fields.get("id"), Some(Value::String(given)) if given == id)
                 }
                 _ => false,
-            })
+            });
+            matching.nth(copy).map(|(index, _)| index)
         },
     );
     match index {

@@ -31,7 +31,7 @@ impl SessionProvider for DhmadClient {
         Provider::Dhmad
     }
 
-    fn scope(&self) -> &str {
+    fn scope(&self) -> &Arc<str> {
         self.upstream.scope()
     }
 

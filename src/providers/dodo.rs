@@ -35,7 +35,7 @@ impl SessionProvider for DodoClient {
         Provider::Dodo
     }
 
-    fn scope(&self) -> &str {
+    fn scope(&self) -> &Arc<str> {
         self.upstream.scope()
     }
 

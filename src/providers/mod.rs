@@ -22,7 +22,7 @@ pub trait SessionProvider: Send + Sync + fmt::Debug {
     /// Whose view of the provider this is: environment (base URL) and a fingerprint of the
     /// credential. Two providers with different scopes may see different sessions under the
     /// same id, so the cache keys on it.
-    fn scope(&self) -> &str;
+    fn scope(&self) -> &Arc<str>;
 
     /// Fetches one session. An id that cannot be valid for this provider is refused here,
     /// before any upstream call.

@@ -34,7 +34,8 @@ pub struct Upstream {
     authorization: Option<HeaderValue>,
     timeout: Duration,
     permits: Semaphore,
-    scope: String,
+    /// Shared by every cache key of this provider (a reference count, not a copy, per entry).
+    scope: Arc<str>,
     metrics: Arc<Metrics>,
 }
 
@@ -81,7 +82,7 @@ impl Upstream {
         };
         let fingerprint =
             config.api_key.as_ref().map_or_else(|| "none".to_owned(), |key| fingerprint(key.expose()));
-        let scope = format!("{}|{}|{}", provider.slug(), base_url, fingerprint);
+        let scope = Arc::from(format!("{}|{}|{}", provider.slug(), base_url, fingerprint));
         Ok(Self {
             provider,
             client,
@@ -98,7 +99,7 @@ impl Upstream {
         self.provider
     }
 
-    pub fn scope(&self) -> &str {
+    pub fn scope(&self) -> &Arc<str> {
         &self.scope
     }
 

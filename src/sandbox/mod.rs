@@ -55,6 +55,7 @@ pub(crate) struct SandboxState {
 pub async fn start(options: SandboxOptions) -> std::io::Result<(SandboxEndpoint, SandboxEndpoint)> {
     let dhmad = serve(dhmad::router, "/api/v1", dhmad::DEMO_KEY, options).await?;
     let dodo = serve(dodo::router, "", dodo::DEMO_KEY, options).await?;
+    tracing::info!(dhmad = %dhmad.base_url, dodo = %dodo.base_url, "demo mode: serving sandbox providers");
     Ok((dhmad, dodo))
 }
 

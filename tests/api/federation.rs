@@ -35,12 +35,13 @@ async fn entities_resolve_in_order_and_a_bad_one_spoils_nothing() {
         rep("DODO", "cks_b"),
         rep("DHMAD", "not-a-uuid"),
         rep("DODO", "cks_a"),
+        rep("DODO", "cks_forbidden"),
     ]);
 
     let reply = app.graphql(ENTITIES, json!({"representations": representations})).await;
 
     let entities = reply.data("_entities").as_array().unwrap();
-    assert_eq!(entities.len(), 5);
+    assert_eq!(entities.len(), 6);
     assert_eq!(entities[0]["id"], "cks_a");
     assert_eq!(entities[0]["status"], "COMPLETED");
     assert!(entities[1].is_null());
@@ -48,9 +49,14 @@ async fn entities_resolve_in_order_and_a_bad_one_spoils_nothing() {
     assert_eq!(entities[2]["status"], "OPEN");
     assert!(entities[3].is_null());
     assert_eq!(entities[4]["id"], "cks_a");
+    assert!(entities[5].is_null());
 
+    // Every null has its own error at its own index, a repeated representation included.
     let errors = reply.body["errors"].as_array().unwrap();
-    assert_eq!(errors.len(), 2, "{}", reply.body);
+    assert_eq!(errors.len(), 3, "{}", reply.body);
+    let mut paths: Vec<String> = errors.iter().map(|e| e["path"].to_string()).collect();
+    paths.sort();
+    assert_eq!(paths, [r#"["_entities",1]"#, r#"["_entities",3]"#, r#"["_entities",5]"#]);
     let forbidden =
         errors.iter().find(|e| e["path"] == json!(["_entities", 1])).expect("an error at _entities.1");
     assert_eq!(forbidden["extensions"]["code"], "FORBIDDEN");

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""The checkout-gateway benchmark: drives the release binary in --demo mode (its built-in sandbox
+providers are the upstream) and prints one Markdown table. Run it through bench/run.sh, which
+builds the binary and installs wrk.
+
+The gateway runs pinned to one core and the load generators to the other (taskset); every
+figure is the median of several runs, each run against the same server where a figure is a
+ratio of two measurements.
+"""
+
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.join(ROOT, "bench")
+BINARY = os.environ.get("GATEWAY_BIN", os.path.join(ROOT, "target", "release", "checkout-gateway"))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+LATENCY_MS = int(os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "20"))
+GATEWAY_CPU = os.environ.get("BENCH_GATEWAY_CPU", "0")
+LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
+FILL = int(os.environ.get("BENCH_FILL_SESSIONS", "100000"))
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+class Gateway:
+    """The release binary in --demo mode on a free port, pinned to GATEWAY_CPU."""
+
+    def __init__(self, latency_ms=0, extra_env=None):
+        env = dict(os.environ)
+        env.update({
+            "GATEWAY_LISTEN": "127.0.0.1:0",
+            "LOG_FORMAT": "json",
+            "RUST_LOG": "warn,checkout_gateway=info,checkout_gateway::providers=warn,checkout_gateway::server=warn",
+            "GATEWAY_DEMO_LATENCY": f"{latency_ms}ms",
+            "GATEWAY_SHUTDOWN_DELAY": "0s",
+            # A 100-ref cold batch is one round of upstream calls only if 100 may be in flight.
+            "GATEWAY_UPSTREAM_CONCURRENCY": "128",
+            "GATEWAY_CACHE_MAX_ENTRIES": str(max(200_000, 2 * FILL)),
+        })
+        env.update(extra_env or {})
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            ["taskset", "-c", GATEWAY_CPU, BINARY, "--demo"], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.addr = None
+        self.sandbox = {}
+        for line in self.process.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "dodo" in event and "dhmad" in event:
+                self.sandbox = {"dodo": event["dodo"], "dhmad": event["dhmad"]}
+            if "addr" in event:
+                self.addr = event["addr"]
+                break
+        if not self.addr:
+            raise RuntimeError("the gateway did not report its address")
+        # Keep draining stdout so the gateway never blocks on a full pipe.
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()
+        self.url = f"http://{self.addr}"
+
+    def wait_ready(self):
+        """Seconds from process start to the first 200 of /readyz."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return time.monotonic() - self.started
+            except OSError:
+                pass
+            time.sleep(0.001)
+        raise RuntimeError("/readyz never answered 200")
+
+    def rss_bytes(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def metrics(self):
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def metric(text, series):
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wrk(script, url, connections, seconds, run_id=""):
+    env = dict(os.environ, BENCH_DIR=BENCH_DIR, BENCH_RUN=run_id)
+    output = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+         "-s", os.path.join(BENCH_DIR, script), url],
+        env=env, capture_output=True, text=True, check=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    if result["errors"] or result["non2xx"]:
+        raise RuntimeError(f"{script}: {result['errors']} socket errors, {result['non2xx']} non-2xx answers")
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+async def post(host, port, body, connection=None):
+    """One HTTP/1.1 POST /graphql; returns (status, body, seconds)."""
+    reader, writer = connection or await asyncio.open_connection(host, port)
+    data = json.dumps(body).encode()
+    request = (f"POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+    started = time.perf_counter()
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    payload = await reader.readexactly(length)
+    elapsed = time.perf_counter() - started
+    if connection is None:
+        writer.close()
+    return status, json.loads(payload), elapsed
+
+
+def host_port(gateway):
+    host, port = gateway.addr.rsplit(":", 1)
+    return host, int(port)
+
+
+async def coalescing(gateway, askers):
+    """(d): `askers` connections, opened first, then the same query for one cold session sent
+    on all of them at once. Returns the upstream calls made and how the askers were answered."""
+    host, port = host_port(gateway)
+    session = f"cks_bench_coalesce_{time.time_ns()}"
+    body = {"query": f'{{ checkoutSession(provider: DODO, id: "{session}") {{ __typename }} }}'}
+    connections = [await asyncio.open_connection(host, port) for _ in range(askers)]
+    before = sandbox_requests(gateway)
+    metrics_before = gateway.metrics()
+    results = await asyncio.gather(*(post(host, port, body, c) for c in connections))
+    for _, writer in connections:
+        writer.close()
+    assert all(status == 200 and r["data"]["checkoutSession"]["__typename"] == "CheckoutSession"
+               for status, r, _ in results), "every asker gets the session"
+    after = sandbox_requests(gateway)
+    metrics_after = gateway.metrics()
+    delta = lambda name: metric(metrics_after, name) - metric(metrics_before, name)
+    return after - before, {
+        "misses": delta('checkout_gateway_cache_misses_total{provider="dodo"}'),
+        "coalesced": delta('checkout_gateway_cache_coalesced_waits_total{provider="dodo"}'),
+        "hits": delta('checkout_gateway_cache_hits_total{provider="dodo"}'),
+    }
+
+
+def sandbox_requests(gateway):
+    with urllib.request.urlopen(gateway.sandbox["dodo"] + "/_sandbox/stats", timeout=5) as response:
+        return json.loads(response.read())["requests"]
+
+
+def batch_body(ids):
+    refs = ", ".join(f'{{provider: DODO, id: "{i}"}}' for i in ids)
+    return {"query": f"{{ checkoutSessions(refs: [{refs}]) {{ __typename ... on CheckoutSession {{ id status }} }} }}"}
+
+
+async def batch_times(gateway, runs):
+    """(e): a 100-ref batch, all cold (fresh ids) and then the same batch all cached."""
+    host, port = host_port(gateway)
+    cold, cached = [], []
+    for run in range(runs):
+        ids = [f"cks_bench_batch_{time.time_ns()}_{run}_{i}" for i in range(100)]
+        status, body, elapsed = await post(host, port, batch_body(ids))
+        assert status == 200 and len(body["data"]["checkoutSessions"]) == 100
+        assert all(r["__typename"] == "CheckoutSession" for r in body["data"]["checkoutSessions"])
+        cold.append(elapsed)
+        status, body, elapsed = await post(host, port, batch_body(ids))
+        cached.append(elapsed)
+    return cold, cached
+
+
+async def upstream_round_trip(gateway, runs):
+    """One GET to the sandbox provider with its added latency: what a cold batch is set against."""
+    url = gateway.sandbox["dodo"]
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    times = []
+    for run in range(runs):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = (f"GET /checkouts/cks_bench_rtt_{time.time_ns()}_{run} HTTP/1.1\r\nHost: {host}\r\n"
+                   "Authorization: Bearer demo_dodo_read_only_key\r\n\r\n").encode()
+        started = time.perf_counter()
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+        await reader.readexactly(length)
+        times.append(time.perf_counter() - started)
+        writer.close()
+    return times
+
+
+async def fill(gateway, sessions):
+    """(f): caches `sessions` distinct sessions, 100 per request, 8 requests at a time."""
+    host, port = host_port(gateway)
+    prefix = f"cks_bench_fill_{time.time_ns()}"
+    batches = [[f"{prefix}_{b}_{i}" for i in range(100)] for b in range(sessions // 100)]
+    connections = [await asyncio.open_connection(host, port) for _ in range(8)]
+
+    async def worker(index):
+        for batch in batches[index::8]:
+            status, _, _ = await post(host, port, batch_body(batch), connections[index])
+            assert status == 200
+
+    await asyncio.gather(*(worker(i) for i in range(8)))
+    for _, writer in connections:
+        writer.close()
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.2f} ms"
+
+
+def main():
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    rows = []
+
+    # (a), (b), (c): one server, upstream latency 0, runs interleaved so drift hits both alike.
+    log(f"(a)(b)(c): {RUNS} runs of {SECONDS}s, {CONNECTIONS} connections")
+    gateway = Gateway(latency_ms=0)
+    gateway.wait_ready()
+    wrk("cached.lua", gateway.url + "/graphql", CONNECTIONS, 1)  # warm-up: fills the cache
+    cached, livez, cold, direct = [], [], [], []
+    for run in range(RUNS):
+        cached.append(wrk("cached.lua", gateway.url + "/graphql", CONNECTIONS, SECONDS))
+        livez.append(wrk("livez.lua", gateway.url + "/livez", CONNECTIONS, SECONDS))
+        cold.append(wrk("cold.lua", gateway.url, 4, SECONDS, f"c{run}_{time.time_ns()}"))
+        direct.append(wrk("direct.lua", gateway.sandbox["dodo"], 4, SECONDS, f"d{run}_{time.time_ns()}"))
+    gateway.stop()
+    ratios = [c["rps"] / l["rps"] for c, l in zip(cached, livez)]
+    med = lambda runs, key: median([r[key] for r in runs])
+    rows.append(("(a) cached `checkoutSession`", f"{med(cached, 'rps'):,.0f} req/s; p50 {med(cached, 'p50_us') / 1000:.2f} ms, "
+                 f"p99 {med(cached, 'p99_us') / 1000:.2f} ms ({CONNECTIONS} connections)", ""))
+    rows.append(("(b) `/livez`, same server", f"{med(livez, 'rps'):,.0f} req/s; p50 {med(livez, 'p50_us') / 1000:.2f} ms, "
+                 f"p99 {med(livez, 'p99_us') / 1000:.2f} ms", ""))
+    ratio = median(ratios)
+    rows.append(("(a)/(b)", f"{ratio:.2f} (per run: {', '.join(f'{r:.2f}' for r in ratios)})",
+                 f"≥ 0.5: {'met' if ratio >= 0.5 else f'missed by {0.5 - ratio:.2f}'}"))
+    overhead50 = med(cold, "p50_us") - med(direct, "p50_us")
+    overhead99 = med(cold, "p99_us") - med(direct, "p99_us")
+    rows.append(("(c) cold miss overhead (gateway − direct)",
+                 f"p50 {overhead50 / 1000:.3f} ms, p99 {overhead99 / 1000:.3f} ms (gateway p50 {med(cold, 'p50_us') / 1000:.2f} ms, "
+                 f"direct p50 {med(direct, 'p50_us') / 1000:.2f} ms; 4 connections)",
+                 f"p50 ≤ 0.5 ms: {'met' if overhead50 <= 500 else f'missed by {(overhead50 - 500) / 1000:.2f} ms'}"))
+
+    # (d), (e): one server whose sandbox adds LATENCY_MS to every answer.
+    log(f"(d)(e): upstream latency {LATENCY_MS} ms")
+    gateway = Gateway(latency_ms=LATENCY_MS)
+    gateway.wait_ready()
+    calls, how = [], []
+    for _ in range(RUNS):
+        made, split = asyncio.run(coalescing(gateway, 1000))
+        calls.append(made)
+        how.append(split)
+    rows.append(("(d) upstream calls for 1,000 concurrent identical cold queries",
+                 f"{median(calls):.0f} (per run: {', '.join(str(c) for c in calls)}; last run's askers: "
+                 f"{how[-1]['misses']:.0f} called, {how[-1]['coalesced']:.0f} waited on that call, {how[-1]['hits']:.0f} cache hits)",
+                 f"exactly 1: {'met' if all(c == 1 for c in calls) else 'missed'}"))
+    cold_batch, cached_batch = asyncio.run(batch_times(gateway, max(RUNS, 5)))
+    rtt = median(asyncio.run(upstream_round_trip(gateway, 20)))
+    gateway.stop()
+    batch_ratio = median(cold_batch) / rtt
+    rows.append(("(e) `checkoutSessions`, 100 refs, all cached", ms(median(cached_batch)), ""))
+    rows.append(("(e) `checkoutSessions`, 100 refs, all cold",
+                 f"{ms(median(cold_batch))} = {batch_ratio:.2f} × one upstream round trip ({ms(rtt)})",
+                 f"≤ 1.5 ×: {'met' if batch_ratio <= 1.5 else f'missed by {batch_ratio - 1.5:.2f} ×'}"))
+
+    # (f): memory with FILL cached sessions.
+    log(f"(f): filling {FILL} sessions")
+    per_session = []
+    full_rss = []
+    for _ in range(3):
+        gateway = Gateway(latency_ms=0)
+        gateway.wait_ready()
+        asyncio.run(fill(gateway, 1000))  # warms allocator and connection pools
+        before = gateway.rss_bytes()
+        asyncio.run(fill(gateway, FILL))
+        entries = metric(gateway.metrics(), "checkout_gateway_cache_entries")
+        after = gateway.rss_bytes()
+        gateway.stop()
+        if entries < FILL:
+            raise RuntimeError(f"only {entries:.0f} of {FILL + 1000} sessions stayed cached")
+        per_session.append((after - before) / FILL)
+        full_rss.append(after)
+    bps = median(per_session)
+    rows.append((f"(f) resident size with {FILL:,} cached sessions",
+                 f"{median(full_rss) / 2**20:.1f} MiB; {bps:,.0f} bytes per session "
+                 f"(per run: {', '.join(f'{b:,.0f}' for b in per_session)})",
+                 f"≤ 1 KiB: {'met' if bps <= 1024 else f'missed by {bps - 1024:,.0f} B'}"))
+
+    # (g): start-up and idle size, fresh processes.
+    starts, idle = [], []
+    for _ in range(RUNS):
+        gateway = Gateway(latency_ms=0)
+        starts.append(gateway.wait_ready())
+        time.sleep(0.5)
+        idle.append(gateway.rss_bytes())
+        gateway.stop()
+    rows.append(("(g) idle resident size", f"{median(idle) / 2**20:.1f} MiB",
+                 f"< 20 MiB: {'met' if median(idle) < 20 * 2**20 else 'missed'}"))
+    rows.append(("(g) process start to `/readyz` 200", f"{ms(median(starts))} (per run: {', '.join(ms(s) for s in starts)})",
+                 f"≤ 100 ms: {'met' if median(starts) <= 0.1 else 'missed'}"))
+
+    print(f"Machine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
+          f"gateway on CPU {GATEWAY_CPU}, load on CPU {LOAD_CPU}")
+    print(f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit}{' (with local changes)' if dirty else ''}; "
+          f"median of {RUNS} runs unless said")
+    print()
+    print("| figure | measured | target |")
+    print("|---|---|---|")
+    for name, value, target in rows:
+        print(f"| {name} | {value} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The benchmark, one command: builds the release binary, installs what it needs (wrk, taskset),
+# runs bench/bench.py and writes its table to BENCHMARKS.md.
+#
+#   bash bench/run.sh
+#
+# Knobs (environment): BENCH_RUNS (5), BENCH_SECONDS (5 per wrk run), BENCH_CONNECTIONS (32),
+# BENCH_UPSTREAM_LATENCY_MS (20), BENCH_FILL_SESSIONS (100000), BENCH_GATEWAY_CPU (0),
+# BENCH_LOAD_CPU (1). Takes about 6 minutes on 2 cores after the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v wrk >/dev/null || ! command -v taskset >/dev/null; then
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk util-linux >/dev/null
+  else
+    echo "bench/run.sh: please install wrk and taskset (Debian: apt-get install wrk util-linux)" >&2
+    exit 2
+  fi
+fi
+command -v python3 >/dev/null || { echo "bench/run.sh: python3 is required" >&2; exit 2; }
+
+cargo build --release --locked --bin checkout-gateway
+# 1,000 concurrent connections need more than the usual 1,024 descriptors on both ends.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+table="$(python3 bench/bench.py)"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Made by \`bash bench/run.sh\` (see the script for its knobs); the gateway runs \`--demo\`, so its"
+  echo "built-in sandbox providers are the upstream. Timings on shared 2-core machines are noisy:"
+  echo "compare figures from one run, and prefer the ratios."
+  echo
+  echo "$table"
+} > BENCHMARKS.md
+echo "$table"
