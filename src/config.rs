@@ -116,6 +116,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_CACHE_MAX_ENTRIES", value_name = "N")]
     pub cache_max_entries: Option<String>,
 
+    /// Bytes of whole responses kept for replay while everything in them may be reused; 0
+    /// turns it off [default: 8388608 (8 MiB)].
+    #[arg(long, env = "GATEWAY_RESPONSE_CACHE_BYTES", value_name = "BYTES")]
+    pub response_cache_bytes: Option<String>,
+
     /// Reuse of COMPLETED, CANCELLED and EXPIRED sessions [default: 1h].
     #[arg(long, env = "GATEWAY_CACHE_TTL_TERMINAL", value_name = "DURATION")]
     pub cache_ttl_terminal: Option<String>,
@@ -172,6 +177,7 @@ impl Settings {
             upstream_timeout,
             upstream_concurrency,
             cache_max_entries,
+            response_cache_bytes,
             cache_ttl_terminal,
             cache_ttl_failed,
             cache_ttl_open,
@@ -241,6 +247,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub upstream_concurrency: usize,
     pub cache: CachePolicy,
+    /// Bytes of whole responses kept for replay; 0: none.
+    pub response_cache_bytes: u64,
     pub batch_max: usize,
     pub log_format: LogFormat,
     pub shutdown_delay: Duration,
@@ -336,6 +344,12 @@ impl Config {
                     100_000,
                     100_000_000,
                 )?,
+            },
+            response_cache_bytes: match settings.response_cache_bytes.as_deref().map(str::trim) {
+                None => 8 * 1024 * 1024,
+                Some(raw) => raw.parse::<u64>().ok().filter(|n| *n <= 1 << 40).ok_or_else(|| {
+                    names.invalid("response_cache_bytes", format!("`{raw}` is not a whole number of bytes"))
+                })?,
             },
             batch_max: positive("batch_max", &settings.batch_max, 100, 10_000)? as usize,
             log_format,

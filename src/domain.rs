@@ -78,40 +78,25 @@ pub struct CheckoutSession {
     pub customer_email: Option<String>,
     pub customer_name: Option<String>,
     pub payment_id: Option<String>,
-    pub metadata: Option<serde_json::Value>,
+    /// Boxed: rare, and the cache holds many sessions.
+    pub metadata: Option<Box<serde_json::Value>>,
     /// When the gateway heard this from the provider; a cached answer keeps its original time.
     pub fetched_at: DateTime<Utc>,
     pub details: SessionDetails,
 }
 
-/// What only one provider knows about a session.
+/// What only one provider knows about a session, beyond the common fields. Anything derivable
+/// from the common fields (Dodo's payment id and status, DHMAD's target email) is not stored
+/// twice: a cache holds many of these.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SessionDetails {
-    Dhmad(DhmadDetails),
-    Dodo(DodoDetails),
-}
-
-#[derive(async_graphql::SimpleObject, Clone, Debug, PartialEq)]
-#[graphql(name = "DhmadSessionDetails")]
-pub struct DhmadDetails {
-    /// The escrow this session belongs to.
-    pub escrow_id: Option<String>,
-    /// What the person was asked to do.
-    pub action: DhmadAction,
-    /// DHMAD's own word for the action (useful when `action` is `UNKNOWN`).
-    pub raw_action: Option<String>,
-    /// Email of the user who was meant to act.
-    pub target_user_email: Option<String>,
-}
-
-#[derive(async_graphql::SimpleObject, Clone, Debug, PartialEq)]
-#[graphql(name = "DodoSessionDetails")]
-pub struct DodoDetails {
-    /// The payment created by the session; null while the customer is still entering details.
-    pub payment_id: Option<String>,
-    /// The payment's status; null while there is no payment. `UNKNOWN` keeps new values
-    /// (the raw value is in `CheckoutSession.providerStatus`).
-    pub payment_status: Option<DodoPaymentStatus>,
+    Dhmad {
+        /// The escrow this session belongs to.
+        escrow_id: Option<String>,
+        /// DHMAD's word for the action the person was asked to take.
+        action: Option<String>,
+    },
+    Dodo,
 }
 
 /// The action a DHMAD session asks the person to take.

@@ -6,6 +6,7 @@
 //!
 //! - [`server`]: axum routes (`/graphql`, `/livez`, `/readyz`, `/metrics`), startup and graceful
 //!   shutdown.
+//! - [`response_cache`]: whole answers replayed while everything in them may be reused.
 //! - [`graphql`]: the schema and thin resolvers; answers become members of a result union,
 //!   errors are data with a stable code.
 //! - [`service`]: picks the provider, answers batches in order with each session asked once.
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod graphql;
 pub mod metrics;
 pub mod providers;
+pub mod response_cache;
 pub mod sandbox;
 pub mod server;
 pub mod service;

@@ -2,7 +2,7 @@
 //! process never mix counts). Exposed at `/metrics` in the Prometheus text format.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond cache hits up to slow provider calls.
@@ -22,6 +22,7 @@ pub struct Metrics {
     pub cache_coalesced: IntCounterVec,
     pub cache_evictions: IntCounterVec,
     pub cache_entries: IntGauge,
+    pub response_cache_hits: IntCounter,
 }
 
 impl Default for Metrics {
@@ -48,6 +49,12 @@ impl Metrics {
         let cache_entries =
             IntGauge::new("cache_entries", "Answers in the cache now.").expect("static metric");
         registry.register(Box::new(cache_entries.clone())).expect("each metric is registered once");
+        let response_cache_hits = IntCounter::new(
+            "response_cache_hits_total",
+            "GraphQL requests answered by replaying a stored response (no session lookup at all).",
+        )
+        .expect("static metric");
+        registry.register(Box::new(response_cache_hits.clone())).expect("each metric is registered once");
         Self {
             http_requests: counter(
                 "http_requests_total",
@@ -87,6 +94,7 @@ impl Metrics {
                 &["cause"],
             ),
             cache_entries,
+            response_cache_hits,
             registry,
         }
     }

@@ -7,14 +7,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::{Request, State};
+use async_graphql_axum::GraphQLRequest;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -25,12 +28,16 @@ use tracing::Instrument;
 
 use crate::cache::SessionCache;
 use crate::config::{Config, ProviderConfig, Secret};
-use crate::graphql::{self, CacheHint, EntityErrorSlots, Gateway, GatewaySchema};
+use crate::graphql::{self, CacheHint, DocumentCache, EntityErrorSlots, Gateway, GatewaySchema};
 use crate::metrics::Metrics;
 use crate::providers::{self, CredentialStatus, SessionProvider};
+use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
 use crate::sandbox::{self, SandboxOptions};
 use crate::service::SessionService;
 use crate::telemetry;
+
+/// Query text kept parsed: far more than the distinct queries a fleet of dashboards sends.
+const DOCUMENT_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the startup credential check found, per provider (`/readyz` reports it).
 type Credentials = Arc<RwLock<BTreeMap<&'static str, CredentialStatus>>>;
@@ -38,6 +45,8 @@ type Credentials = Arc<RwLock<BTreeMap<&'static str, CredentialStatus>>>;
 #[derive(Clone)]
 struct AppState {
     schema: GatewaySchema,
+    documents: Arc<DocumentCache>,
+    responses: Arc<ResponseCache>,
     service: Arc<SessionService>,
     metrics: Arc<Metrics>,
     /// False until the server is serving, and again from the moment shutdown begins.
@@ -79,6 +88,8 @@ impl Application {
         let ready = Arc::new(AtomicBool::new(false));
         let router = router(AppState {
             schema,
+            documents: Arc::new(DocumentCache::new(DOCUMENT_CACHE_BYTES)),
+            responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
             service,
             metrics,
             ready: ready.clone(),
@@ -203,44 +214,105 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
     response
 }
 
-async fn graphql_post(State(state): State<AppState>, request: GraphQLRequest) -> Response {
-    execute(&state, request).await
+/// The most a `/graphql` request body may hold.
+const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// A JSON POST answered moments ago with a reusable answer is replayed from the response
+/// cache; every other request goes through async-graphql-axum's extractor and the schema.
+async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+    let is_json = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|content_type| content_type.starts_with("application/json"));
+    if !is_json {
+        return extract_and_execute(&state, request, None).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return graphql_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body could not be read, or is over 2 MiB",
+        );
+    };
+    if let Some(stored) = state.responses.get(&bytes) {
+        return replay(&state, &stored);
+    }
+    extract_and_execute(&state, Request::from_parts(parts, Body::from(bytes.clone())), Some(bytes)).await
 }
 
-/// A query in the URL runs; a browser asking for HTML without one gets GraphiQL.
-async fn graphql_get(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: Result<GraphQLRequest, GraphQLRejection>,
-) -> Response {
-    let wants_html =
-        headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"));
-    match request {
-        Ok(request) if !request.0.query.trim().is_empty() => execute(&state, request).await,
+/// A query in the URL runs (or is replayed); a browser asking for HTML without one gets
+/// GraphiQL.
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let key = request.uri().query().map(|query| Bytes::from(format!("GET?{query}")));
+    if let Some(stored) = key.as_deref().and_then(|key| state.responses.get(key)) {
+        return replay(&state, &stored);
+    }
+    let wants_html = request
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
+        Ok(request) if !request.0.query.trim().is_empty() => execute(&state, request.into_inner(), key).await,
         _ if wants_html => Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response(),
         Err(rejection) => rejection.into_response(),
-        Ok(_) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"errors": [{"message": "GET /graphql needs a `query` parameter"}]})),
-        )
-            .into_response(),
+        Ok(_) => graphql_error(StatusCode::BAD_REQUEST, "GET /graphql needs a `query` parameter"),
     }
 }
 
-async fn execute(state: &AppState, request: GraphQLRequest) -> Response {
-    let mut request = request.into_inner();
+async fn extract_and_execute(state: &AppState, request: Request, cache_key: Option<Bytes>) -> Response {
+    match GraphQLRequest::<GraphQLRejection>::from_request(request, state).await {
+        Ok(request) => execute(state, request.into_inner(), cache_key).await,
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// Runs one GraphQL request; stores the answer under `cache_key` when all of it may be reused.
+async fn execute(
+    state: &AppState,
+    mut request: async_graphql::Request,
+    cache_key: Option<Bytes>,
+) -> Response {
+    state.documents.prepare(&mut request);
     let operation = operation_label(&mut request);
     let hint = CacheHint::default();
     let request = request.data(hint.clone()).data(EntityErrorSlots::default());
     let response = state.schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();
-    let cache_control = hint.header_value(response.is_err());
-    let mut http = GraphQLResponse::from(response).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cache_control) {
-        http.headers_mut().insert(CACHE_CONTROL, value);
+    let reusable_for = hint.reusable_for(response.is_err());
+    let body = match serde_json::to_vec(&response) {
+        Ok(body) => Bytes::from(body),
+        Err(error) => {
+            tracing::error!(%error, "a GraphQL response could not be serialised");
+            return graphql_error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be serialised");
+        }
+    };
+    if let (Some(key), Some(left)) = (cache_key, reusable_for) {
+        state.responses.insert(key, body.clone(), left, operation);
     }
-    http
+    graphql_response(body, reusable_for)
+}
+
+fn replay(state: &AppState, stored: &StoredResponse) -> Response {
+    state.metrics.response_cache_hits.inc();
+    state.metrics.graphql_operations.with_label_values(&[stored.operation.as_str(), "ok"]).inc();
+    graphql_response(stored.body.clone(), Some(stored.reusable_for()))
+}
+
+fn graphql_response(body: Bytes, reusable_for: Option<Duration>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json"));
+    if let Ok(value) = HeaderValue::from_str(&cache_control(reusable_for)) {
+        headers.insert(CACHE_CONTROL, value);
+    }
+    response
+}
+
+fn graphql_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"errors": [{"message": message}]}))).into_response()
 }
 
 /// The operation's name for metrics: `operationName`, else the name in the document (parsed

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, PathSegment, SDLExportOptions,
     Schema, SchemaBuilder, Value, ID,
@@ -77,15 +78,38 @@ impl CacheHint {
         }
     }
 
-    /// `private, max-age=N` for a response made only of reusable sessions; `no-store` for one
-    /// with any error, any answer that must not be reused, or no session at all.
-    pub fn header_value(&self, response_has_errors: bool) -> String {
+    /// How long the whole response may be reused: the shortest remaining lifetime of the
+    /// sessions in it; `None` for a response with any error, any answer that must not be
+    /// reused, or no session at all.
+    pub fn reusable_for(&self, response_has_errors: bool) -> Option<Duration> {
         let state = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match state.shortest {
-            Some(left) if !state.no_store && !response_has_errors => {
-                format!("private, max-age={}", left.as_secs())
-            }
-            _ => "no-store".to_owned(),
+        state.shortest.filter(|_| !state.no_store && !response_has_errors)
+    }
+}
+
+/// Parsed documents by query text: dashboards and routers send the same few queries over and
+/// over, and parsing is the largest single cost of a cached answer. Bounded by query bytes.
+#[derive(Debug)]
+pub struct DocumentCache(moka::sync::Cache<String, Arc<ExecutableDocument>>);
+
+impl DocumentCache {
+    pub fn new(max_query_bytes: u64) -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(max_query_bytes)
+                .weigher(|query: &String, _| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .build(),
+        )
+    }
+
+    /// Gives `request` its parsed document: from the cache, or parsed now and kept. A query
+    /// that does not parse is left for execution to report.
+    pub fn prepare(&self, request: &mut async_graphql::Request) {
+        if let Some(document) = self.0.get(request.query.as_str()) {
+            request.set_parsed_query((*document).clone());
+        } else if let Ok(document) = request.parsed_query() {
+            let document = Arc::new(document.clone());
+            self.0.insert(request.query.clone(), document);
         }
     }
 }

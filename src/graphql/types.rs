@@ -8,8 +8,8 @@ use async_graphql::{ErrorExtensions, InputObject, Interface, Json, Object, Union
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    CheckoutSession, CheckoutStatus, DhmadDetails, DodoDetails, ErrorCode, FetchError, FetchResult, Provider,
-    SessionDetails, UnavailableReason,
+    CheckoutSession, CheckoutStatus, DhmadAction, DodoPaymentStatus, ErrorCode, FetchError, FetchResult,
+    Provider, SessionDetails, UnavailableReason,
 };
 
 /// A checkout session, whichever provider holds it.
@@ -69,7 +69,7 @@ impl CheckoutSessionView {
 
     /// Key-value pairs given when the session was created (DHMAD).
     async fn metadata(&self) -> Option<Json<&serde_json::Value>> {
-        self.0.metadata.as_ref().map(Json)
+        self.0.metadata.as_deref().map(Json)
     }
 
     /// When the gateway last heard this from the provider (older than now on a cache hit).
@@ -79,9 +79,9 @@ impl CheckoutSessionView {
 
     /// What only this session's provider knows.
     async fn details(&self) -> ProviderDetails {
-        match &self.0.details {
-            SessionDetails::Dhmad(details) => ProviderDetails::Dhmad(details.clone()),
-            SessionDetails::Dodo(details) => ProviderDetails::Dodo(details.clone()),
+        match self.0.details {
+            SessionDetails::Dhmad { .. } => ProviderDetails::Dhmad(DhmadSessionDetails(self.0.clone())),
+            SessionDetails::Dodo => ProviderDetails::Dodo(DodoSessionDetails(self.0.clone())),
         }
     }
 }
@@ -89,8 +89,65 @@ impl CheckoutSessionView {
 /// Provider-specific fields of a session.
 #[derive(Union)]
 pub enum ProviderDetails {
-    Dhmad(DhmadDetails),
-    Dodo(DodoDetails),
+    Dhmad(DhmadSessionDetails),
+    Dodo(DodoSessionDetails),
+}
+
+/// What DHMAD says about a session beyond the common fields.
+pub struct DhmadSessionDetails(Arc<CheckoutSession>);
+
+/// What DHMAD says about a session beyond the common fields.
+#[Object]
+impl DhmadSessionDetails {
+    /// The escrow this session belongs to.
+    async fn escrow_id(&self) -> Option<&str> {
+        match &self.0.details {
+            SessionDetails::Dhmad { escrow_id, .. } => escrow_id.as_deref(),
+            SessionDetails::Dodo => None,
+        }
+    }
+
+    /// What the person was asked to do.
+    async fn action(&self) -> DhmadAction {
+        self.raw().map_or(DhmadAction::Unknown, DhmadAction::from_wire)
+    }
+
+    /// DHMAD's own word for the action (useful when `action` is `UNKNOWN`).
+    async fn raw_action(&self) -> Option<&str> {
+        self.raw()
+    }
+
+    /// Email of the user who was meant to act.
+    async fn target_user_email(&self) -> Option<&str> {
+        self.0.customer_email.as_deref()
+    }
+}
+
+impl DhmadSessionDetails {
+    fn raw(&self) -> Option<&str> {
+        match &self.0.details {
+            SessionDetails::Dhmad { action, .. } => action.as_deref(),
+            SessionDetails::Dodo => None,
+        }
+    }
+}
+
+/// What Dodo Payments says about a session beyond the common fields.
+pub struct DodoSessionDetails(Arc<CheckoutSession>);
+
+/// What Dodo Payments says about a session beyond the common fields.
+#[Object]
+impl DodoSessionDetails {
+    /// The payment created by the session; null while the customer is still entering details.
+    async fn payment_id(&self) -> Option<&str> {
+        self.0.payment_id.as_deref()
+    }
+
+    /// The payment's status; null while there is no payment. `UNKNOWN` keeps new values (the
+    /// raw value is in `CheckoutSession.providerStatus`).
+    async fn payment_status(&self) -> Option<DodoPaymentStatus> {
+        self.0.provider_status.as_deref().map(DodoPaymentStatus::from_wire)
+    }
 }
 
 /// One session to look up in a batch.

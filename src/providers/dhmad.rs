@@ -9,10 +9,7 @@ use serde::Deserialize;
 
 use super::upstream::{Upstream, UpstreamResponse};
 use super::{CredentialStatus, SessionProvider};
-use crate::domain::{
-    CheckoutSession, CheckoutStatus, DhmadAction, DhmadDetails, FetchError, FetchResult, Provider,
-    SessionDetails,
-};
+use crate::domain::{CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails};
 
 #[derive(Debug)]
 pub struct DhmadClient {
@@ -94,17 +91,12 @@ impl WireSession {
             expires_at: self.expires_at,
             completed_at: self.completed_at,
             // The person DHMAD asked to act is the closest thing it has to a customer.
-            customer_email: self.target_user_email.clone(),
+            customer_email: self.target_user_email,
             customer_name: None,
             payment_id: None,
-            metadata: self.metadata.filter(|m| !m.is_null()),
+            metadata: self.metadata.filter(|m| !m.is_null()).map(Box::new),
             fetched_at: Utc::now(),
-            details: SessionDetails::Dhmad(DhmadDetails {
-                escrow_id: self.escrow_id,
-                action: self.action.as_deref().map_or(DhmadAction::Unknown, DhmadAction::from_wire),
-                raw_action: self.action,
-                target_user_email: self.target_user_email,
-            }),
+            details: SessionDetails::Dhmad { escrow_id: self.escrow_id, action: self.action },
         }
     }
 }

@@ -9,10 +9,7 @@ use serde::Deserialize;
 
 use super::upstream::Upstream;
 use super::{CredentialStatus, SessionProvider};
-use crate::domain::{
-    CheckoutSession, CheckoutStatus, DodoDetails, DodoPaymentStatus, FetchError, FetchResult, Provider,
-    SessionDetails,
-};
+use crate::domain::{CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails};
 
 /// Far longer than any id Dodo issues (`cks_` and a short token); a bound keeps junk out of
 /// logs and the cache.
@@ -105,13 +102,10 @@ impl WireSession {
             completed_at: None,
             customer_email: self.customer_email,
             customer_name: self.customer_name,
-            payment_id: self.payment_id.clone(),
+            payment_id: self.payment_id,
             metadata: None,
             fetched_at: Utc::now(),
-            details: SessionDetails::Dodo(DodoDetails {
-                payment_id: self.payment_id,
-                payment_status: self.payment_status.as_deref().map(DodoPaymentStatus::from_wire),
-            }),
+            details: SessionDetails::Dodo,
             provider_status: self.payment_status,
         }
     }

@@ -15,7 +15,7 @@ use serde_json::json;
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
+use crate::helpers::{concurrently, dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
 
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new())
@@ -53,14 +53,8 @@ async fn fifty_concurrent_queries_on_a_cold_key_make_one_upstream_call() {
         )
         .mount(&app.dodo)
         .await;
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let app = app.clone();
-            tokio::spawn(async move { app.session("DODO", "cks_hot").await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap()["status"], "PROCESSING");
+    for answer in concurrently(&app, 50, "DODO", "cks_hot").await {
+        assert_eq!(answer["status"], "PROCESSING");
     }
     assert_eq!(calls(&app.dodo).await, 1);
 }
@@ -72,14 +66,8 @@ async fn concurrent_askers_share_an_error_but_it_is_not_stored() {
         .respond_with(ResponseTemplate::new(503).set_delay(Duration::from_millis(300)))
         .mount(&app.dodo)
         .await;
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let app = app.clone();
-            tokio::spawn(async move { app.session("DODO", "cks_err").await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap()["reason"], "UPSTREAM_ERROR");
+    for answer in concurrently(&app, 10, "DODO", "cks_err").await {
+        assert_eq!(answer["reason"], "UPSTREAM_ERROR");
     }
     assert_eq!(calls(&app.dodo).await, 1, "concurrent askers share one call");
     app.session("DODO", "cks_err").await;

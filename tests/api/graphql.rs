@@ -200,3 +200,52 @@ async fn cache_control_follows_the_shortest_lifetime_and_errors_forbid_storing()
     let nothing = app.graphql("{ __typename }", json!({})).await;
     assert_eq!(nothing.cache_control(), "no-store");
 }
+
+#[tokio::test]
+async fn a_repeated_request_is_replayed_until_its_shortest_lifetime_ends() {
+    let app = spawn_app(|config| config.cache.open = Duration::from_millis(1500)).await;
+    Mock::given(path("/checkouts/cks_replay"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_replay", None)))
+        .mount(&app.dodo)
+        .await;
+    let url = format!("http://{}/graphql", app.addr);
+    let body = json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_replay") { ... on CheckoutSession { status fetchedAt } } }"#});
+    let send = || app.http.post(&url).json(&body).send();
+    let first = send().await.unwrap();
+    assert_eq!(first.headers()["cache-control"], "private, max-age=1");
+    let first = first.bytes().await.unwrap();
+    let second = send().await.unwrap();
+    assert!(second.headers()["cache-control"].to_str().unwrap().starts_with("private, max-age="));
+    assert_eq!(second.bytes().await.unwrap(), first, "replayed byte for byte");
+    let metrics =
+        app.http.get(format!("http://{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("checkout_gateway_response_cache_hits_total 1"), "{metrics}");
+    assert_eq!(app.dodo.received_requests().await.unwrap().len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let third: Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        app.dodo.received_requests().await.unwrap().len(),
+        2,
+        "the session expired, and the replay with it"
+    );
+    assert_ne!(third.to_string().as_bytes(), &first[..]);
+}
+
+#[tokio::test]
+async fn replaying_can_be_turned_off() {
+    let app = spawn_app(|config| config.response_cache_bytes = 0).await;
+    Mock::given(path("/checkouts/cks_noreplay"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(dodo_session("cks_noreplay", Some("succeeded"))),
+        )
+        .mount(&app.dodo)
+        .await;
+    for _ in 0..3 {
+        app.session("DODO", "cks_noreplay").await;
+    }
+    let metrics =
+        app.http.get(format!("http://{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("checkout_gateway_response_cache_hits_total 0"), "{metrics}");
+    assert!(metrics.contains(r#"checkout_gateway_cache_hits_total{provider="dodo"} 2"#), "{metrics}");
+}

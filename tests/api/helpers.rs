@@ -125,6 +125,26 @@ impl TestApp {
     }
 }
 
+/// `askers` concurrent `checkoutSession` queries for one session; their answers.
+pub async fn concurrently(
+    app: &std::sync::Arc<TestApp>,
+    askers: usize,
+    provider: &str,
+    id: &str,
+) -> Vec<Value> {
+    let tasks: Vec<_> = (0..askers)
+        .map(|_| {
+            let (app, provider, id) = (app.clone(), provider.to_owned(), id.to_owned());
+            tokio::spawn(async move { app.session(&provider, &id).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(askers);
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
 /// A DHMAD `GET /sessions/{id}` 200 body.
 pub fn dhmad_session(id: &str, status: &str) -> Value {
     json!({"session": {

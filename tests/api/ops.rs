@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, header_exists, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{dodo_session, spawn_app, TestApp};
+use crate::helpers::{concurrently, dodo_session, spawn_app, TestApp};
 
 async fn get(app: &TestApp, route: &str) -> (u16, String) {
     let response = app.http.get(format!("http://{}{route}", app.addr)).send().await.unwrap();
@@ -70,6 +70,9 @@ async fn metrics_count_requests_operations_upstream_calls_and_the_cache() {
     for _ in 0..3 {
         app.graphql(query, json!({})).await;
     }
+    // Other text, same session: not a replay, but a session-cache hit.
+    app.graphql(r#"query Other { checkoutSession(provider: DODO, id: "cks_m") { __typename } }"#, json!({}))
+        .await;
     app.graphql("query Broken { nope }", json!({})).await;
 
     let (status, metrics) = get(&app, "/metrics").await;
@@ -83,6 +86,7 @@ async fn metrics_count_requests_operations_upstream_calls_and_the_cache() {
         "checkout_gateway_cache_hits_total",
         "checkout_gateway_cache_misses_total",
         "checkout_gateway_cache_entries",
+        "checkout_gateway_response_cache_hits_total",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
@@ -97,14 +101,23 @@ async fn metrics_count_requests_operations_upstream_calls_and_the_cache() {
     );
     assert_eq!(
         count(r#"checkout_gateway_http_requests_total{method="POST",route="/graphql",status="200"}"#),
-        4.0
+        5.0
     );
     assert_eq!(
         count(r#"checkout_gateway_upstream_requests_total{outcome="ok",provider="dodo",status_class="2xx"}"#),
         1.0
     );
     assert_eq!(count(r#"checkout_gateway_cache_misses_total{provider="dodo"}"#), 1.0);
-    assert_eq!(count(r#"checkout_gateway_cache_hits_total{provider="dodo"}"#), 2.0);
+    assert_eq!(
+        count("checkout_gateway_response_cache_hits_total"),
+        2.0,
+        "the 2nd and 3rd Dashboard were replayed"
+    );
+    assert_eq!(
+        count(r#"checkout_gateway_cache_hits_total{provider="dodo"}"#),
+        1.0,
+        "Other hit the session cache"
+    );
     assert_eq!(count("checkout_gateway_cache_entries"), 1.0);
 }
 
@@ -119,15 +132,7 @@ async fn coalesced_waits_are_counted() {
         )
         .mount(&app.dodo)
         .await;
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let app = app.clone();
-            tokio::spawn(async move { app.session("DODO", "cks_co").await })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    concurrently(&app, 10, "DODO", "cks_co").await;
     let (_, metrics) = get(&app, "/metrics").await;
     assert_eq!(sample(&metrics, r#"checkout_gateway_cache_misses_total{provider="dodo"}"#), 1.0);
     assert_eq!(sample(&metrics, r#"checkout_gateway_cache_coalesced_waits_total{provider="dodo"}"#), 9.0);

@@ -64,6 +64,22 @@ impl Gateway {
         }
     }
 
+    /// Sends `signal`, then [`Self::finish`].
+    async fn stop(self, signal: &str) -> (Option<i32>, Vec<Value>) {
+        self.signal(signal);
+        self.finish().await
+    }
+
+    /// Waits (off the async runtime) for the exit code and the log lines.
+    async fn finish(self) -> (Option<i32>, Vec<Value>) {
+        tokio::task::spawn_blocking(move || {
+            let mut gateway = self;
+            gateway.wait()
+        })
+        .await
+        .unwrap()
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
         assert!(status.unwrap().success());
@@ -116,12 +132,7 @@ async fn sigterm_turns_readiness_off_then_drains_in_flight_queries_and_exits_zer
     let reply = slow_query.await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body["data"]["checkoutSession"]["status"], "COMPLETED");
-    let (code, logs) = tokio::task::spawn_blocking(move || {
-        let mut gateway = gateway;
-        gateway.wait()
-    })
-    .await
-    .unwrap();
+    let (code, logs) = gateway.finish().await;
     assert_eq!(code, Some(0));
     assert!(logs.iter().any(|l| l["message"] == "stopped"), "{logs:?}");
 }
@@ -145,13 +156,7 @@ async fn json_logs_carry_the_request_id_and_upstream_call_but_never_the_key() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    gateway.signal("INT");
-    let (code, logs) = tokio::task::spawn_blocking(move || {
-        let mut gateway = gateway;
-        gateway.wait()
-    })
-    .await
-    .unwrap();
+    let (code, logs) = gateway.stop("INT").await;
     assert_eq!(code, Some(0));
     assert!(logs.iter().all(|l| l.get("not_json").is_none()), "every line is JSON: {logs:?}");
     let upstream =
@@ -185,13 +190,7 @@ async fn traces_are_exported_over_otlp_when_the_endpoint_is_set() {
     )
     .await;
     assert_eq!(reply.status, 200);
-    gateway.signal("TERM");
-    let (code, _) = tokio::task::spawn_blocking(move || {
-        let mut gateway = gateway;
-        gateway.wait()
-    })
-    .await
-    .unwrap();
+    let (code, _) = gateway.stop("TERM").await;
     assert_eq!(code, Some(0));
     let exports = collector.received_requests().await.unwrap();
     assert!(!exports.is_empty(), "no OTLP export reached the collector");

@@ -1,0 +1,84 @@
+//! Whole `/graphql` answers, kept for as long as everything in them may be reused.
+//!
+//! A response is stored only when it carries no error and only sessions that may be reused,
+//! and only until the first of them expires: the same lifetime its `Cache-Control` header
+//! announces. Within that time the session cache would hand the resolvers the very same
+//! sessions, so replaying the serialised bytes gives the same answer without parsing,
+//! validating, executing or serialising again. Keyed by the exact request (JSON body, or URL
+//! query for GET); bounded in bytes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::sync::Cache;
+use moka::Expiry;
+
+/// A stored answer, ready to send.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub body: Bytes,
+    pub expires_at: Instant,
+    /// The operation's name, for metrics on replay.
+    pub operation: String,
+}
+
+impl StoredResponse {
+    pub fn reusable_for(&self) -> Duration {
+        self.expires_at.saturating_duration_since(Instant::now())
+    }
+}
+
+struct UntilExpiry;
+
+impl Expiry<Bytes, Arc<StoredResponse>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _: &Bytes,
+        value: &Arc<StoredResponse>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(created_at))
+    }
+}
+
+#[derive(Debug)]
+pub struct ResponseCache(Option<Cache<Bytes, Arc<StoredResponse>>>);
+
+impl ResponseCache {
+    /// `max_bytes` of requests and responses at most; 0 turns the cache off.
+    pub fn new(max_bytes: u64) -> Self {
+        Self((max_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|key: &Bytes, value: &Arc<StoredResponse>| {
+                    u32::try_from(key.len() + value.body.len() + value.operation.len() + 64)
+                        .unwrap_or(u32::MAX)
+                })
+                .expire_after(UntilExpiry)
+                .build()
+        }))
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Arc<StoredResponse>> {
+        self.0.as_ref()?.get(key)
+    }
+
+    /// Keeps `body` for `reusable_for` (nothing is kept for less than a second: not worth it).
+    pub fn insert(&self, key: Bytes, body: Bytes, reusable_for: Duration, operation: String) {
+        if let Some(cache) = &self.0 {
+            if reusable_for >= Duration::from_secs(1) {
+                let stored = StoredResponse { body, expires_at: Instant::now() + reusable_for, operation };
+                cache.insert(key, Arc::new(stored));
+            }
+        }
+    }
+}
+
+/// The `Cache-Control` header for an answer reusable for `reusable_for` (`None`: not at all).
+pub fn cache_control(reusable_for: Option<Duration>) -> String {
+    match reusable_for {
+        Some(left) => format!("private, max-age={}", left.as_secs()),
+        None => "no-store".to_owned(),
+    }
+}
