@@ -86,7 +86,7 @@ impl Expiry<Key, Entry> for ByAnswer {
 }
 
 /// Whose view (provider, environment, credential fingerprint) and which session.
-type Key = (Arc<str>, Box<str>);
+type Key = (Arc<str>, Arc<str>);
 
 /// An answer and for how much longer a client may reuse it (`None`: not at all).
 #[derive(Clone, Debug)]
@@ -127,7 +127,9 @@ impl SessionCache {
     /// with every concurrent asker of the same key, and stored if it may be reused).
     pub async fn lookup(&self, provider: &dyn SessionProvider, id: &str) -> Lookup {
         let label = [provider.provider().slug()];
-        let key: Key = (provider.scope().clone(), Box::from(id));
+        // The id is shared by the key and, on a miss, the session the provider builds.
+        let id: Arc<str> = Arc::from(id);
+        let key: Key = (provider.scope().clone(), id.clone());
         // The common case, a hit, is one read; only a miss goes through the shared insert.
         if let Some(entry) = self.cache.get(&key).await {
             self.metrics.cache_hits.with_label_values(&label).inc();
@@ -138,7 +140,7 @@ impl SessionCache {
             .cache
             .try_get_with(key, async {
                 called = true;
-                let answer = provider.fetch_session(id).await;
+                let answer = provider.fetch_session(&id).await;
                 match self.policy.lifetime(&answer) {
                     Some(lifetime) if !lifetime.is_zero() => {
                         Ok(Entry { answer, expires_at: Instant::now() + lifetime })

@@ -117,7 +117,7 @@ pub struct Settings {
     pub cache_max_entries: Option<String>,
 
     /// Bytes of whole responses kept for replay while everything in them may be reused; 0
-    /// turns it off [default: 8388608 (8 MiB)].
+    /// turns it off [default: 2097152 (2 MiB): thousands of small answers].
     #[arg(long, env = "GATEWAY_RESPONSE_CACHE_BYTES", value_name = "BYTES")]
     pub response_cache_bytes: Option<String>,
 
@@ -346,7 +346,7 @@ impl Config {
                 )?,
             },
             response_cache_bytes: match settings.response_cache_bytes.as_deref().map(str::trim) {
-                None => 8 * 1024 * 1024,
+                None => 2 * 1024 * 1024,
                 Some(raw) => raw.parse::<u64>().ok().filter(|n| *n <= 1 << 40).ok_or_else(|| {
                     names.invalid("response_cache_bytes", format!("`{raw}` is not a whole number of bytes"))
                 })?,

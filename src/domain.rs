@@ -4,6 +4,7 @@
 //! knows a provider's JSON. The GraphQL layer derives its enums from here so that a status or
 //! a reason is defined once.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -68,21 +69,36 @@ pub enum CheckoutStatus {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckoutSession {
     pub provider: Provider,
-    pub id: String,
+    /// Shared with the cache key. Strings below are boxed (no spare capacity, 8 bytes less
+    /// each): the cache holds many sessions.
+    pub id: Arc<str>,
     pub status: CheckoutStatus,
     /// The provider's own word for the status, so nothing is lost by normalising.
-    pub provider_status: Option<String>,
+    pub provider_status: Option<Cow<'static, str>>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
-    pub customer_email: Option<String>,
-    pub customer_name: Option<String>,
-    pub payment_id: Option<String>,
+    pub customer_email: Option<Box<str>>,
+    pub customer_name: Option<Box<str>>,
+    pub payment_id: Option<Box<str>>,
     /// Boxed: rare, and the cache holds many sessions.
     pub metadata: Option<Box<serde_json::Value>>,
     /// When the gateway heard this from the provider; a cached answer keeps its original time.
     pub fetched_at: DateTime<Utc>,
     pub details: SessionDetails,
+}
+
+/// Maps a provider's raw status through its table of documented values. A documented value is
+/// kept as the table's static string (no allocation per cached session); a new one maps to
+/// `UNKNOWN` and is kept as given.
+pub fn normalise_status(
+    raw: Box<str>,
+    table: &[(&'static str, CheckoutStatus)],
+) -> (CheckoutStatus, Cow<'static, str>) {
+    match table.iter().find(|(known, _)| **known == *raw) {
+        Some((known, status)) => (*status, Cow::Borrowed(*known)),
+        None => (CheckoutStatus::Unknown, Cow::Owned(raw.into_string())),
+    }
 }
 
 /// What only one provider knows about a session, beyond the common fields. Anything derivable
@@ -92,9 +108,9 @@ pub struct CheckoutSession {
 pub enum SessionDetails {
     Dhmad {
         /// The escrow this session belongs to.
-        escrow_id: Option<String>,
+        escrow_id: Option<Box<str>>,
         /// DHMAD's word for the action the person was asked to take.
-        action: Option<String>,
+        action: Option<Box<str>>,
     },
     Dodo,
 }

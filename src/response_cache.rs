@@ -52,7 +52,8 @@ impl ResponseCache {
             Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|key: &Bytes, value: &Arc<StoredResponse>| {
-                    u32::try_from(key.len() + value.body.len() + value.operation.len() + 64)
+                    // What an entry really costs: its bytes plus the cache's and our bookkeeping.
+                    u32::try_from(key.len() + value.body.len() + value.operation.len() + 256)
                         .unwrap_or(u32::MAX)
                 })
                 .expire_after(UntilExpiry)

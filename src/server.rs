@@ -36,8 +36,8 @@ use crate::sandbox::{self, SandboxOptions};
 use crate::service::SessionService;
 use crate::telemetry;
 
-/// Query text kept parsed: far more than the distinct queries a fleet of dashboards sends.
-const DOCUMENT_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Parsed documents kept (estimated bytes): thousands of distinct dashboard queries.
+const DOCUMENT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What the startup credential check found, per provider (`/readyz` reports it).
 type Credentials = Arc<RwLock<BTreeMap<&'static str, CredentialStatus>>>;
@@ -283,14 +283,19 @@ async fn execute(
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();
     let reusable_for = hint.reusable_for(response.is_err());
     let body = match serde_json::to_vec(&response) {
-        Ok(body) => Bytes::from(body),
+        Ok(mut body) => {
+            // Kept bodies should cost what they weigh: no spare capacity.
+            body.shrink_to_fit();
+            Bytes::from(body)
+        }
         Err(error) => {
             tracing::error!(%error, "a GraphQL response could not be serialised");
             return graphql_error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be serialised");
         }
     };
     if let (Some(key), Some(left)) = (cache_key, reusable_for) {
-        state.responses.insert(key, body.clone(), left, operation);
+        // Own the key exactly: the request's bytes may be a view of a larger read buffer.
+        state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), left, operation);
     }
     graphql_response(body, reusable_for)
 }

@@ -88,16 +88,26 @@ impl CacheHint {
 }
 
 /// Parsed documents by query text: dashboards and routers send the same few queries over and
-/// over, and parsing is the largest single cost of a cached answer. Bounded by query bytes.
+/// over, and parsing is the largest single cost of a cached answer. Long queries (batches with
+/// their ids written inline, different every time) are not kept: they would only churn it.
 #[derive(Debug)]
 pub struct DocumentCache(moka::sync::Cache<String, Arc<ExecutableDocument>>);
 
+/// Queries longer than this are parsed every time.
+const MAX_CACHED_QUERY_BYTES: usize = 2048;
+/// A parsed document takes roughly this many times its text in memory (measured on our own
+/// queries); the cache's bound is on that estimate.
+const DOCUMENT_BYTES_PER_QUERY_BYTE: usize = 16;
+
 impl DocumentCache {
-    pub fn new(max_query_bytes: u64) -> Self {
+    /// `max_bytes`: the estimated memory of the parsed documents kept.
+    pub fn new(max_bytes: u64) -> Self {
         Self(
             moka::sync::Cache::builder()
-                .max_capacity(max_query_bytes)
-                .weigher(|query: &String, _| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .max_capacity(max_bytes)
+                .weigher(|query: &String, _| {
+                    u32::try_from(query.len() * DOCUMENT_BYTES_PER_QUERY_BYTE).unwrap_or(u32::MAX)
+                })
                 .build(),
         )
     }
@@ -105,6 +115,9 @@ impl DocumentCache {
     /// Gives `request` its parsed document: from the cache, or parsed now and kept. A query
     /// that does not parse is left for execution to report.
     pub fn prepare(&self, request: &mut async_graphql::Request) {
+        if request.query.len() > MAX_CACHED_QUERY_BYTES {
+            return;
+        }
         if let Some(document) = self.0.get(request.query.as_str()) {
             request.set_parsed_query((*document).clone());
         } else if let Ok(document) = request.parsed_query() {

@@ -26,7 +26,7 @@ impl CheckoutSessionView {
 
     /// The provider's id for the session (DHMAD: a UUID; Dodo: `cks_…`).
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.0.id.to_string())
     }
 
     /// The normalised status, the same vocabulary for every provider.

@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::upstream::{Upstream, UpstreamResponse};
 use super::{CredentialStatus, SessionProvider};
-use crate::domain::{CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails};
+use crate::domain::{
+    normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails,
+};
 
 #[derive(Debug)]
 pub struct DhmadClient {
@@ -32,7 +34,7 @@ impl SessionProvider for DhmadClient {
         self.upstream.scope()
     }
 
-    async fn fetch_session(&self, id: &str) -> FetchResult {
+    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         validate_id(id)?;
         let response = self.upstream.get(&["sessions", id]).await?;
         if response.status != 200 {
@@ -64,14 +66,14 @@ struct Envelope {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireSession {
-    status: String,
+    status: Box<str>,
     created_at: DateTime<Utc>,
     #[serde(default)]
-    escrow_id: Option<String>,
+    escrow_id: Option<Box<str>>,
     #[serde(default)]
-    action: Option<String>,
+    action: Option<Box<str>>,
     #[serde(default)]
-    target_user_email: Option<String>,
+    target_user_email: Option<Box<str>>,
     #[serde(default)]
     metadata: Option<serde_json::Value>,
     #[serde(default)]
@@ -81,12 +83,13 @@ struct WireSession {
 }
 
 impl WireSession {
-    fn into_domain(self, id: &str) -> CheckoutSession {
+    fn into_domain(self, id: &Arc<str>) -> CheckoutSession {
+        let (status, provider_status) = normalise_status(self.status, STATUSES);
         CheckoutSession {
             provider: Provider::Dhmad,
-            id: id.to_owned(),
-            status: normalise(&self.status),
-            provider_status: Some(self.status),
+            id: id.clone(),
+            status,
+            provider_status: Some(provider_status),
             created_at: self.created_at,
             expires_at: self.expires_at,
             completed_at: self.completed_at,
@@ -101,15 +104,13 @@ impl WireSession {
     }
 }
 
-fn normalise(status: &str) -> CheckoutStatus {
-    match status {
-        "pending" => CheckoutStatus::Open,
-        "completed" => CheckoutStatus::Completed,
-        "expired" => CheckoutStatus::Expired,
-        "cancelled" => CheckoutStatus::Cancelled,
-        _ => CheckoutStatus::Unknown,
-    }
-}
+/// DHMAD's documented statuses and what they mean (PROVIDERS.md).
+const STATUSES: &[(&str, CheckoutStatus)] = &[
+    ("pending", CheckoutStatus::Open),
+    ("completed", CheckoutStatus::Completed),
+    ("expired", CheckoutStatus::Expired),
+    ("cancelled", CheckoutStatus::Cancelled),
+];
 
 /// DHMAD's error bodies come in several shapes (`{"error": "..."}`, `{"error": "...",
 /// "message": "..."}`, `{"error": {"code": ...}}`); only `retryAfter` on a 429 matters to the

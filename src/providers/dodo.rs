@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::upstream::Upstream;
 use super::{CredentialStatus, SessionProvider};
-use crate::domain::{CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails};
+use crate::domain::{
+    normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails,
+};
 
 /// Far longer than any id Dodo issues (`cks_` and a short token); a bound keeps junk out of
 /// logs and the cache.
@@ -36,7 +38,7 @@ impl SessionProvider for DodoClient {
         self.upstream.scope()
     }
 
-    async fn fetch_session(&self, id: &str) -> FetchResult {
+    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         validate_id(id)?;
         let response = self.upstream.get(&["checkouts", id]).await?;
         if response.status != 200 {
@@ -80,21 +82,28 @@ fn validate_id(id: &str) -> Result<(), FetchError> {
 struct WireSession {
     created_at: DateTime<Utc>,
     #[serde(default)]
-    customer_email: Option<String>,
+    customer_email: Option<Box<str>>,
     #[serde(default)]
-    customer_name: Option<String>,
+    customer_name: Option<Box<str>>,
     #[serde(default)]
-    payment_id: Option<String>,
+    payment_id: Option<Box<str>>,
     #[serde(default)]
-    payment_status: Option<String>,
+    payment_status: Option<Box<str>>,
 }
 
 impl WireSession {
-    fn into_domain(self, id: &str) -> CheckoutSession {
+    fn into_domain(self, id: &Arc<str>) -> CheckoutSession {
+        let (status, provider_status) = match self.payment_status {
+            Some(raw) => {
+                let (status, kept) = normalise_status(raw, PAYMENT_STATUSES);
+                (status, Some(kept))
+            }
+            None => (CheckoutStatus::Open, None),
+        };
         CheckoutSession {
             provider: Provider::Dodo,
-            id: id.to_owned(),
-            status: normalise(self.payment_status.as_deref()),
+            id: id.clone(),
+            status,
             created_at: self.created_at,
             // The GET response carries no expiry and the lifetime depends on how the session
             // was created, so none is guessed.
@@ -106,25 +115,23 @@ impl WireSession {
             metadata: None,
             fetched_at: Utc::now(),
             details: SessionDetails::Dodo,
-            provider_status: self.payment_status,
+            provider_status,
         }
     }
 }
 
-fn normalise(payment_status: Option<&str>) -> CheckoutStatus {
-    match payment_status {
-        None => CheckoutStatus::Open,
-        Some(
-            "requires_customer_action"
-            | "requires_merchant_action"
-            | "requires_payment_method"
-            | "requires_confirmation"
-            | "requires_capture",
-        ) => CheckoutStatus::ActionRequired,
-        Some("processing" | "partially_captured_and_capturable") => CheckoutStatus::Processing,
-        Some("succeeded" | "partially_captured") => CheckoutStatus::Completed,
-        Some("failed") => CheckoutStatus::Failed,
-        Some("cancelled") => CheckoutStatus::Cancelled,
-        Some(_) => CheckoutStatus::Unknown,
-    }
-}
+/// Dodo's documented `payment_status` values and what they mean (PROVIDERS.md); null means
+/// the customer has not reached payment yet (`OPEN`).
+const PAYMENT_STATUSES: &[(&str, CheckoutStatus)] = &[
+    ("requires_customer_action", CheckoutStatus::ActionRequired),
+    ("requires_merchant_action", CheckoutStatus::ActionRequired),
+    ("requires_payment_method", CheckoutStatus::ActionRequired),
+    ("requires_confirmation", CheckoutStatus::ActionRequired),
+    ("requires_capture", CheckoutStatus::ActionRequired),
+    ("processing", CheckoutStatus::Processing),
+    ("partially_captured_and_capturable", CheckoutStatus::Processing),
+    ("succeeded", CheckoutStatus::Completed),
+    ("partially_captured", CheckoutStatus::Completed),
+    ("failed", CheckoutStatus::Failed),
+    ("cancelled", CheckoutStatus::Cancelled),
+];

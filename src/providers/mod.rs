@@ -26,7 +26,7 @@ pub trait SessionProvider: Send + Sync + fmt::Debug {
 
     /// Fetches one session. An id that cannot be valid for this provider is refused here,
     /// before any upstream call.
-    async fn fetch_session(&self, id: &str) -> FetchResult;
+    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult;
 
     /// Whether the provider accepts the gateway's credentials, checked once at startup where
     /// the provider has a cheap identity call.

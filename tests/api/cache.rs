@@ -91,8 +91,9 @@ async fn errors_are_never_cached() {
 #[tokio::test]
 async fn terminal_and_open_sessions_live_for_different_times() {
     let app = spawn_app(|config| {
-        config.cache.open = Duration::from_millis(300);
-        config.cache.failed = Duration::from_millis(600);
+        // Lifetimes far apart, so a loaded machine's slow queries cannot blur them.
+        config.cache.open = Duration::from_millis(1000);
+        config.cache.failed = Duration::from_millis(2500);
     })
     .await;
     mount_dodo(&app, "cks_open", None).await;
@@ -103,12 +104,12 @@ async fn terminal_and_open_sessions_live_for_different_times() {
         app.session("DODO", id).await;
     }
     assert_eq!(calls(&app.dodo).await, 3, "all three cached at first");
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     for id in ["cks_open", "cks_done", "cks_failed"] {
         app.session("DODO", id).await;
     }
     assert_eq!(calls(&app.dodo).await, 4, "only the open session expired");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     app.session("DODO", "cks_failed").await;
     app.session("DODO", "cks_done").await;
     assert_eq!(calls(&app.dodo).await, 5, "then the failed one; the completed one stays");
@@ -118,7 +119,7 @@ async fn terminal_and_open_sessions_live_for_different_times() {
 async fn an_open_session_is_never_kept_past_its_own_expiry() {
     let app = spawn_app(|config| config.cache.open = Duration::from_secs(3600)).await;
     let mut body = dhmad_session(DHMAD_ID, "pending");
-    body["session"]["expiresAt"] = json!((Utc::now() + chrono::Duration::milliseconds(400)).to_rfc3339());
+    body["session"]["expiresAt"] = json!((Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339());
     Mock::given(path(format!("/api/v1/sessions/{DHMAD_ID}")))
         .respond_with(ResponseTemplate::new(200).set_body_json(body))
         .mount(&app.dhmad)
@@ -126,19 +127,19 @@ async fn an_open_session_is_never_kept_past_its_own_expiry() {
     app.session("DHMAD", DHMAD_ID).await;
     app.session("DHMAD", DHMAD_ID).await;
     assert_eq!(calls(&app.dhmad).await, 1);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     app.session("DHMAD", DHMAD_ID).await;
     assert_eq!(calls(&app.dhmad).await, 2);
 }
 
 #[tokio::test]
 async fn a_not_found_is_kept_briefly_then_asked_again() {
-    let app = spawn_app(|config| config.cache.not_found = Duration::from_millis(300)).await;
+    let app = spawn_app(|config| config.cache.not_found = Duration::from_millis(1000)).await;
     app.session("DODO", "cks_nobody").await;
     let again = app.session("DODO", "cks_nobody").await;
     assert_eq!(again["__typename"], "NotFoundError");
     assert_eq!(calls(&app.dodo).await, 1);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     app.session("DODO", "cks_nobody").await;
     assert_eq!(calls(&app.dodo).await, 2);
 }

@@ -203,7 +203,7 @@ async fn cache_control_follows_the_shortest_lifetime_and_errors_forbid_storing()
 
 #[tokio::test]
 async fn a_repeated_request_is_replayed_until_its_shortest_lifetime_ends() {
-    let app = spawn_app(|config| config.cache.open = Duration::from_millis(1500)).await;
+    let app = spawn_app(|config| config.cache.open = Duration::from_millis(3000)).await;
     Mock::given(path("/checkouts/cks_replay"))
         .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_replay", None)))
         .mount(&app.dodo)
@@ -212,7 +212,8 @@ async fn a_repeated_request_is_replayed_until_its_shortest_lifetime_ends() {
     let body = json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_replay") { ... on CheckoutSession { status fetchedAt } } }"#});
     let send = || app.http.post(&url).json(&body).send();
     let first = send().await.unwrap();
-    assert_eq!(first.headers()["cache-control"], "private, max-age=1");
+    let max_age = first.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(["private, max-age=2", "private, max-age=1"].contains(&max_age.as_str()), "{max_age}");
     let first = first.bytes().await.unwrap();
     let second = send().await.unwrap();
     assert!(second.headers()["cache-control"].to_str().unwrap().starts_with("private, max-age="));
@@ -222,7 +223,7 @@ async fn a_repeated_request_is_replayed_until_its_shortest_lifetime_ends() {
     assert!(metrics.contains("checkout_gateway_response_cache_hits_total 1"), "{metrics}");
     assert_eq!(app.dodo.received_requests().await.unwrap().len(), 1);
 
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let third: Value = send().await.unwrap().json().await.unwrap();
     assert_eq!(
         app.dodo.received_requests().await.unwrap().len(),
