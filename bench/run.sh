@@ -26,6 +26,11 @@ cargo build --release --locked --bin checkout-gateway
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 table="$(python3 bench/bench.py)"
+# The notes below the marker (what the profiles showed) are kept; the table is replaced.
+notes=""
+if [[ -f BENCHMARKS.md ]] && grep -q '^<!-- notes -->$' BENCHMARKS.md; then
+  notes="$(sed -n '/^<!-- notes -->$/,$p' BENCHMARKS.md)"
+fi
 {
   echo "# Benchmarks"
   echo
@@ -34,5 +39,9 @@ table="$(python3 bench/bench.py)"
   echo "compare figures from one run, and prefer the ratios."
   echo
   echo "$table"
+  if [[ -n "$notes" ]]; then
+    echo
+    echo "$notes"
+  fi
 } > BENCHMARKS.md
 echo "$table"

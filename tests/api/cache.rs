@@ -15,7 +15,7 @@ use serde_json::json;
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{concurrently, dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
+use crate::helpers::{concurrently, dhmad_session, dodo_session, mount_dodo, spawn_app, TestApp, DHMAD_ID};
 
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new())
@@ -23,13 +23,6 @@ fn metrics() -> Arc<Metrics> {
 
 async fn calls(server: &MockServer) -> usize {
     crate::helpers::session_calls(server).await
-}
-
-async fn mount_dodo(app: &TestApp, id: &str, status: Option<&str>) {
-    Mock::given(path(format!("/checkouts/{id}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session(id, status)))
-        .mount(&app.dodo)
-        .await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use serde_json::json;
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{dodo_session, spawn_app};
+use crate::helpers::{dodo_session, mount_dodo, spawn_app};
 
 const ENTITIES: &str = r#"query($representations: [_Any!]!) {
   _entities(representations: $representations) {
@@ -71,10 +71,7 @@ async fn entities_resolve_in_order_and_a_bad_one_spoils_nothing() {
 #[tokio::test]
 async fn an_entity_fetch_reuses_the_cached_session() {
     let app = spawn_app(|_| {}).await;
-    Mock::given(path("/checkouts/cks_shared"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_shared", Some("succeeded"))))
-        .mount(&app.dodo)
-        .await;
+    mount_dodo(&app, "cks_shared", Some("succeeded")).await;
     app.session("DODO", "cks_shared").await;
     let reply = app
         .graphql(

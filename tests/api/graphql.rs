@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{dhmad_session, dodo_session, spawn_app, DHMAD_ID, RESULT_FIELDS};
+use crate::helpers::{dhmad_session, dodo_session, mount_dodo, spawn_app, DHMAD_ID, RESULT_FIELDS};
 
 fn batch_query() -> String {
     format!("query($refs: [CheckoutSessionRef!]!) {{ checkoutSessions(refs: $refs) {{ {RESULT_FIELDS} }} }}")
@@ -105,10 +105,7 @@ async fn a_batch_of_100_is_served_and_101_refused_without_any_upstream_call() {
 #[tokio::test]
 async fn get_runs_a_query_and_a_browser_gets_graphiql() {
     let app = spawn_app(|_| {}).await;
-    Mock::given(path("/checkouts/cks_get"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_get", Some("processing"))))
-        .mount(&app.dodo)
-        .await;
+    mount_dodo(&app, "cks_get", Some("processing")).await;
     let url = format!("http://{}/graphql", app.addr);
     let query = r#"{ checkoutSession(provider: DODO, id: "cks_get") { ... on CheckoutSession { status } } }"#;
     let body: Value =
@@ -161,14 +158,8 @@ async fn bad_requests_are_client_errors_never_500() {
 #[tokio::test]
 async fn cache_control_follows_the_shortest_lifetime_and_errors_forbid_storing() {
     let app = spawn_app(|_| {}).await;
-    Mock::given(path("/checkouts/cks_done"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_done", Some("succeeded"))))
-        .mount(&app.dodo)
-        .await;
-    Mock::given(path("/checkouts/cks_open"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_open", None)))
-        .mount(&app.dodo)
-        .await;
+    mount_dodo(&app, "cks_done", Some("succeeded")).await;
+    mount_dodo(&app, "cks_open", None).await;
     Mock::given(path("/checkouts/cks_boom")).respond_with(ResponseTemplate::new(500)).mount(&app.dodo).await;
     let one = |id: &str| format!(r#"{{ checkoutSession(provider: DODO, id: "{id}") {{ __typename }} }}"#);
 
@@ -204,10 +195,7 @@ async fn cache_control_follows_the_shortest_lifetime_and_errors_forbid_storing()
 #[tokio::test]
 async fn a_repeated_request_is_replayed_until_its_shortest_lifetime_ends() {
     let app = spawn_app(|config| config.cache.open = Duration::from_millis(3000)).await;
-    Mock::given(path("/checkouts/cks_replay"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_replay", None)))
-        .mount(&app.dodo)
-        .await;
+    mount_dodo(&app, "cks_replay", None).await;
     let url = format!("http://{}/graphql", app.addr);
     let body = json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_replay") { ... on CheckoutSession { status fetchedAt } } }"#});
     let send = || app.http.post(&url).json(&body).send();

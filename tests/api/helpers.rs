@@ -145,6 +145,14 @@ pub async fn concurrently(
     answers
 }
 
+/// Dodo answers `id` with a session in `status` (`None`: no payment yet).
+pub async fn mount_dodo(app: &TestApp, id: &str, status: Option<&str>) {
+    wiremock::Mock::given(wiremock::matchers::path(format!("/checkouts/{id}")))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(dodo_session(id, status)))
+        .mount(&app.dodo)
+        .await;
+}
+
 /// A DHMAD `GET /sessions/{id}` 200 body.
 pub fn dhmad_session(id: &str, status: &str) -> Value {
     json!({"session": {

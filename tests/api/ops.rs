@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, header_exists, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{concurrently, dodo_session, spawn_app, TestApp};
+use crate::helpers::{concurrently, dodo_session, mount_dodo, spawn_app, TestApp};
 
 async fn get(app: &TestApp, route: &str) -> (u16, String) {
     let response = app.http.get(format!("http://{}{route}", app.addr)).send().await.unwrap();
@@ -68,10 +68,7 @@ async fn readiness_reports_the_startup_credential_check() {
 #[tokio::test]
 async fn metrics_count_requests_operations_upstream_calls_and_the_cache() {
     let app = spawn_app(|_| {}).await;
-    Mock::given(path("/checkouts/cks_m"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_m", Some("succeeded"))))
-        .mount(&app.dodo)
-        .await;
+    mount_dodo(&app, "cks_m", Some("succeeded")).await;
     let query = r#"query Dashboard { checkoutSession(provider: DODO, id: "cks_m") { __typename } }"#;
     for _ in 0..3 {
         app.graphql(query, json!({})).await;
