@@ -15,7 +15,7 @@ use serde_json::json;
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{concurrently, dhmad_session, dodo_session, mount_dodo, spawn_app, TestApp, DHMAD_ID};
+use crate::helpers::{concurrently, dhmad_session, dodo_session, mount_dodo, spawn_app, DHMAD_ID};
 
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new())
