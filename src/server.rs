@@ -28,7 +28,9 @@ use tracing::Instrument;
 
 use crate::cache::SessionCache;
 use crate::config::{Config, ProviderConfig, Secret};
-use crate::graphql::{self, CacheHint, DocumentCache, EntityErrorSlots, Gateway, GatewaySchema};
+use crate::graphql::{
+    self, CacheHint, DocumentCache, EntityErrorSlots, Gateway, GatewaySchema, LookupBudget,
+};
 use crate::metrics::Metrics;
 use crate::providers::{self, CredentialStatus, SessionProvider};
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
@@ -277,7 +279,7 @@ async fn execute(
     state.documents.prepare(&mut request);
     let operation = operation_label(&mut request);
     let hint = CacheHint::default();
-    let request = request.data(hint.clone()).data(EntityErrorSlots::default());
+    let request = request.data(hint.clone()).data(EntityErrorSlots::default()).data(LookupBudget::default());
     let response = state.schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();

@@ -3,6 +3,7 @@
 //! service, so a router's fetch of a cached session costs no upstream call.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,6 +149,32 @@ fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
     ctx.data_unchecked::<Gateway>()
 }
 
+/// Per request: how many sessions `checkoutSession` and `checkoutSessions` have asked for, so
+/// that aliases cannot multiply one request past the batch limit. Put one in each request's
+/// data. (`_entities` is not counted: a router's fan-out is bounded by the body size and the
+/// per-provider concurrency.)
+#[derive(Clone, Debug, Default)]
+pub struct LookupBudget(Arc<AtomicUsize>);
+
+/// Takes `lookups` from the request's budget, or refuses with `BATCH_TOO_LARGE`.
+fn spend(ctx: &Context<'_>, lookups: usize) -> async_graphql::Result<()> {
+    let max = gateway(ctx).batch_max;
+    let asked = ctx
+        .data_opt::<LookupBudget>()
+        .map_or(lookups, |budget| budget.0.fetch_add(lookups, Ordering::Relaxed) + lookups);
+    if asked <= max {
+        return Ok(());
+    }
+    Err(async_graphql::Error::new(format!(
+        "a request may ask for at most {max} checkout sessions (checkoutSession and checkoutSessions together); \
+         this one asks for more"
+    ))
+    .extend_with(|_, ext| {
+        ext.set("code", "BATCH_TOO_LARGE");
+        ext.set("max", max);
+    }))
+}
+
 fn observe(ctx: &Context<'_>, lookup: &Lookup) {
     if let Some(hint) = ctx.data_opt::<CacheHint>() {
         hint.observe(lookup);
@@ -160,32 +187,29 @@ pub struct Query;
 #[Object]
 impl Query {
     /// One checkout session, or the typed reason there is none.
-    async fn checkout_session(&self, ctx: &Context<'_>, provider: Provider, id: ID) -> CheckoutSessionResult {
+    async fn checkout_session(
+        &self,
+        ctx: &Context<'_>,
+        provider: Provider,
+        id: ID,
+    ) -> async_graphql::Result<CheckoutSessionResult> {
+        spend(ctx, 1)?;
         let lookup = gateway(ctx).service.get(provider, &id).await;
         observe(ctx, &lookup);
-        CheckoutSessionResult::from_answer(provider, lookup.answer)
+        Ok(CheckoutSessionResult::from_answer(provider, lookup.answer))
     }
 
     /// Many sessions at once, answered in input order. A ref repeated in one call is fetched
-    /// once. At most 100 refs (GATEWAY_BATCH_MAX); more is refused with `BATCH_TOO_LARGE`
-    /// before any upstream call.
+    /// once. One request may ask for at most 100 sessions (GATEWAY_BATCH_MAX) through
+    /// `checkoutSession` and `checkoutSessions` together, aliases included; more is refused
+    /// with `BATCH_TOO_LARGE` before this field's upstream calls.
     async fn checkout_sessions(
         &self,
         ctx: &Context<'_>,
         refs: Vec<CheckoutSessionRef>,
     ) -> async_graphql::Result<Vec<CheckoutSessionResult>> {
+        spend(ctx, refs.len())?;
         let gateway = gateway(ctx);
-        if refs.len() > gateway.batch_max {
-            let (max, given) = (gateway.batch_max, refs.len());
-            return Err(async_graphql::Error::new(format!(
-                "checkoutSessions takes at most {max} refs; {given} were given"
-            ))
-            .extend_with(|_, ext| {
-                ext.set("code", "BATCH_TOO_LARGE");
-                ext.set("max", max);
-                ext.set("given", given);
-            }));
-        }
         let keys: Vec<(Provider, &str)> = refs.iter().map(|r| (r.provider, r.id.as_str())).collect();
         let lookups = gateway.service.get_many(&keys).await;
         Ok(refs

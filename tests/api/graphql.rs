@@ -93,7 +93,7 @@ async fn a_batch_of_100_is_served_and_101_refused_without_any_upstream_call() {
     let error = &too_many.body["errors"][0];
     assert_eq!(error["extensions"]["code"], "BATCH_TOO_LARGE");
     assert_eq!(error["extensions"]["max"], 100);
-    assert!(error["message"].as_str().unwrap().contains("at most 100"));
+    assert!(error["message"].as_str().unwrap().contains("at most 100"), "{error}");
     assert!(app.dodo.received_requests().await.unwrap().is_empty());
     assert_eq!(too_many.cache_control(), "no-store");
 
@@ -237,4 +237,45 @@ async fn replaying_can_be_turned_off() {
         app.http.get(format!("http://{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("checkout_gateway_response_cache_hits_total 0"), "{metrics}");
     assert!(metrics.contains(r#"checkout_gateway_cache_hits_total{provider="dodo"} 2"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn aliases_cannot_multiply_a_request_past_the_batch_limit() {
+    let app = spawn_app(|_| {}).await;
+    Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_a[0-9]+$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_a", Some("succeeded"))))
+        .mount(&app.dodo)
+        .await;
+    let aliases = |n: usize| {
+        let fields: String = (0..n)
+            .map(|i| format!(r#"s{i}: checkoutSession(provider: DODO, id: "cks_a{i}") {{ __typename }} "#))
+            .collect();
+        format!("{{ {fields} }}")
+    };
+    let within = app.graphql(&aliases(100), json!({})).await;
+    assert_eq!(within.data("s99")["__typename"], "CheckoutSession");
+
+    let refs: Vec<_> = (0..100).map(|i| json!({"provider": "DODO", "id": format!("cks_a{i}")})).collect();
+    let mixed = app
+        .graphql(
+            r#"query($refs: [CheckoutSessionRef!]!) {
+                 many: checkoutSessions(refs: $refs) { __typename }
+                 one: checkoutSession(provider: DODO, id: "cks_a1") { __typename } }"#,
+            json!({"refs": refs}),
+        )
+        .await;
+    let error = &mixed.body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "BATCH_TOO_LARGE", "{}", mixed.body);
+    assert_eq!(error["path"], json!(["one"]));
+    assert!(mixed.body["data"]["one"].is_null());
+
+    let over = app.graphql(&aliases(101), json!({})).await;
+    let errors = over.body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "exactly one alias is over the limit: {}", over.body);
+    assert_eq!(errors[0]["extensions"]["code"], "BATCH_TOO_LARGE");
+    let answered =
+        over.body["data"].as_object().map_or(0, |data| data.values().filter(|v| !v.is_null()).count());
+    assert!(answered <= 100, "{answered} aliases answered");
+    assert_eq!(over.cache_control(), "no-store");
+    assert!(app.dodo.received_requests().await.unwrap().len() <= 100, "never more calls than the limit");
 }
