@@ -95,10 +95,6 @@ impl Upstream {
         })
     }
 
-    pub fn provider(&self) -> Provider {
-        self.provider
-    }
-
     pub fn scope(&self) -> &Arc<str> {
         &self.scope
     }
