@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -284,17 +285,17 @@ impl Config {
                 names.invalid(id, format!("`{raw}` is not a duration ({e}); write e.g. 500ms, 5s, 1h"))
             })
         };
+        let whole = |id: &str, value: &Option<String>, default: u64, range: RangeInclusive<u64>| {
+            let Some(raw) = value else { return Ok(default) };
+            raw.trim().parse::<u64>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+                names.invalid(
+                    id,
+                    format!("`{raw}` is not a whole number from {} to {}", range.start(), range.end()),
+                )
+            })
+        };
         let positive =
-            |id: &str, value: &Option<String>, default: u64, max: u64| -> Result<u64, ConfigError> {
-                let raw = value.as_deref().unwrap_or("");
-                if value.is_none() {
-                    return Ok(default);
-                }
-                match raw.trim().parse::<u64>() {
-                    Ok(n) if (1..=max).contains(&n) => Ok(n),
-                    _ => Err(names.invalid(id, format!("`{raw}` is not a whole number from 1 to {max}"))),
-                }
-            };
+            |id: &str, value: &Option<String>, default: u64, max: u64| whole(id, value, default, 1..=max);
         let url = |id: &str, value: &Option<String>, default: &str| -> Result<String, ConfigError> {
             let raw = value.as_deref().unwrap_or(default).trim();
             check_base_url(raw).map_err(|reason| names.invalid(id, reason))?;
@@ -345,12 +346,12 @@ impl Config {
                     100_000_000,
                 )?,
             },
-            response_cache_bytes: match settings.response_cache_bytes.as_deref().map(str::trim) {
-                None => 2 * 1024 * 1024,
-                Some(raw) => raw.parse::<u64>().ok().filter(|n| *n <= 1 << 40).ok_or_else(|| {
-                    names.invalid("response_cache_bytes", format!("`{raw}` is not a whole number of bytes"))
-                })?,
-            },
+            response_cache_bytes: whole(
+                "response_cache_bytes",
+                &settings.response_cache_bytes,
+                2 * 1024 * 1024,
+                0..=1 << 40,
+            )?,
             batch_max: positive("batch_max", &settings.batch_max, 100, 10_000)? as usize,
             log_format,
             shutdown_delay: duration("shutdown_delay", &settings.shutdown_delay, "5s")?,

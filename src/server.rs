@@ -28,9 +28,7 @@ use tracing::Instrument;
 
 use crate::cache::SessionCache;
 use crate::config::{Config, ProviderConfig, Secret};
-use crate::graphql::{
-    self, CacheHint, DocumentCache, EntityErrorSlots, Gateway, GatewaySchema, LookupBudget,
-};
+use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, RequestScope};
 use crate::metrics::Metrics;
 use crate::providers::{self, CredentialStatus, SessionProvider};
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
@@ -193,18 +191,19 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
         "/metrics" => "/metrics",
         _ => "other",
     };
-    let method = request.method().as_str().to_owned();
+    let method = request.method().clone();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route);
     let started = Instant::now();
     let mut response =
         telemetry::with_request_id(request_id.clone(), next.run(request)).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    let status = response.status().as_u16();
+    let status = response.status();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    state.metrics.http_requests.with_label_values(&[route, &method, &status.to_string()]).inc();
-    state.metrics.http_duration.with_label_values(&[route, &method]).observe(elapsed.as_secs_f64());
+    state.metrics.http_requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[route, method.as_str()]).observe(elapsed.as_secs_f64());
+    let status = status.as_u16();
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if route == "/graphql" || route == "other" {
@@ -278,12 +277,12 @@ async fn execute(
 ) -> Response {
     state.documents.prepare(&mut request);
     let operation = operation_label(&mut request);
-    let hint = CacheHint::default();
-    let request = request.data(hint.clone()).data(EntityErrorSlots::default()).data(LookupBudget::default());
+    let scope = RequestScope::default();
+    let request = request.data(scope.clone());
     let response = state.schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();
-    let reusable_for = hint.reusable_for(response.is_err());
+    let reusable_for = scope.reusable_for(response.is_err());
     let body = match serde_json::to_vec(&response) {
         Ok(mut body) => {
             // Kept bodies should cost what they weigh: no spare capacity.

@@ -55,27 +55,44 @@ pub fn sdl() -> String {
     builder().finish().sdl_with_options(SDLExportOptions::new().federation())
 }
 
-/// Collects, over one response, how long its content may be reused, for `Cache-Control`.
-/// Put one in each request's data; resolvers report every lookup to it.
+/// What one request's resolvers share: how long the response may be reused (for
+/// `Cache-Control` and replay), which copies of a repeated entity already have their error,
+/// and how many sessions the request has asked for. Put one in each request's data.
 #[derive(Clone, Debug, Default)]
-pub struct CacheHint(Arc<Mutex<HintState>>);
+pub struct RequestScope(Arc<ScopeState>);
 
 #[derive(Debug, Default)]
-struct HintState {
+struct ScopeState {
+    reuse: Mutex<Reuse>,
+    /// Errors already placed per `(provider, id)`: when a router repeats a representation, the
+    /// n-th failure lands on the n-th copy, so every null gets its own error.
+    entity_errors: Mutex<HashMap<(Provider, String), usize>>,
+    /// Sessions `checkoutSession` and `checkoutSessions` have asked for, so that aliases
+    /// cannot multiply one request past the batch limit. (`_entities` is not counted: a
+    /// router's fan-out is bounded by the body size and the per-provider concurrency.)
+    lookups: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Reuse {
     /// The shortest remaining lifetime seen so far; `None` before any lookup.
     shortest: Option<Duration>,
     /// Set once anything that must not be reused (an error, an uncacheable answer) is seen.
     no_store: bool,
 }
 
-impl CacheHint {
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RequestScope {
     fn observe(&self, lookup: &Lookup) {
-        let mut state = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut reuse = locked(&self.0.reuse);
         match lookup.reusable_for {
             Some(left) if lookup.answer.is_ok() => {
-                state.shortest = Some(state.shortest.map_or(left, |s| s.min(left)));
+                reuse.shortest = Some(reuse.shortest.map_or(left, |s| s.min(left)));
             }
-            _ => state.no_store = true,
+            _ => reuse.no_store = true,
         }
     }
 
@@ -83,8 +100,21 @@ impl CacheHint {
     /// sessions in it; `None` for a response with any error, any answer that must not be
     /// reused, or no session at all.
     pub fn reusable_for(&self, response_has_errors: bool) -> Option<Duration> {
-        let state = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.shortest.filter(|_| !state.no_store && !response_has_errors)
+        let reuse = locked(&self.0.reuse);
+        reuse.shortest.filter(|_| !reuse.no_store && !response_has_errors)
+    }
+
+    /// Which copy of `(provider, id)` this entity failure belongs to: 0 for the first, then 1, …
+    fn entity_copy(&self, provider: Provider, id: &str) -> usize {
+        let mut placed = locked(&self.0.entity_errors);
+        let slot = placed.entry((provider, id.to_owned())).or_default();
+        *slot += 1;
+        *slot - 1
+    }
+
+    /// Adds `lookups` to the sessions asked for; returns the total so far.
+    fn ask(&self, lookups: usize) -> usize {
+        self.0.lookups.fetch_add(lookups, Ordering::Relaxed) + lookups
     }
 }
 
@@ -128,40 +158,15 @@ impl DocumentCache {
     }
 }
 
-/// Per request: how many entity errors were already placed for each `(provider, id)`, so that
-/// when a router repeats a representation, the n-th failure lands on the n-th copy and every
-/// null gets its own error. Put one in each request's data.
-#[derive(Clone, Debug, Default)]
-pub struct EntityErrorSlots(Arc<Mutex<HashMap<(Provider, String), usize>>>);
-
-impl EntityErrorSlots {
-    /// Which copy of `(provider, id)` this failure belongs to: 0 for the first, then 1, …
-    fn take(&self, provider: Provider, id: &str) -> usize {
-        let mut taken = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let slot = taken.entry((provider, id.to_owned())).or_default();
-        *slot += 1;
-        *slot - 1
-    }
-}
-
 fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
     // Registered in `schema()`; a schema without it is a programming error caught by tests.
     ctx.data_unchecked::<Gateway>()
 }
 
-/// Per request: how many sessions `checkoutSession` and `checkoutSessions` have asked for, so
-/// that aliases cannot multiply one request past the batch limit. Put one in each request's
-/// data. (`_entities` is not counted: a router's fan-out is bounded by the body size and the
-/// per-provider concurrency.)
-#[derive(Clone, Debug, Default)]
-pub struct LookupBudget(Arc<AtomicUsize>);
-
-/// Takes `lookups` from the request's budget, or refuses with `BATCH_TOO_LARGE`.
+/// Counts `lookups` against the request's limit, or refuses with `BATCH_TOO_LARGE`.
 fn spend(ctx: &Context<'_>, lookups: usize) -> async_graphql::Result<()> {
     let max = gateway(ctx).batch_max;
-    let asked = ctx
-        .data_opt::<LookupBudget>()
-        .map_or(lookups, |budget| budget.0.fetch_add(lookups, Ordering::Relaxed) + lookups);
+    let asked = ctx.data_opt::<RequestScope>().map_or(lookups, |scope| scope.ask(lookups));
     if asked <= max {
         return Ok(());
     }
@@ -176,8 +181,8 @@ fn spend(ctx: &Context<'_>, lookups: usize) -> async_graphql::Result<()> {
 }
 
 fn observe(ctx: &Context<'_>, lookup: &Lookup) {
-    if let Some(hint) = ctx.data_opt::<CacheHint>() {
-        hint.observe(lookup);
+    if let Some(scope) = ctx.data_opt::<RequestScope>() {
+        scope.observe(lookup);
     }
 }
 
@@ -253,7 +258,7 @@ impl Query {
 /// resolver is not told its index, so it is found in the arguments (only on the error path);
 /// a repeated representation takes its copies in turn.
 fn entity_path(ctx: &Context<'_>, provider: Provider, id: &str) -> Vec<PathSegment> {
-    let copy = ctx.data_opt::<EntityErrorSlots>().map_or(0, |slots| slots.take(provider, id));
+    let copy = ctx.data_opt::<RequestScope>().map_or(0, |scope| scope.entity_copy(provider, id));
     let field = PathSegment::Field(ctx.item.node.response_key().node.to_string());
     // Variables carry the enum as a string, an inline literal as an enum value.
     let provider_name = match async_graphql::resolver_utils::enum_value(provider) {

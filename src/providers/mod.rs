@@ -57,23 +57,19 @@ pub fn from_config(
     client: &reqwest::Client,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Vec<Arc<dyn SessionProvider>>> {
+    let upstream = |provider, settings| {
+        upstream::Upstream::new(
+            provider,
+            client.clone(),
+            settings,
+            config.upstream_timeout,
+            config.upstream_concurrency,
+            metrics.clone(),
+        )
+    };
     Ok(vec![
-        Arc::new(dhmad::DhmadClient::new(upstream::Upstream::new(
-            Provider::Dhmad,
-            client.clone(),
-            &config.dhmad,
-            config.upstream_timeout,
-            config.upstream_concurrency,
-            metrics.clone(),
-        )?)),
-        Arc::new(dodo::DodoClient::new(upstream::Upstream::new(
-            Provider::Dodo,
-            client.clone(),
-            &config.dodo,
-            config.upstream_timeout,
-            config.upstream_concurrency,
-            metrics.clone(),
-        )?)),
+        Arc::new(dhmad::DhmadClient::new(upstream(Provider::Dhmad, &config.dhmad)?)),
+        Arc::new(dodo::DodoClient::new(upstream(Provider::Dodo, &config.dodo)?)),
     ])
 }
 

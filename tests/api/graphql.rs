@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{dhmad_session, dodo_session, mount_dodo, spawn_app, DHMAD_ID, RESULT_FIELDS};
+use crate::helpers::{
+    dhmad_session, dodo_session, mount_dodo, mount_dodo_numbered, spawn_app, DHMAD_ID, RESULT_FIELDS,
+};
 
 fn batch_query() -> String {
     format!("query($refs: [CheckoutSessionRef!]!) {{ checkoutSessions(refs: $refs) {{ {RESULT_FIELDS} }} }}")
@@ -79,10 +81,7 @@ async fn a_batch_answers_in_input_order_and_asks_each_session_once() {
 #[tokio::test]
 async fn a_batch_of_100_is_served_and_101_refused_without_any_upstream_call() {
     let app = spawn_app(|_| {}).await;
-    Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_n[0-9]+$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_n", Some("succeeded"))))
-        .mount(&app.dodo)
-        .await;
+    mount_dodo_numbered(&app, "cks_n").await;
     let refs = |n: usize| {
         json!((0..n).map(|i| json!({"provider": "DODO", "id": format!("cks_n{i}")})).collect::<Vec<_>>())
     };
@@ -206,8 +205,7 @@ async fn a_repeated_request_is_replayed_until_its_shortest_lifetime_ends() {
     let second = send().await.unwrap();
     assert!(second.headers()["cache-control"].to_str().unwrap().starts_with("private, max-age="));
     assert_eq!(second.bytes().await.unwrap(), first, "replayed byte for byte");
-    let metrics =
-        app.http.get(format!("http://{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("checkout_gateway_response_cache_hits_total 1"), "{metrics}");
     assert_eq!(app.dodo.received_requests().await.unwrap().len(), 1);
 
@@ -233,8 +231,7 @@ async fn replaying_can_be_turned_off() {
     for _ in 0..3 {
         app.session("DODO", "cks_noreplay").await;
     }
-    let metrics =
-        app.http.get(format!("http://{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("checkout_gateway_response_cache_hits_total 0"), "{metrics}");
     assert!(metrics.contains(r#"checkout_gateway_cache_hits_total{provider="dodo"} 2"#), "{metrics}");
 }
@@ -242,10 +239,7 @@ async fn replaying_can_be_turned_off() {
 #[tokio::test]
 async fn aliases_cannot_multiply_a_request_past_the_batch_limit() {
     let app = spawn_app(|_| {}).await;
-    Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_a[0-9]+$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_a", Some("succeeded"))))
-        .mount(&app.dodo)
-        .await;
+    mount_dodo_numbered(&app, "cks_a").await;
     let aliases = |n: usize| {
         let fields: String = (0..n)
             .map(|i| format!(r#"s{i}: checkoutSession(provider: DODO, id: "cks_a{i}") {{ __typename }} "#))

@@ -110,6 +110,11 @@ pub const RESULT_FIELDS: &str = r#"
 "#;
 
 impl TestApp {
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.http.get(format!("http://{}/metrics", self.addr)).send().await.unwrap().text().await.unwrap()
+    }
+
     pub async fn graphql(&self, query: &str, variables: Value) -> Reply {
         post_graphql(&self.http, self.addr, query, variables).await
     }
@@ -149,6 +154,16 @@ pub async fn concurrently(
 pub async fn mount_dodo(app: &TestApp, id: &str, status: Option<&str>) {
     wiremock::Mock::given(wiremock::matchers::path(format!("/checkouts/{id}")))
         .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(dodo_session(id, status)))
+        .mount(&app.dodo)
+        .await;
+}
+
+/// Dodo answers every id `<prefix><digits>` with a completed session.
+pub async fn mount_dodo_numbered(app: &TestApp, prefix: &str) {
+    wiremock::Mock::given(wiremock::matchers::path_regex(format!("^/checkouts/{prefix}[0-9]+$")))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(dodo_session(prefix, Some("succeeded"))),
+        )
         .mount(&app.dodo)
         .await;
 }
