@@ -15,7 +15,7 @@ use moka::Expiry;
 
 use crate::domain::{CheckoutStatus, FetchError, FetchResult};
 use crate::metrics::Metrics;
-use crate::providers::SessionProvider;
+use crate::providers::Account;
 
 /// Lifetimes per kind of answer; each is a setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl Expiry<Key, Entry> for ByAnswer {
     }
 }
 
-/// Whose view (provider, environment, credential fingerprint) and which session.
+/// Whose view (account, provider, environment, credential fingerprint) and which session.
 type Key = (Arc<str>, Arc<str>);
 
 /// An answer and for how much longer a client may reuse it (`None`: not at all).
@@ -95,7 +95,7 @@ pub struct Lookup {
     pub reusable_for: Option<Duration>,
 }
 
-/// One cache for every provider: bounded in total, keyed by whose view and which session.
+/// One cache for every account: bounded in total, keyed by whose view and which session.
 #[derive(Debug)]
 pub struct SessionCache {
     policy: CachePolicy,
@@ -123,13 +123,13 @@ impl SessionCache {
         Self { policy, cache, metrics }
     }
 
-    /// The stored answer for `id` as `provider` sees it, or the provider's answer now (shared
+    /// The stored answer for `id` as `account` sees it, or the provider's answer now (shared
     /// with every concurrent asker of the same key, and stored if it may be reused).
-    pub async fn lookup(&self, provider: &dyn SessionProvider, id: &str) -> Lookup {
-        let label = [provider.provider().slug()];
+    pub async fn lookup(&self, account: &Account, id: &str) -> Lookup {
+        let label = [account.kind().slug, &**account.name()];
         // The id is shared by the key and, on a miss, the session the provider builds.
         let id: Arc<str> = Arc::from(id);
-        let key: Key = (provider.scope().clone(), id.clone());
+        let key: Key = (account.scope.clone(), id.clone());
         // The common case, a hit, is one read; only a miss goes through the shared insert.
         if let Some(entry) = self.cache.get(&key).await {
             self.metrics.cache_hits.with_label_values(&label).inc();
@@ -140,7 +140,7 @@ impl SessionCache {
             .cache
             .try_get_with(key, async {
                 called = true;
-                let answer = provider.fetch_session(&id).await;
+                let answer = account.client.fetch_session(&id).await;
                 match self.policy.lifetime(&answer) {
                     Some(lifetime) if !lifetime.is_zero() => {
                         Ok(Entry { answer, expires_at: Instant::now() + lifetime })

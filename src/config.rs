@@ -2,58 +2,32 @@
 //! variables and command-line flags (later wins). Every setting has one flag, one environment
 //! variable and one file key (the flag's name with `_`); unknown file keys and bad values stop
 //! startup with a message that names the setting. Secrets never appear in `Debug` or logs.
+//!
+//! Owns: settings and accounts. Accounts are `[accounts.NAME]` tables in the file; each
+//! provider's default account can also come from the variables it declares in its module
+//! (`DHMAD_API_KEY`, `DHMAD_BASE_URL`, …), as before accounts existed.
 
-use std::collections::HashMap;
-use std::fmt;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Arg, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::cache::CachePolicy;
+pub use crate::domain::Secret;
+use crate::providers::{self, AccountConfig, ProviderKind};
+pub use crate::telemetry::LogFormat;
 
-/// A credential. It prints as `[redacted]` everywhere; `expose` is the only way to the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
-    }
-}
-
-/// checkout-gateway: one GraphQL view of checkout sessions held by DHMAD and Dodo Payments.
+/// checkout-gateway: one GraphQL view of checkout sessions held by several payment providers.
 ///
 /// Settings come from flags, environment variables and an optional TOML file (`--config`),
 /// in that order of precedence, over built-in defaults. A file key is the flag's name with
 /// `_` for `-` (e.g. `cache_ttl_open = "5s"`). Durations are written like `500ms`, `5s`, `1h`.
+/// Several accounts per provider: `[accounts.NAME]` tables in the file (see the README).
 #[derive(Parser, Debug)]
 #[command(name = "checkout-gateway", version, about, long_about)]
 pub struct Cli {
@@ -89,31 +63,17 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// DHMAD API key (`sk_live_…` or `sk_sandbox_…`); without it DHMAD answers NOT_CONFIGURED.
-    #[arg(long, env = "DHMAD_API_KEY", value_name = "KEY", hide_env_values = true)]
-    pub dhmad_api_key: Option<Secret>,
-
-    /// DHMAD API base URL [default: https://dhmad.tn/api/v1; sandbox: https://sandbox.dhmad.tn/api/v1].
-    #[arg(long, env = "DHMAD_BASE_URL", value_name = "URL")]
-    pub dhmad_base_url: Option<String>,
-
-    /// Dodo Payments API key (a read-only key is enough); without it Dodo answers NOT_CONFIGURED.
-    #[arg(long, env = "DODO_PAYMENTS_API_KEY", value_name = "KEY", hide_env_values = true)]
-    pub dodo_api_key: Option<Secret>,
-
-    /// Dodo Payments base URL [default: https://live.dodopayments.com; test mode: https://test.dodopayments.com].
-    #[arg(long, env = "DODO_PAYMENTS_BASE_URL", value_name = "URL")]
-    pub dodo_base_url: Option<String>,
-
-    /// Longest wait for one provider call, queueing included [default: 5s].
+    /// Longest wait for one provider call, queueing included; an account may set its own
+    /// [default: 5s].
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
 
-    /// Most calls in flight to one provider at once [default: 16].
+    /// Most calls in flight to a provider for one account at once; an account may set its own
+    /// [default: 16].
     #[arg(long, env = "GATEWAY_UPSTREAM_CONCURRENCY", value_name = "N")]
     pub upstream_concurrency: Option<String>,
 
-    /// Most answers kept in the cache, per provider [default: 100000].
+    /// Most answers kept in the cache, all accounts together [default: 100000].
     #[arg(long, env = "GATEWAY_CACHE_MAX_ENTRIES", value_name = "N")]
     pub cache_max_entries: Option<String>,
 
@@ -171,10 +131,6 @@ impl Settings {
         }
         pick!(
             listen,
-            dhmad_api_key,
-            dhmad_base_url,
-            dodo_api_key,
-            dodo_base_url,
             upstream_timeout,
             upstream_concurrency,
             cache_max_entries,
@@ -191,32 +147,199 @@ impl Settings {
         )
     }
 
-    /// Reads a TOML settings file. Numbers and booleans are accepted where a setting is
-    /// numeric, so `cache_max_entries = 5000` and `cache_max_entries = "5000"` mean the same.
-    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+}
+
+/// Values are read as text, so that `cache_max_entries = 5000` and `cache_max_entries =
+/// "5000"` mean the same.
+fn as_text(value: toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A table of scalar values as text, for serde to check against a settings struct.
+fn flatten(table: toml::Table, at: &str) -> Result<serde_json::Value, ConfigError> {
+    let mut flat = serde_json::Map::new();
+    for (key, value) in table {
+        let text = as_text(value)
+            .ok_or_else(|| ConfigError::File(format!("{at}`{key}` must be a string or a number")))?;
+        flat.insert(key, serde_json::Value::String(text));
+    }
+    Ok(serde_json::Value::Object(flat))
+}
+
+/// One `[accounts.NAME]` table, as written.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AccountTable {
+    /// The provider's `slug` (`dhmad`, `dodo`).
+    pub provider: Option<String>,
+    /// A named deployment of the provider (`live`, `sandbox`, `test`)…
+    pub environment: Option<String>,
+    /// …or a base URL.
+    pub base_url: Option<String>,
+    /// The name of the environment variable holding the key…
+    pub api_key_env: Option<String>,
+    /// …or the path of a file holding it (a mounted Secret).
+    pub api_key_file: Option<PathBuf>,
+    /// `true`: answers when a request names no account.
+    pub default: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub upstream_concurrency: Option<String>,
+}
+
+/// What one source (the file, or flags and environment) says about a provider's default
+/// account in the variables it had before accounts existed.
+#[derive(Debug, Default, Clone)]
+pub struct LegacyAccount {
+    pub api_key: Option<Secret>,
+    pub base_url: Option<String>,
+}
+
+impl LegacyAccount {
+    fn or(self, other: LegacyAccount) -> LegacyAccount {
+        LegacyAccount { api_key: self.api_key.or(other.api_key), base_url: self.base_url.or(other.base_url) }
+    }
+
+    fn is_given(&self) -> bool {
+        self.api_key.is_some() || self.base_url.is_some()
+    }
+}
+
+/// Everything the sources say, before it is checked.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub settings: Settings,
+    /// By provider slug.
+    pub legacy: BTreeMap<String, LegacyAccount>,
+    /// By account name.
+    pub accounts: BTreeMap<String, AccountTable>,
+    pub demo: bool,
+}
+
+impl Sources {
+    /// Reads a TOML settings file: top-level settings, the providers' single-account keys
+    /// (`dhmad_api_key`, `dhmad_base_url`, …) and `[accounts.NAME]` tables.
+    pub fn from_file(path: &Path) -> Result<Sources, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::File(format!("cannot read {}: {e}", path.display())))?;
-        let table: toml::Table = toml::from_str(&text)
+        let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| ConfigError::File(format!("{} is not valid TOML: {e}", path.display())))?;
-        let mut flat = serde_json::Map::new();
-        for (key, value) in table {
-            let text = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                _ => {
-                    return Err(ConfigError::File(format!(
-                        "{}: `{key}` must be a string or a number",
-                        path.display()
-                    )))
-                }
+        let at = format!("{}: ", path.display());
+        let mut sources = Sources::default();
+        if let Some(accounts) = table.remove("accounts") {
+            let toml::Value::Table(accounts) = accounts else {
+                return Err(ConfigError::File(format!("{at}`accounts` must be a table of [accounts.NAME] tables")));
             };
-            flat.insert(key, serde_json::Value::String(text));
+            for (name, account) in accounts {
+                let toml::Value::Table(mut account) = account else {
+                    return Err(ConfigError::File(format!("{at}`accounts.{name}` must be a table")));
+                };
+                if account.remove("api_key").is_some() {
+                    return Err(ConfigError::File(format!(
+                        "{at}accounts.{name}: a key is never written in the file; name its variable \
+                         with api_key_env, or its file with api_key_file"
+                    )));
+                }
+                let account = serde_json::from_value(flatten(account, &at)?)
+                    .map_err(|e| ConfigError::File(format!("{at}accounts.{name}: {e}")))?;
+                sources.accounts.insert(name, account);
+            }
         }
-        serde_json::from_value(serde_json::Value::Object(flat))
-            .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))
+        for kind in providers::builtin() {
+            let key = table.remove(&format!("{}_api_key", kind.slug)).and_then(as_text);
+            let base_url = table.remove(&format!("{}_base_url", kind.slug)).and_then(as_text);
+            let legacy = LegacyAccount { api_key: key.map(Secret::new), base_url };
+            if legacy.is_given() {
+                sources.legacy.insert(kind.slug.to_owned(), legacy);
+            }
+        }
+        sources.settings = serde_json::from_value(flatten(table, &at)?)
+            .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
+        Ok(sources)
     }
+
+    /// `self` where given, else `other`.
+    fn or(self, other: Sources) -> Sources {
+        let mut legacy = other.legacy;
+        for (slug, given) in self.legacy {
+            let merged = given.or(legacy.remove(&slug).unwrap_or_default());
+            legacy.insert(slug, merged);
+        }
+        let mut accounts = other.accounts;
+        accounts.extend(self.accounts);
+        Sources { settings: self.settings.or(other.settings), legacy, accounts, demo: self.demo || other.demo }
+    }
+}
+
+/// The command line: [`Cli`], plus each provider's single-account flags (`--dhmad-api-key`,
+/// `--dhmad-base-url`, with their environment variables), which come from the provider
+/// modules.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    for kind in providers::builtin() {
+        command = command
+            .arg(
+                Arg::new(format!("{}_api_key", kind.slug))
+                    .long(format!("{}-api-key", kind.slug))
+                    .env(kind.key_var)
+                    .value_name("KEY")
+                    .hide_env_values(true)
+                    .help(format!(
+                        "{} API key of the default `{}` account; without it (and without accounts) {} \
+                         answers NOT_CONFIGURED",
+                        kind.label, kind.slug, kind.label
+                    )),
+            )
+            .arg(
+                Arg::new(format!("{}_base_url", kind.slug))
+                    .long(format!("{}-base-url", kind.slug))
+                    .env(kind.base_url_var)
+                    .value_name("URL")
+                    .help(format!(
+                        "{} base URL of the default `{}` account [default: {}; {}]",
+                        kind.label,
+                        kind.slug,
+                        kind.default_base_url(),
+                        kind.environments
+                            .iter()
+                            .map(|(name, url)| format!("{name}: {url}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+            );
+    }
+    command
+}
+
+/// Parses the process's arguments (and environment); exits with clap's message on an error.
+pub fn parse() -> (Cli, Sources) {
+    let matches = command().get_matches();
+    match from_matches(&matches) {
+        Ok(parsed) => parsed,
+        Err(error) => error.exit(),
+    }
+}
+
+fn from_matches(matches: &ArgMatches) -> Result<(Cli, Sources), clap::Error> {
+    let cli = Cli::from_arg_matches(matches)?;
+    let mut legacy = BTreeMap::new();
+    for kind in providers::builtin() {
+        let text = |id: String| matches.get_one::<String>(&id).cloned();
+        let given = LegacyAccount {
+            api_key: text(format!("{}_api_key", kind.slug)).map(Secret::new),
+            base_url: text(format!("{}_base_url", kind.slug)),
+        };
+        if given.is_given() {
+            legacy.insert(kind.slug.to_owned(), given);
+        }
+    }
+    let sources = Sources { settings: cli.settings.clone(), legacy, accounts: BTreeMap::new(), demo: cli.demo };
+    Ok((cli, sources))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -227,24 +350,13 @@ pub enum ConfigError {
     Invalid { setting: String, reason: String },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Debug)]
-pub struct ProviderConfig {
-    pub api_key: Option<Secret>,
-    pub base_url: String,
-}
-
 /// The checked configuration the gateway runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub dhmad: ProviderConfig,
-    pub dodo: ProviderConfig,
+    /// Every configured account; a provider with none gets an unconfigured default account
+    /// when the application is built.
+    pub accounts: Vec<AccountConfig>,
     pub upstream_timeout: Duration,
     pub upstream_concurrency: usize,
     pub cache: CachePolicy,
@@ -268,40 +380,32 @@ impl Default for Config {
 impl Config {
     /// Loads everything the command line says: flags and environment (through clap), then the
     /// file named by `--config`, then defaults.
-    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    pub fn load(cli: &Cli, given: Sources) -> Result<Config, ConfigError> {
         let file = match &cli.config {
-            Some(path) => Settings::from_file(path)?,
-            None => Settings::default(),
+            Some(path) => Sources::from_file(path)?,
+            None => Sources::default(),
         };
-        Config::resolve(cli.settings.clone().or(file), cli.demo)
+        Config::resolve_sources(given.or(file))
     }
 
-    /// Parses and checks every setting, falling back to the defaults.
+    /// Parses and checks every setting, falling back to the defaults; no accounts beyond the
+    /// providers' defaults.
     pub fn resolve(settings: Settings, demo: bool) -> Result<Config, ConfigError> {
+        Config::resolve_sources(Sources { settings, demo, ..Sources::default() })
+    }
+
+    /// Parses and checks every setting and account, falling back to the defaults.
+    pub fn resolve_sources(sources: Sources) -> Result<Config, ConfigError> {
+        let Sources { settings, legacy, accounts, demo } = sources;
         let names = SettingNames::new();
-        let duration = |id: &str, value: &Option<String>, default: &str| -> Result<Duration, ConfigError> {
-            let raw = value.as_deref().unwrap_or(default);
-            humantime::parse_duration(raw.trim()).map_err(|e| {
-                names.invalid(id, format!("`{raw}` is not a duration ({e}); write e.g. 500ms, 5s, 1h"))
-            })
+        let duration = |id: &str, value: &Option<String>, default: &str| {
+            parse_duration(value.as_deref().unwrap_or(default)).map_err(|reason| names.invalid(id, reason))
         };
         let whole = |id: &str, value: &Option<String>, default: u64, range: RangeInclusive<u64>| {
-            let Some(raw) = value else { return Ok(default) };
-            raw.trim().parse::<u64>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-                names.invalid(
-                    id,
-                    format!("`{raw}` is not a whole number from {} to {}", range.start(), range.end()),
-                )
-            })
+            value.as_deref().map_or(Ok(default), |raw| parse_whole(raw, range).map_err(|r| names.invalid(id, r)))
         };
         let positive =
             |id: &str, value: &Option<String>, default: u64, max: u64| whole(id, value, default, 1..=max);
-        let url = |id: &str, value: &Option<String>, default: &str| -> Result<String, ConfigError> {
-            let raw = value.as_deref().unwrap_or(default).trim();
-            check_base_url(raw).map_err(|reason| names.invalid(id, reason))?;
-            Ok(raw.trim_end_matches('/').to_owned())
-        };
-        let non_empty = |key: Option<Secret>| key.filter(|k| !k.expose().trim().is_empty());
 
         let listen = settings.listen.as_deref().unwrap_or("0.0.0.0:8080");
         let listen = listen.trim().parse::<SocketAddr>().map_err(|_| {
@@ -321,16 +425,34 @@ impl Config {
                 return Err(names.invalid("log_format", format!("`{other}` is neither `text` nor `json`")))
             }
         };
+        let mut resolved = Vec::new();
+        for kind in providers::builtin() {
+            let Some(given) = legacy.get(kind.slug) else { continue };
+            let base_url = given.base_url.as_deref().unwrap_or(kind.default_base_url());
+            let id = format!("{}_base_url", kind.slug);
+            resolved.push(AccountConfig {
+                base_url: parse_base_url(base_url).map_err(|reason| names.invalid(&id, reason))?,
+                api_key: given.api_key.clone().filter(|key| !key.expose().trim().is_empty()),
+                ..AccountConfig::unconfigured(kind)
+            });
+        }
+        for (name, table) in &accounts {
+            let account = resolve_account(name, table)?;
+            if resolved.iter().any(|other| other.name == account.name) {
+                return Err(ConfigError::Invalid {
+                    setting: format!("accounts.{name}"),
+                    reason: format!(
+                        "the account `{name}` is also defined by {} variables; remove one of them",
+                        account.kind.label
+                    ),
+                });
+            }
+            resolved.push(account);
+        }
+        choose_defaults(&mut resolved)?;
         let config = Config {
             listen,
-            dhmad: ProviderConfig {
-                api_key: non_empty(settings.dhmad_api_key),
-                base_url: url("dhmad_base_url", &settings.dhmad_base_url, "https://dhmad.tn/api/v1")?,
-            },
-            dodo: ProviderConfig {
-                api_key: non_empty(settings.dodo_api_key),
-                base_url: url("dodo_base_url", &settings.dodo_base_url, "https://live.dodopayments.com")?,
-            },
+            accounts: resolved,
             upstream_timeout: positive_duration("upstream_timeout", &settings.upstream_timeout, "5s")?,
             upstream_concurrency: positive("upstream_concurrency", &settings.upstream_concurrency, 16, 1024)?
                 as usize,
@@ -363,6 +485,165 @@ impl Config {
     }
 }
 
+/// Account names are metrics labels and GraphQL arguments: short and plain.
+fn check_account_name(name: &str) -> Result<(), String> {
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+    if name.is_empty() || name.len() > 32 || !name.bytes().all(plain) {
+        return Err(format!(
+            "`{name}` is not an account name: 1 to 32 characters from a-z, 0-9, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// One `[accounts.NAME]` table, checked. The key is read now, so that a missing variable or
+/// file stops startup rather than failing every request.
+fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, ConfigError> {
+    let invalid = |field: &str, reason: String| ConfigError::Invalid {
+        setting: if field.is_empty() {
+            format!("[accounts.{name}] in the config file")
+        } else {
+            format!("accounts.{name}.{field} in the config file")
+        },
+        reason,
+    };
+    check_account_name(name).map_err(|reason| invalid("", reason))?;
+    let slugs = || providers::builtin().iter().map(|k| k.slug).collect::<Vec<_>>().join(", ");
+    let slug = table.provider.as_deref().map(str::trim).ok_or_else(|| {
+        invalid("provider", format!("is required: one of {}", slugs()))
+    })?;
+    let kind: &'static ProviderKind = providers::builtin()
+        .into_iter()
+        .find(|kind| kind.slug == slug)
+        .ok_or_else(|| invalid("provider", format!("`{slug}` is not a provider: one of {}", slugs())))?;
+    let base_url = match (&table.environment, &table.base_url) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("base_url", "give `environment` or `base_url`, not both".into()))
+        }
+        (Some(environment), None) => kind.environment(environment.trim()).ok_or_else(|| {
+            let known: Vec<_> = kind.environments.iter().map(|(name, _)| *name).collect();
+            invalid(
+                "environment",
+                format!("`{environment}` is not a {} environment: one of {}", kind.label, known.join(", ")),
+            )
+        })?,
+        (None, Some(url)) => url.as_str(),
+        (None, None) => kind.default_base_url(),
+    };
+    let base_url = parse_base_url(base_url).map_err(|reason| invalid("base_url", reason))?;
+    let api_key = match (&table.api_key_env, &table.api_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("api_key_env", "give `api_key_env` or `api_key_file`, not both".into()))
+        }
+        (Some(var), None) => {
+            let value = std::env::var(var.trim()).unwrap_or_default();
+            if value.trim().is_empty() {
+                return Err(invalid("api_key_env", format!("the environment variable `{var}` is not set")));
+            }
+            Secret::new(value.trim())
+        }
+        (None, Some(path)) => {
+            // The file's content is never shown: only whether it could be read.
+            let value = std::fs::read_to_string(path)
+                .map_err(|e| invalid("api_key_file", format!("cannot read {}: {}", path.display(), e.kind())))?;
+            if value.trim().is_empty() {
+                return Err(invalid("api_key_file", format!("{} is empty", path.display())));
+            }
+            Secret::new(value.trim())
+        }
+        (None, None) => {
+            return Err(invalid("api_key_env", "an account needs `api_key_env` or `api_key_file`".into()))
+        }
+    };
+    let default = match table.default.as_deref().map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(invalid("default", format!("`{other}` is neither true nor false"))),
+    };
+    let upstream_timeout = table
+        .upstream_timeout
+        .as_deref()
+        .map(|raw| match parse_duration(raw) {
+            Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
+            other => other,
+        })
+        .transpose()
+        .map_err(|reason| invalid("upstream_timeout", reason))?;
+    let upstream_concurrency = table
+        .upstream_concurrency
+        .as_deref()
+        .map(|raw| parse_whole(raw, 1..=1024).map(|n| n as usize))
+        .transpose()
+        .map_err(|reason| invalid("upstream_concurrency", reason))?;
+    Ok(AccountConfig {
+        name: Arc::from(name),
+        kind,
+        base_url,
+        api_key: Some(api_key),
+        default,
+        upstream_timeout,
+        upstream_concurrency,
+    })
+}
+
+/// Each provider with accounts gets exactly one default: the one marked `default = true`,
+/// else the one its single-account variables define, else its only account.
+fn choose_defaults(accounts: &mut [AccountConfig]) -> Result<(), ConfigError> {
+    for kind in providers::builtin() {
+        let of_kind: Vec<usize> = (0..accounts.len()).filter(|&i| std::ptr::eq(accounts[i].kind, kind)).collect();
+        let marked: Vec<usize> = of_kind.iter().copied().filter(|&i| accounts[i].default && &*accounts[i].name != kind.slug).collect();
+        let chosen = match marked.as_slice() {
+            [one] => Some(*one),
+            [] => of_kind
+                .iter()
+                .copied()
+                .find(|&i| &*accounts[i].name == kind.slug)
+                .or(if of_kind.len() == 1 { of_kind.first().copied() } else { None }),
+            several => {
+                let names: Vec<_> = several.iter().map(|&i| accounts[i].name.to_string()).collect();
+                return Err(ConfigError::Invalid {
+                    setting: format!("accounts.{}.default in the config file", names[1]),
+                    reason: format!("{} accounts are marked default: {}", kind.label, names.join(", ")),
+                });
+            }
+        };
+        if chosen.is_none() && !of_kind.is_empty() {
+            let names: Vec<_> = of_kind.iter().map(|&i| accounts[i].name.to_string()).collect();
+            return Err(ConfigError::Invalid {
+                setting: format!("accounts.{}.default in the config file", names[0]),
+                reason: format!(
+                    "{} has several accounts ({}); mark one `default = true`",
+                    kind.label,
+                    names.join(", ")
+                ),
+            });
+        }
+        for &i in &of_kind {
+            accounts[i].default = Some(i) == chosen;
+        }
+    }
+    Ok(())
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("`{raw}` is not a duration ({e}); write e.g. 500ms, 5s, 1h"))
+}
+
+fn parse_whole(raw: &str, range: RangeInclusive<u64>) -> Result<u64, String> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| format!("`{raw}` is not a whole number from {} to {}", range.start(), range.end()))
+}
+
+fn parse_base_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    check_base_url(raw)?;
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
 /// A base URL must be plain http(s) with a host, and carry no credentials, query or fragment
 /// (they would end up in every upstream request and in logs).
 fn check_base_url(raw: &str) -> Result<(), String> {
@@ -388,7 +669,7 @@ struct SettingNames(HashMap<String, String>);
 
 impl SettingNames {
     fn new() -> Self {
-        let command = Cli::command();
+        let command = command();
         let names = command
             .get_arguments()
             .map(|arg| {
@@ -415,15 +696,53 @@ mod tests {
         Config::resolve(settings, false)
     }
 
+    /// A config file in a fresh folder; the folder is removed when the guard drops.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("cg-config-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("gateway.toml");
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    fn from_file(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let file = TempFile::new(name, text);
+        Config::resolve_sources(Sources::from_file(&file.0)?)
+    }
+
+    fn legacy(slug: &str, key: Option<&str>, base_url: Option<&str>) -> Sources {
+        let given = LegacyAccount { api_key: key.map(Secret::new), base_url: base_url.map(str::to_owned) };
+        Sources { legacy: BTreeMap::from([(slug.to_owned(), given)]), ..Sources::default() }
+    }
+
     #[test]
-    fn defaults_are_the_documented_ones() {
-        let config = Config::default();
+    fn defaults() {
+        let config = resolve(Settings::default()).unwrap();
         assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(config.dhmad.base_url, "https://dhmad.tn/api/v1");
-        assert_eq!(config.dodo.base_url, "https://live.dodopayments.com");
+        assert!(config.accounts.is_empty(), "each provider gets its unconfigured account at build");
         assert_eq!(config.cache, CachePolicy::default());
         assert_eq!(config.batch_max, 100);
-        assert!(config.dhmad.api_key.is_none());
+    }
+
+    #[test]
+    fn single_account_variables_define_the_default_account() {
+        let config =
+            Config::resolve_sources(legacy("dodo", Some("k"), Some("https://test.dodopayments.com/"))).unwrap();
+        let [account] = config.accounts.as_slice() else { panic!("{:?}", config.accounts) };
+        assert_eq!(&*account.name, "dodo");
+        assert_eq!(account.base_url, "https://test.dodopayments.com");
+        assert_eq!(account.api_key.as_ref().map(Secret::expose), Some("k"));
+        assert!(account.default);
     }
 
     #[test]
@@ -433,45 +752,93 @@ mod tests {
         let err =
             resolve(Settings { cache_ttl_open: Some("soon".into()), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("GATEWAY_CACHE_TTL_OPEN"), "{err}");
-        let err =
-            resolve(Settings { dodo_base_url: Some("ftp://x".into()), ..Default::default() }).unwrap_err();
+        let err = Config::resolve_sources(legacy("dodo", None, Some("ftp://x"))).unwrap_err();
         assert!(err.to_string().contains("DODO_PAYMENTS_BASE_URL"), "{err}");
         let err = resolve(Settings { batch_max: Some("0".into()), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("GATEWAY_BATCH_MAX"), "{err}");
-        let err = resolve(Settings {
-            dhmad_base_url: Some("https://user:pw@dhmad.tn/api/v1".into()),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(!err.to_string().contains("pw@"), "{err}");
+        let err =
+            Config::resolve_sources(legacy("dhmad", None, Some("https://user:pw@dhmad.tn/api/v1"))).unwrap_err();
+        assert!(err.to_string().contains("DHMAD_BASE_URL") && !err.to_string().contains("pw@"), "{err}");
     }
 
     #[test]
     fn secrets_never_debug_print() {
-        let settings =
-            Settings { dhmad_api_key: Some(Secret::new("sk_live_topsecret")), ..Default::default() };
-        assert!(!format!("{settings:?}").contains("topsecret"));
-        let config = resolve(settings).unwrap();
+        let sources = legacy("dhmad", Some("sk_live_topsecret"), None);
+        assert!(!format!("{sources:?}").contains("topsecret"));
+        let config = Config::resolve_sources(sources).unwrap();
         assert!(!format!("{config:?}").contains("topsecret"));
     }
 
     #[test]
     fn file_keys_are_checked_and_flags_win() {
-        let dir = std::env::temp_dir().join(format!("cg-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gateway.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ncache_max_entries = 5000\nbatch_max = 7\n")
-            .unwrap();
-        let file = Settings::from_file(&path).unwrap();
-        let flags = Settings { batch_max: Some("9".into()), ..Default::default() };
-        let config = resolve(flags.or(file)).unwrap();
+        let file = TempFile::new(
+            "flags",
+            "listen = \"127.0.0.1:9000\"\ncache_max_entries = 5000\nbatch_max = 7\ndodo_base_url = \"https://test.dodopayments.com\"\n",
+        );
+        let in_file = Sources::from_file(&file.0).unwrap();
+        let flags = Sources {
+            settings: Settings { batch_max: Some("9".into()), ..Default::default() },
+            ..legacy("dodo", Some("from-env"), None)
+        };
+        let config = Config::resolve_sources(flags.or(in_file)).unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.cache.max_entries, 5000);
         assert_eq!(config.batch_max, 9);
+        assert_eq!(config.accounts[0].base_url, "https://test.dodopayments.com");
+        assert_eq!(config.accounts[0].api_key.as_ref().map(Secret::expose), Some("from-env"));
 
-        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
-        let err = Settings::from_file(&path).unwrap_err();
+        let err = from_file("typo", "lisen = \"127.0.0.1:9000\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn accounts_from_the_file() {
+        std::env::set_var("CG_TEST_DODO_LIVE_KEY", "live-key");
+        let key_file = TempFile::new("keyfile", "test-key\n");
+        let text = format!(
+            "[accounts.dodo_live]\nprovider = \"dodo\"\nenvironment = \"live\"\napi_key_env = \"CG_TEST_DODO_LIVE_KEY\"\n\
+             default = true\nupstream_concurrency = 4\nupstream_timeout = \"2s\"\n\
+             [accounts.dodo_test]\nprovider = \"dodo\"\nenvironment = \"test\"\napi_key_file = \"{}\"\n",
+            key_file.0.display()
+        );
+        let config = from_file("accounts", &text).unwrap();
+        let live = config.accounts.iter().find(|a| &*a.name == "dodo_live").unwrap();
+        let test = config.accounts.iter().find(|a| &*a.name == "dodo_test").unwrap();
+        assert_eq!(live.base_url, "https://live.dodopayments.com");
+        assert_eq!(test.base_url, "https://test.dodopayments.com");
+        assert_eq!(live.api_key.as_ref().map(Secret::expose), Some("live-key"));
+        assert_eq!(test.api_key.as_ref().map(Secret::expose), Some("test-key"));
+        assert!(live.default && !test.default);
+        assert_eq!(live.upstream_concurrency, Some(4));
+        assert_eq!(live.upstream_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(test.upstream_concurrency, None);
+    }
+
+    #[test]
+    fn bad_accounts_are_refused_naming_the_account() {
+        let cases = [
+            ("[accounts.a]\nprovider = \"dodo\"\napi_key = \"inline\"\n", "never written in the file"),
+            ("[accounts.a]\nprovider = \"stripe\"\napi_key_env = \"X\"\n", "accounts.a.provider"),
+            ("[accounts.a]\napi_key_env = \"X\"\n", "accounts.a.provider"),
+            ("[accounts.a]\nprovider = \"dodo\"\nenvironment = \"staging\"\napi_key_env = \"HOME\"\n", "live, test"),
+            ("[accounts.a]\nprovider = \"dodo\"\n", "needs `api_key_env` or"),
+            ("[accounts.a]\nprovider = \"dodo\"\napi_key_env = \"CG_TEST_SURELY_UNSET\"\n", "CG_TEST_SURELY_UNSET` is not set"),
+            ("[accounts.a]\nprovider = \"dodo\"\napi_key_file = \"/nonexistent/key\"\n", "accounts.a.api_key_file"),
+            ("[accounts.A]\nprovider = \"dodo\"\napi_key_env = \"HOME\"\n", "not an account name"),
+            ("[accounts.a]\nprovider = \"dodo\"\napi_key_env = \"HOME\"\nrate = 1\n", "unknown field `rate`"),
+            (
+                "[accounts.a]\nprovider = \"dodo\"\napi_key_env = \"HOME\"\n[accounts.b]\nprovider = \"dodo\"\napi_key_env = \"HOME\"\n",
+                "mark one `default = true`",
+            ),
+            (
+                "[accounts.a]\nprovider = \"dodo\"\napi_key_env = \"HOME\"\ndefault = true\n[accounts.b]\nprovider = \"dodo\"\napi_key_env = \"HOME\"\ndefault = true\n",
+                "accounts are marked default",
+            ),
+        ];
+        for (i, (text, expected)) in cases.iter().enumerate() {
+            let err = from_file(&format!("bad{i}"), text).unwrap_err().to_string();
+            assert!(err.contains(expected), "case {i}: `{err}` does not say `{expected}`");
+            assert!(!err.contains("inline"), "case {i} shows the key: {err}");
+        }
     }
 }

@@ -1,51 +1,19 @@
 //! The gateway's own model of a checkout session and of what can go wrong fetching one.
 //!
-//! Every provider module maps its wire format into these types; nothing above the providers
-//! knows a provider's JSON. The GraphQL layer derives its enums from here so that a status or
-//! a reason is defined once.
+//! Owns: the session, its normalised status, the errors, the credential type. Knows no
+//! provider and no GraphQL: every provider module maps its wire format into these types, and
+//! the GraphQL layer mirrors the enums (`graphql::types`) without this module knowing.
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-/// A payment provider the gateway can ask. Adding one means a variant here and a module in
-/// `providers/`.
-#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Provider {
-    /// DHMAD, the escrow platform.
-    Dhmad,
-    /// Dodo Payments.
-    Dodo,
-}
-
-impl Provider {
-    /// The name people and logs use for the provider.
-    pub fn label(self) -> &'static str {
-        match self {
-            Provider::Dhmad => "DHMAD",
-            Provider::Dodo => "Dodo Payments",
-        }
-    }
-
-    /// A short, stable, lower-case name for metrics labels and cache keys.
-    pub fn slug(self) -> &'static str {
-        match self {
-            Provider::Dhmad => "dhmad",
-            Provider::Dodo => "dodo",
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
 /// The provider-independent state of a session (see PROVIDERS.md for the mapping).
-#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CheckoutStatus {
     /// Waiting for the person to act.
     Open,
@@ -66,9 +34,12 @@ pub enum CheckoutStatus {
 }
 
 /// One checkout session as the gateway reports it, whichever provider holds it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct CheckoutSession {
-    pub provider: Provider,
+    /// The provider's name as the schema spells it (`DHMAD`, `DODO`): static, from its module.
+    pub provider: &'static str,
+    /// The configured account that answered (shared with the account, not copied).
+    pub account: Arc<str>,
     /// Shared with the cache key. Strings below are boxed (no spare capacity, 8 bytes less
     /// each): the cache holds many sessions.
     pub id: Arc<str>,
@@ -85,7 +56,8 @@ pub struct CheckoutSession {
     pub metadata: Option<Box<serde_json::Value>>,
     /// When the gateway heard this from the provider; a cached answer keeps its original time.
     pub fetched_at: DateTime<Utc>,
-    pub details: SessionDetails,
+    /// Boxed: absent for providers with nothing of their own to say.
+    pub details: Option<Box<dyn ProviderDetails>>,
 }
 
 /// Maps a provider's raw status through its table of documented values. A documented value is
@@ -101,104 +73,33 @@ pub fn normalise_status(
     }
 }
 
-/// What only one provider knows about a session, beyond the common fields. Anything derivable
-/// from the common fields (Dodo's payment id and status, DHMAD's target email) is not stored
-/// twice: a cache holds many of these.
-#[derive(Clone, Debug, PartialEq)]
-pub enum SessionDetails {
-    Dhmad {
-        /// The escrow this session belongs to.
-        escrow_id: Option<Box<str>>,
-        /// DHMAD's word for the action the person was asked to take.
-        action: Option<Box<str>>,
-    },
-    Dodo,
-}
+/// What only one provider knows about a session, beyond the common fields: each provider
+/// module defines its own type, and only that module reads it back (by downcasting).
+/// Anything derivable from the common fields is not stored twice: a cache holds many.
+pub trait ProviderDetails: Any + fmt::Debug + Send + Sync {}
 
-/// The action a DHMAD session asks the person to take.
-#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DhmadAction {
-    SignContract,
-    AcceptPay,
-    Complete,
-    Dispute,
-    RequestCancellation,
-    RejectCancellation,
-    AcceptCancellation,
-    CancelEscrow,
-    SubmitProof,
-    ReviewProof,
-    /// A value this gateway does not know yet (see `rawAction`).
-    Unknown,
-}
-
-impl DhmadAction {
-    pub fn from_wire(raw: &str) -> Self {
-        match raw {
-            "sign_contract" => Self::SignContract,
-            "accept_pay" => Self::AcceptPay,
-            "complete" => Self::Complete,
-            "dispute" => Self::Dispute,
-            "request_cancellation" => Self::RequestCancellation,
-            "reject_cancellation" => Self::RejectCancellation,
-            "accept_cancellation" => Self::AcceptCancellation,
-            "cancel_escrow" => Self::CancelEscrow,
-            "submit_proof" => Self::SubmitProof,
-            "review_proof" => Self::ReviewProof,
-            _ => Self::Unknown,
-        }
-    }
-}
-
-/// Dodo's `IntentStatus`, plus `UNKNOWN` for values added after this gateway was built.
-#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DodoPaymentStatus {
-    Succeeded,
-    Failed,
-    Cancelled,
-    Processing,
-    RequiresCustomerAction,
-    RequiresMerchantAction,
-    RequiresPaymentMethod,
-    RequiresConfirmation,
-    RequiresCapture,
-    PartiallyCaptured,
-    PartiallyCapturedAndCapturable,
-    Unknown,
-}
-
-impl DodoPaymentStatus {
-    pub fn from_wire(raw: &str) -> Self {
-        match raw {
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            "processing" => Self::Processing,
-            "requires_customer_action" => Self::RequiresCustomerAction,
-            "requires_merchant_action" => Self::RequiresMerchantAction,
-            "requires_payment_method" => Self::RequiresPaymentMethod,
-            "requires_confirmation" => Self::RequiresConfirmation,
-            "requires_capture" => Self::RequiresCapture,
-            "partially_captured" => Self::PartiallyCaptured,
-            "partially_captured_and_capturable" => Self::PartiallyCapturedAndCapturable,
-            _ => Self::Unknown,
-        }
+impl CheckoutSession {
+    /// The provider-specific details, if they are of type `T`.
+    pub fn details<T: ProviderDetails>(&self) -> Option<&T> {
+        let details: &dyn Any = self.details.as_deref()?;
+        details.downcast_ref::<T>()
     }
 }
 
 /// The stable codes a client switches on. They appear as the `code` of an error in the result
 /// union and as `extensions.code` where a GraphQL error is the only way out.
-#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
     InvalidId,
     ProviderUnavailable,
+    UnknownAccount,
 }
 
 /// Why a provider could not give an answer.
-#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnavailableReason {
     /// The gateway has no credentials for this provider.
     NotConfigured,
@@ -226,6 +127,9 @@ pub enum FetchError {
     NotFound,
     #[error("invalid checkout session id: {0}")]
     InvalidId(&'static str),
+    /// The name the client gave (cut to 64 characters): not a secret, and useful to see.
+    #[error("no account named `{0}` is configured for this provider")]
+    UnknownAccount(Arc<str>),
     #[error("{}", unavailable_message(*reason, *upstream_status, *retry_after_seconds))]
     Unavailable {
         reason: UnavailableReason,
@@ -266,6 +170,7 @@ impl FetchError {
             FetchError::Forbidden => ErrorCode::Forbidden,
             FetchError::NotFound => ErrorCode::NotFound,
             FetchError::InvalidId(_) => ErrorCode::InvalidId,
+            FetchError::UnknownAccount(_) => ErrorCode::UnknownAccount,
             FetchError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
         }
     }
@@ -273,3 +178,36 @@ impl FetchError {
 
 /// What a lookup yields: a shared, immutable session (cache hits hand out the same `Arc`).
 pub type FetchResult = Result<Arc<CheckoutSession>, FetchError>;
+
+/// A credential. It prints as `[redacted]` everywhere; `expose` is the only way to the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}

@@ -1,16 +1,14 @@
-use clap::Parser;
-
-use checkout_gateway::config::{Cli, Command, Config};
+use checkout_gateway::config::{self, Command, Config};
 use checkout_gateway::server::{shutdown_signal, Application};
 use checkout_gateway::telemetry;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let (cli, given) = config::parse();
     if cli.command == Some(Command::Schema) {
-        print!("{}", checkout_gateway::graphql::sdl());
+        print!("{}", checkout_gateway::graphql::sdl(&checkout_gateway::providers::builtin()));
         return std::process::ExitCode::SUCCESS;
     }
-    let config = match Config::load(&cli) {
+    let config = match Config::load(&cli, given) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("checkout-gateway: {error}");

@@ -73,20 +73,20 @@ impl Metrics {
             ),
             upstream_requests: counter(
                 "upstream_requests_total",
-                "Calls to providers by outcome and HTTP status class.",
-                &["provider", "outcome", "status_class"],
+                "Calls to providers by account, outcome and HTTP status class.",
+                &["provider", "account", "outcome", "status_class"],
             ),
             upstream_duration: histogram(
                 "upstream_request_duration_seconds",
                 "Time a provider took to answer (or to fail).",
-                &["provider"],
+                &["provider", "account"],
             ),
-            cache_hits: counter("cache_hits_total", "Lookups answered from the cache.", &["provider"]),
-            cache_misses: counter("cache_misses_total", "Lookups that called the provider.", &["provider"]),
+            cache_hits: counter("cache_hits_total", "Lookups answered from the cache.", &["provider", "account"]),
+            cache_misses: counter("cache_misses_total", "Lookups that called the provider.", &["provider", "account"]),
             cache_coalesced: counter(
                 "cache_coalesced_waits_total",
                 "Lookups that waited for another asker's call to the provider instead of making one.",
-                &["provider"],
+                &["provider", "account"],
             ),
             cache_evictions: counter(
                 "cache_evictions_total",

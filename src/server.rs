@@ -27,20 +27,28 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::cache::SessionCache;
-use crate::config::{Config, ProviderConfig, Secret};
+use crate::config::Config;
+use crate::domain::Secret;
 use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, RequestScope};
 use crate::metrics::Metrics;
-use crate::providers::{self, CredentialStatus, SessionProvider};
+use crate::providers::{self, Account, AccountConfig, CredentialStatus, Limits, ProviderKind};
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
 use crate::sandbox::{self, SandboxOptions};
 use crate::service::SessionService;
-use crate::telemetry;
+use crate::{net, telemetry};
 
 /// Parsed documents kept (estimated bytes): thousands of distinct dashboard queries.
 const DOCUMENT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// What the startup credential check found, per provider (`/readyz` reports it).
-type Credentials = Arc<RwLock<BTreeMap<&'static str, CredentialStatus>>>;
+/// What the startup credential check found, per account (`/readyz` reports it).
+type Credentials = Arc<RwLock<BTreeMap<Arc<str>, AccountReport>>>;
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct AccountReport {
+    provider: &'static str,
+    default: bool,
+    credentials: CredentialStatus,
+}
 
 #[derive(Clone)]
 struct AppState {
@@ -61,30 +69,54 @@ pub struct Application {
     router: Router,
     ready: Arc<AtomicBool>,
     config: Config,
-    providers: Vec<Arc<dyn SessionProvider>>,
+    accounts: Vec<Arc<Account>>,
     credentials: Credentials,
 }
 
 impl Application {
-    /// Builds everything and binds the listener (port 0 picks a free one; see [`Self::local_addr`]).
-    /// With `config.demo`, first starts the sandbox providers and points the gateway at them.
-    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
+    /// Builds everything with the built-in providers and binds the listener (port 0 picks a
+    /// free one; see [`Self::local_addr`]). With `config.demo`, first starts the sandbox
+    /// providers and points the gateway at them.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with(config, providers::builtin()).await
+    }
+
+    /// [`Self::build`] with the given providers: the schema's `Provider` enum and details
+    /// union are theirs, and each gets an unconfigured default account if it has none.
+    pub async fn build_with(mut config: Config, kinds: Vec<&'static ProviderKind>) -> anyhow::Result<Self> {
         if config.demo {
-            let (dhmad, dodo) = sandbox::start(SandboxOptions { latency: config.demo_latency }).await?;
-            config.dhmad =
-                ProviderConfig { api_key: Some(Secret::new(dhmad.api_key)), base_url: dhmad.base_url };
-            config.dodo =
-                ProviderConfig { api_key: Some(Secret::new(dodo.api_key)), base_url: dodo.base_url };
+            config.accounts = demo_accounts(&kinds, SandboxOptions { latency: config.demo_latency }).await?;
+        }
+        for kind in &kinds {
+            if !config.accounts.iter().any(|account| std::ptr::eq(account.kind, *kind)) {
+                config.accounts.push(AccountConfig::unconfigured(kind));
+            }
         }
         let metrics = Arc::new(Metrics::new());
-        let client = providers::http_client()?;
-        let providers = providers::from_config(&config, &client, &metrics)?;
+        let http = net::http_client()?;
+        let limits =
+            Limits { upstream_timeout: config.upstream_timeout, upstream_concurrency: config.upstream_concurrency };
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|account| Account::new(account.clone(), limits, &http, &metrics).map(Arc::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let credentials: Credentials = Arc::new(RwLock::new(
-            providers.iter().map(|p| (p.provider().slug(), CredentialStatus::Checking)).collect(),
+            accounts
+                .iter()
+                .map(|account| {
+                    let report = AccountReport {
+                        provider: account.kind().slug,
+                        default: account.config.default,
+                        credentials: CredentialStatus::Checking,
+                    };
+                    (account.name().clone(), report)
+                })
+                .collect(),
         ));
         let cache = SessionCache::new(config.cache, metrics.clone());
-        let service = Arc::new(SessionService::new(providers.clone(), cache));
-        let schema = graphql::schema(Gateway { service: service.clone(), batch_max: config.batch_max });
+        let service = Arc::new(SessionService::new(&accounts, cache));
+        let schema = graphql::schema(Gateway { service: service.clone(), batch_max: config.batch_max }, &kinds);
         let ready = Arc::new(AtomicBool::new(false));
         let router = router(AppState {
             schema,
@@ -98,7 +130,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (GATEWAY_LISTEN): {e}", config.listen))?;
-        Ok(Self { listener, router, ready, config, providers, credentials })
+        Ok(Self { listener, router, ready, config, accounts, credentials })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -112,8 +144,8 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, router, ready, config, providers, credentials } = self;
-        tokio::spawn(check_credentials(providers, credentials));
+        let Self { listener, router, ready, config, accounts, credentials } = self;
+        tokio::spawn(check_credentials(accounts, credentials));
         let (drain, drained) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = drained.await;
@@ -148,28 +180,55 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Checks each provider's key once, in the background: readiness never waits on a provider.
-async fn check_credentials(providers: Vec<Arc<dyn SessionProvider>>, credentials: Credentials) {
-    for provider in providers {
-        let status = provider.check_credentials().await;
-        let name = provider.provider().slug();
+/// Every environment of every provider as a sandbox on 127.0.0.1, one account each: the
+/// first environment's account is the provider's default and is named after it (`dodo`), the
+/// others after the provider and the environment (`dodo_test`).
+async fn demo_accounts(kinds: &[&'static ProviderKind], options: SandboxOptions) -> anyhow::Result<Vec<AccountConfig>> {
+    let mut accounts = Vec::new();
+    for kind in kinds {
+        for (index, (environment, _)) in kind.environments.iter().enumerate() {
+            let name = if index == 0 { kind.slug.to_owned() } else { format!("{}_{environment}", kind.slug) };
+            // A public demo value per account, so that each sandbox accepts only its own.
+            let key = format!("demo_{name}_key");
+            let endpoint = sandbox::serve(kind.sandbox, environment, &key, options).await?;
+            tracing::info!(account = %name, environment, base_url = %endpoint.base_url, "demo mode: sandbox provider");
+            accounts.push(AccountConfig {
+                name: Arc::from(name),
+                base_url: endpoint.base_url,
+                api_key: Some(Secret::new(key)),
+                default: index == 0,
+                ..AccountConfig::unconfigured(kind)
+            });
+        }
+    }
+    Ok(accounts)
+}
+
+/// Checks each account's key once, in the background: readiness never waits on a provider.
+async fn check_credentials(accounts: Vec<Arc<Account>>, credentials: Credentials) {
+    for account in accounts {
+        let status = account.client.check_credentials().await;
+        let (provider, name) = (account.kind().slug, &**account.name());
         match status {
             CredentialStatus::Rejected => {
-                tracing::error!(provider = name, "the provider refused the configured key")
+                tracing::error!(provider, account = name, "the provider refused the configured key")
             }
             CredentialStatus::NotConfigured => {
                 tracing::warn!(
-                    provider = name,
+                    provider,
+                    account = name,
                     "no API key: its sessions answer PROVIDER_UNAVAILABLE (NOT_CONFIGURED)"
                 )
             }
             CredentialStatus::Unreachable => {
-                tracing::warn!(provider = name, "could not check the key: provider unreachable")
+                tracing::warn!(provider, account = name, "could not check the key: provider unreachable")
             }
-            _ => tracing::info!(provider = name, status = ?status, "credential check"),
+            _ => tracing::info!(provider, account = name, status = ?status, "credential check"),
         }
         if let Ok(mut map) = credentials.write() {
-            map.insert(name, status);
+            if let Some(report) = map.get_mut(account.name()) {
+                report.credentials = status;
+            }
         }
     }
 }
@@ -351,11 +410,11 @@ async fn livez() -> &'static str {
 /// 200 while serving, 503 before and from the start of shutdown. Never calls a provider; the
 /// startup credential check is reported, not waited on.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let providers = state.credentials.read().map(|map| json!(*map)).unwrap_or_default();
+    let accounts = state.credentials.read().map(|map| json!(*map)).unwrap_or_default();
     if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, Json(json!({"status": "ready", "providers": providers}))).into_response()
+        (StatusCode::OK, Json(json!({"status": "ready", "accounts": accounts}))).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "providers": providers})))
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "accounts": accounts})))
             .into_response()
     }
 }

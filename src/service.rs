@@ -1,5 +1,7 @@
-//! The one entry point the GraphQL layer calls: finds the provider, goes through its cache,
-//! and answers batches in input order with each distinct session asked once.
+//! The one entry point the GraphQL layer calls.
+//!
+//! Owns: which account answers a request (the named one, or the provider's default), and
+//! batches (input order, each distinct session asked once). Goes through the cache.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,52 +9,113 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::cache::{Lookup, SessionCache};
-use crate::domain::{FetchError, Provider, UnavailableReason};
-use crate::providers::SessionProvider;
+use crate::domain::{CheckoutSession, FetchError, UnavailableReason};
+use crate::providers::{Account, ProviderKind};
+use crate::view::DetailsObject;
+
+/// One session to look up: the provider's schema name, the account (`None`: the provider's
+/// default) and the id.
+pub type SessionRef<'a> = (&'a str, Option<&'a str>, &'a str);
 
 #[derive(Debug)]
 pub struct SessionService {
-    providers: HashMap<Provider, Arc<dyn SessionProvider>>,
+    /// By the provider's schema name (`DHMAD`).
+    providers: HashMap<&'static str, ProviderAccounts>,
     cache: SessionCache,
 }
 
+#[derive(Debug)]
+struct ProviderAccounts {
+    kind: &'static ProviderKind,
+    default: Arc<Account>,
+    by_name: HashMap<Arc<str>, Arc<Account>>,
+}
+
 impl SessionService {
-    pub fn new(providers: Vec<Arc<dyn SessionProvider>>, cache: SessionCache) -> Self {
-        let providers = providers.into_iter().map(|p| (p.provider(), p)).collect();
+    /// `accounts` must hold at least one account per provider; each provider's default is the
+    /// one marked `default`, else its first.
+    pub fn new(accounts: &[Arc<Account>], cache: SessionCache) -> Self {
+        let mut providers: HashMap<&'static str, ProviderAccounts> = HashMap::new();
+        for account in accounts {
+            let entry = providers.entry(account.kind().name).or_insert_with(|| ProviderAccounts {
+                kind: account.kind(),
+                default: account.clone(),
+                by_name: HashMap::new(),
+            });
+            if account.config.default && !entry.default.config.default {
+                entry.default = account.clone();
+            }
+            entry.by_name.insert(account.name().clone(), account.clone());
+        }
         Self { providers, cache }
     }
 
-    pub async fn get(&self, provider: Provider, id: &str) -> Lookup {
-        match self.providers.get(&provider) {
-            Some(provider) => self.cache.lookup(provider.as_ref(), id).await,
-            // Every variant is registered in `providers::from_config`; this only guards a
-            // service built by hand with fewer.
-            None => Lookup {
-                answer: Err(FetchError::unavailable(UnavailableReason::NotConfigured)),
-                reusable_for: None,
-            },
+    /// The account that answers for `provider` and `account`, or the typed reason none does.
+    pub fn account(&self, provider: &str, account: Option<&str>) -> Result<&Arc<Account>, FetchError> {
+        let accounts = self
+            .providers
+            .get(provider)
+            .ok_or_else(|| FetchError::unavailable(UnavailableReason::NotConfigured))?;
+        match account {
+            None => Ok(&accounts.default),
+            Some(name) => accounts
+                .by_name
+                .get(name)
+                .ok_or_else(|| FetchError::UnknownAccount(Arc::from(bounded(name)))),
         }
     }
 
-    /// Answers in input order; a ref repeated in `refs` is looked up once. Lookups run
-    /// concurrently; each provider bounds its own upstream concurrency.
-    pub async fn get_many(&self, refs: &[(Provider, &str)]) -> Vec<Lookup> {
-        let mut slot_of: HashMap<(Provider, &str), usize> = HashMap::with_capacity(refs.len());
-        let mut distinct = Vec::with_capacity(refs.len());
-        let slots: Vec<usize> = refs
+    pub async fn get(&self, provider: &str, account: Option<&str>, id: &str) -> Lookup {
+        match self.account(provider, account) {
+            Ok(account) => self.cache.lookup(account, id).await,
+            Err(error) => Lookup { answer: Err(error), reusable_for: None },
+        }
+    }
+
+    /// Answers in input order; a ref repeated in `refs` (the same account and id) is looked up
+    /// once. Lookups run concurrently; each account bounds its own upstream concurrency.
+    pub async fn get_many(&self, refs: &[SessionRef<'_>]) -> Vec<Lookup> {
+        // Resolved first, so that naming the default account and naming none are one key.
+        let resolved: Vec<Result<&Arc<Account>, FetchError>> =
+            refs.iter().map(|&(provider, account, _)| self.account(provider, account)).collect();
+        // Account names are unique.
+        let mut slot_of: HashMap<(&str, &str), usize> = HashMap::with_capacity(refs.len());
+        let mut distinct: Vec<(&Arc<Account>, &str)> = Vec::with_capacity(refs.len());
+        let slots: Vec<Result<usize, FetchError>> = refs
             .iter()
-            .map(|&key| {
-                *slot_of.entry(key).or_insert_with(|| {
-                    distinct.push(key);
+            .zip(&resolved)
+            .map(|(&(_, _, id), account)| {
+                let account = account.as_ref().map_err(Clone::clone)?;
+                Ok(*slot_of.entry((account.name(), id)).or_insert_with(|| {
+                    distinct.push((account, id));
                     distinct.len() - 1
-                })
+                }))
             })
             .collect();
-        let answers = join_all(distinct.iter().map(|&(provider, id)| self.get(provider, id))).await;
-        slots.into_iter().map(|slot| answers[slot].clone()).collect()
+        let answers = join_all(distinct.iter().map(|&(account, id)| self.cache.lookup(account, id))).await;
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Ok(slot) => answers[slot].clone(),
+                Err(error) => Lookup { answer: Err(error), reusable_for: None },
+            })
+            .collect()
+    }
+
+    /// The GraphQL details object for `session`, from its provider's module.
+    pub fn details(&self, session: &Arc<CheckoutSession>) -> Option<Box<dyn DetailsObject>> {
+        self.providers.get(session.provider).map(|accounts| (accounts.kind.details)(session.clone()))
     }
 
     pub fn cache(&self) -> &SessionCache {
         &self.cache
+    }
+}
+
+/// A client-given name, cut short enough to be shown back in an error.
+fn bounded(name: &str) -> &str {
+    match name.char_indices().nth(64) {
+        Some((end, _)) => &name[..end],
+        None => name,
     }
 }

@@ -9,7 +9,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 tokio::task_local! {
     /// The id of the HTTP request this task is serving; sent upstream as `x-request-id`.
@@ -60,7 +66,7 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
     let tracer_provider = if otlp_configured() {
-        crate::providers::install_crypto_provider();
+        crate::net::install_crypto_provider();
         // Endpoint, headers, timeout and protocol come from the standard OTEL_* variables.
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
         let mut resource = opentelemetry_sdk::Resource::builder();

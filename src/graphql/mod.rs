@@ -14,8 +14,9 @@ use async_graphql::{
 };
 
 use crate::cache::Lookup;
-use crate::domain::Provider;
-use crate::service::SessionService;
+use crate::providers::ProviderKind;
+use crate::service::{SessionRef, SessionService};
+use crate::view::{self, ProviderName};
 
 mod types;
 
@@ -36,23 +37,28 @@ pub struct Gateway {
 const MAX_DEPTH: usize = 32;
 const MAX_COMPLEXITY: usize = 5_000;
 
-fn builder() -> SchemaBuilder<Query, EmptyMutation, EmptySubscription> {
-    Schema::build(Query, EmptyMutation, EmptySubscription)
-        .enable_federation()
-        // The interface is reached only through its implementers; register it so it is in
-        // the schema for clients to spread on.
-        .register_output_type::<CheckoutError>()
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
+/// The schema for `providers`: they are the values of `Provider` and the members of
+/// `ProviderDetails`.
+fn builder(providers: &[&'static ProviderKind]) -> SchemaBuilder<Query, EmptyMutation, EmptySubscription> {
+    view::with_providers(providers.iter().map(|kind| kind.schema()).collect(), || {
+        Schema::build(Query, EmptyMutation, EmptySubscription)
+            .enable_federation()
+            // The interface is reached only through its implementers; register it so it is
+            // in the schema for clients to spread on.
+            .register_output_type::<CheckoutError>()
+            .limit_depth(MAX_DEPTH)
+            .limit_complexity(MAX_COMPLEXITY)
+    })
 }
 
-pub fn schema(gateway: Gateway) -> GatewaySchema {
-    builder().data(gateway).finish()
+pub fn schema(gateway: Gateway, providers: &[&'static ProviderKind]) -> GatewaySchema {
+    builder(providers).data(gateway).finish()
 }
 
-/// The SDL a federation composition is given; `schema.graphql` holds exactly this.
-pub fn sdl() -> String {
-    builder().finish().sdl_with_options(SDLExportOptions::new().federation())
+/// The SDL a federation composition is given; `schema.graphql` holds exactly this for the
+/// built-in providers.
+pub fn sdl(providers: &[&'static ProviderKind]) -> String {
+    builder(providers).finish().sdl_with_options(SDLExportOptions::new().federation())
 }
 
 /// What one request's resolvers share: how long the response may be reused (for
@@ -64,9 +70,10 @@ pub struct RequestScope(Arc<ScopeState>);
 #[derive(Debug, Default)]
 struct ScopeState {
     reuse: Mutex<Reuse>,
-    /// Errors already placed per `(provider, id)`: when a router repeats a representation, the
-    /// n-th failure lands on the n-th copy, so every null gets its own error.
-    entity_errors: Mutex<HashMap<(Provider, String), usize>>,
+    /// Errors already placed per `(provider, account, id)`: when a router repeats a
+    /// representation, the n-th failure lands on the n-th copy, so every null gets its own
+    /// error.
+    entity_errors: Mutex<HashMap<(ProviderName, Option<String>, String), usize>>,
     /// Sessions `checkoutSession` and `checkoutSessions` have asked for, so that aliases
     /// cannot multiply one request past the batch limit. (`_entities` is not counted: a
     /// router's fan-out is bounded by the body size and the per-provider concurrency.)
@@ -104,10 +111,13 @@ impl RequestScope {
         reuse.shortest.filter(|_| !reuse.no_store && !response_has_errors)
     }
 
-    /// Which copy of `(provider, id)` this entity failure belongs to: 0 for the first, then 1, …
-    fn entity_copy(&self, provider: Provider, id: &str) -> usize {
+    /// Which copy of this representation this entity failure belongs to: 0 for the first,
+    /// then 1, …
+    fn entity_copy(&self, key: &EntityKey<'_>) -> usize {
         let mut placed = locked(&self.0.entity_errors);
-        let slot = placed.entry((provider, id.to_owned())).or_default();
+        let slot = placed
+            .entry((key.provider.clone(), key.account.map(str::to_owned), key.id.to_owned()))
+            .or_default();
         *slot += 1;
         *slot - 1
     }
@@ -158,7 +168,7 @@ impl DocumentCache {
     }
 }
 
-fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
+pub(crate) fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
     // Registered in `schema()`; a schema without it is a programming error caught by tests.
     ctx.data_unchecked::<Gateway>()
 }
@@ -191,17 +201,19 @@ pub struct Query;
 
 #[Object]
 impl Query {
-    /// One checkout session, or the typed reason there is none.
+    /// One checkout session, or the typed reason there is none. `account` names a configured
+    /// account of the provider; without it the provider's default account answers.
     async fn checkout_session(
         &self,
         ctx: &Context<'_>,
-        provider: Provider,
+        provider: ProviderName,
         id: ID,
+        account: Option<String>,
     ) -> async_graphql::Result<CheckoutSessionResult> {
         spend(ctx, 1)?;
-        let lookup = gateway(ctx).service.get(provider, &id).await;
+        let lookup = gateway(ctx).service.get(provider.as_str(), account.as_deref(), &id).await;
         observe(ctx, &lookup);
-        Ok(CheckoutSessionResult::from_answer(provider, lookup.answer))
+        Ok(CheckoutSessionResult::from_answer(&provider, lookup.answer))
     }
 
     /// Many sessions at once, answered in input order. A ref repeated in one call is fetched
@@ -215,19 +227,21 @@ impl Query {
     ) -> async_graphql::Result<Vec<CheckoutSessionResult>> {
         spend(ctx, refs.len())?;
         let gateway = gateway(ctx);
-        let keys: Vec<(Provider, &str)> = refs.iter().map(|r| (r.provider, r.id.as_str())).collect();
+        let keys: Vec<SessionRef<'_>> =
+            refs.iter().map(|r| (r.provider.as_str(), r.account.as_deref(), r.id.as_str())).collect();
         let lookups = gateway.service.get_many(&keys).await;
         Ok(refs
             .iter()
             .zip(lookups)
             .map(|(r, lookup)| {
                 observe(ctx, &lookup);
-                CheckoutSessionResult::from_answer(r.provider, lookup.answer)
+                CheckoutSessionResult::from_answer(&r.provider, lookup.answer)
             })
             .collect())
     }
 
-    /// Federation entity resolver for `CheckoutSession @key(fields: "provider id")`.
+    /// Federation entity resolver for `CheckoutSession @key(fields: "provider id")`: the
+    /// provider's default account answers.
     ///
     /// A session that cannot be resolved is `null` with an error at `_entities.<index>` whose
     /// `extensions.code` says why; the other representations are unaffected. (Returning an
@@ -236,38 +250,62 @@ impl Query {
     async fn find_checkout_session(
         &self,
         ctx: &Context<'_>,
-        provider: Provider,
+        provider: ProviderName,
         id: ID,
     ) -> Option<CheckoutSessionView> {
-        let lookup = gateway(ctx).service.get(provider, &id).await;
-        observe(ctx, &lookup);
-        match lookup.answer {
-            Ok(session) => Some(CheckoutSessionView(session)),
-            Err(error) => {
-                let mut server_error =
-                    types::to_graphql_error(provider, &error).into_server_error(ctx.item.pos);
-                server_error.path = entity_path(ctx, provider, &id);
-                ctx.add_error(server_error);
-                None
-            }
+        entity(ctx, EntityKey { provider: &provider, account: None, id: &id }).await
+    }
+
+    /// Federation entity resolver for `CheckoutSession @key(fields: "provider account id")`:
+    /// the named account answers.
+    #[graphql(entity)]
+    async fn find_checkout_session_in_account(
+        &self,
+        ctx: &Context<'_>,
+        provider: ProviderName,
+        account: String,
+        id: ID,
+    ) -> Option<CheckoutSessionView> {
+        entity(ctx, EntityKey { provider: &provider, account: Some(&account), id: &id }).await
+    }
+}
+
+/// A representation's key fields.
+struct EntityKey<'a> {
+    provider: &'a ProviderName,
+    account: Option<&'a str>,
+    id: &'a str,
+}
+
+async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSessionView> {
+    let lookup = gateway(ctx).service.get(key.provider.as_str(), key.account, key.id).await;
+    observe(ctx, &lookup);
+    match lookup.answer {
+        Ok(session) => Some(CheckoutSessionView(session)),
+        Err(error) => {
+            let mut server_error = types::to_graphql_error(key.provider, &error).into_server_error(ctx.item.pos);
+            server_error.path = entity_path(ctx, &key);
+            ctx.add_error(server_error);
+            None
         }
     }
 }
 
-/// The response path of the representation `(provider, id)`: `_entities.<index>`. The entity
+/// The response path of the representation with `key`: `_entities.<index>`. The entity
 /// resolver is not told its index, so it is found in the arguments (only on the error path);
 /// a repeated representation takes its copies in turn.
-fn entity_path(ctx: &Context<'_>, provider: Provider, id: &str) -> Vec<PathSegment> {
-    let copy = ctx.data_opt::<RequestScope>().map_or(0, |scope| scope.entity_copy(provider, id));
+fn entity_path(ctx: &Context<'_>, key: &EntityKey<'_>) -> Vec<PathSegment> {
+    let copy = ctx.data_opt::<RequestScope>().map_or(0, |scope| scope.entity_copy(key));
     let field = PathSegment::Field(ctx.item.node.response_key().node.to_string());
     // Variables carry the enum as a string, an inline literal as an enum value.
-    let provider_name = match async_graphql::resolver_utils::enum_value(provider) {
-        Value::Enum(name) => name.to_string(),
-        _ => String::new(),
-    };
     let is_provider = |value: Option<&Value>| match value {
-        Some(Value::Enum(name)) => name.as_str() == provider_name,
-        Some(Value::String(name)) => *name == provider_name,
+        Some(Value::Enum(name)) => name == &key.provider.0,
+        Some(Value::String(name)) => name.as_str() == key.provider.as_str(),
+        _ => false,
+    };
+    let is_string = |value: Option<&Value>, expected: Option<&str>| match (value, expected) {
+        (Some(Value::String(given)), Some(expected)) => given == expected,
+        (None, None) => true,
         _ => false,
     };
     let index = ctx.param_value::<Vec<async_graphql::Any>>("representations", None).ok().and_then(
@@ -275,7 +313,8 @@ fn entity_path(ctx: &Context<'_>, provider: Provider, id: &str) -> Vec<PathSegme
             let mut matching = representations.iter().enumerate().filter(|(_, rep)| match &rep.0 {
                 Value::Object(fields) => {
                     is_provider(fields.get("provider"))
-                        && matches!(fields.get("id"), Some(Value::String(given)) if given == id)
+                        && is_string(fields.get("id"), Some(key.id))
+                        && is_string(fields.get("account"), key.account)
                 }
                 _ => false,
             });

@@ -4,13 +4,65 @@
 use std::sync::Arc;
 
 use async_graphql::resolver_utils::enum_value;
-use async_graphql::{ErrorExtensions, InputObject, Interface, Json, Object, Union, ID};
+use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Interface, Json, Object, Union, ID};
 use chrono::{DateTime, Utc};
 
-use crate::domain::{
-    CheckoutSession, CheckoutStatus, DhmadAction, DodoPaymentStatus, ErrorCode, FetchError, FetchResult,
-    Provider, SessionDetails, UnavailableReason,
-};
+use crate::domain::{self, CheckoutSession, FetchError, FetchResult};
+use crate::view::{ProviderDetails, ProviderName};
+
+/// The provider-independent state of a session (see PROVIDERS.md for the mapping).
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::CheckoutStatus")]
+pub enum CheckoutStatus {
+    /// Waiting for the person to act.
+    Open,
+    /// The payment needs something from the customer or the merchant.
+    ActionRequired,
+    /// The payment is being processed.
+    Processing,
+    /// Done: the action was completed or the payment succeeded.
+    Completed,
+    /// The payment failed; the customer may retry within the same session.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// The session expired before completion.
+    Expired,
+    /// The provider answered with a value this gateway does not know yet (kept in `providerStatus`).
+    Unknown,
+}
+
+/// The stable codes a client switches on. They appear as the `code` of an error in the result
+/// union and as `extensions.code` where a GraphQL error is the only way out.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::ErrorCode")]
+pub enum ErrorCode {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    InvalidId,
+    ProviderUnavailable,
+    /// The request named an account that is not configured for the provider.
+    UnknownAccount,
+}
+
+/// Why a provider could not give an answer.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::UnavailableReason")]
+pub enum UnavailableReason {
+    /// The gateway has no credentials for this provider.
+    NotConfigured,
+    /// The provider said 429.
+    RateLimited,
+    /// The provider answered 5xx or a status the gateway does not expect.
+    UpstreamError,
+    /// The provider did not answer within the upstream timeout.
+    Timeout,
+    /// The provider could not be reached (DNS, connect, TLS, connection reset).
+    ConnectionFailed,
+    /// The provider answered 200 with a body that is not a session.
+    InvalidResponse,
+}
 
 /// A checkout session, whichever provider holds it.
 #[derive(Debug)]
@@ -20,8 +72,14 @@ pub struct CheckoutSessionView(pub Arc<CheckoutSession>);
 /// `provider id`.
 #[Object(name = "CheckoutSession")]
 impl CheckoutSessionView {
-    async fn provider(&self) -> Provider {
-        self.0.provider
+    async fn provider(&self) -> ProviderName {
+        ProviderName::new(self.0.provider)
+    }
+
+    /// The configured account that answered: the one the request named, or the provider's
+    /// default account.
+    async fn account(&self) -> &str {
+        &self.0.account
     }
 
     /// The provider's id for the session (DHMAD: a UUID; Dodo: `cks_…`).
@@ -31,7 +89,7 @@ impl CheckoutSessionView {
 
     /// The normalised status, the same vocabulary for every provider.
     async fn status(&self) -> CheckoutStatus {
-        self.0.status
+        self.0.status.into()
     }
 
     /// The provider's own word for the status (DHMAD `status`, Dodo `payment_status`).
@@ -78,89 +136,26 @@ impl CheckoutSessionView {
     }
 
     /// What only this session's provider knows.
-    async fn details(&self) -> ProviderDetails {
-        match self.0.details {
-            SessionDetails::Dhmad { .. } => ProviderDetails::Dhmad(DhmadSessionDetails(self.0.clone())),
-            SessionDetails::Dodo => ProviderDetails::Dodo(DodoSessionDetails(self.0.clone())),
-        }
-    }
-}
-
-/// Provider-specific fields of a session.
-#[derive(Union)]
-pub enum ProviderDetails {
-    Dhmad(DhmadSessionDetails),
-    Dodo(DodoSessionDetails),
-}
-
-/// What DHMAD says about a session beyond the common fields.
-pub struct DhmadSessionDetails(Arc<CheckoutSession>);
-
-/// What DHMAD says about a session beyond the common fields.
-#[Object]
-impl DhmadSessionDetails {
-    /// The escrow this session belongs to.
-    async fn escrow_id(&self) -> Option<&str> {
-        match &self.0.details {
-            SessionDetails::Dhmad { escrow_id, .. } => escrow_id.as_deref(),
-            SessionDetails::Dodo => None,
-        }
-    }
-
-    /// What the person was asked to do.
-    async fn action(&self) -> DhmadAction {
-        self.raw().map_or(DhmadAction::Unknown, DhmadAction::from_wire)
-    }
-
-    /// DHMAD's own word for the action (useful when `action` is `UNKNOWN`).
-    async fn raw_action(&self) -> Option<&str> {
-        self.raw()
-    }
-
-    /// Email of the user who was meant to act.
-    async fn target_user_email(&self) -> Option<&str> {
-        self.0.customer_email.as_deref()
-    }
-}
-
-impl DhmadSessionDetails {
-    fn raw(&self) -> Option<&str> {
-        match &self.0.details {
-            SessionDetails::Dhmad { action, .. } => action.as_deref(),
-            SessionDetails::Dodo => None,
-        }
-    }
-}
-
-/// What Dodo Payments says about a session beyond the common fields.
-pub struct DodoSessionDetails(Arc<CheckoutSession>);
-
-/// What Dodo Payments says about a session beyond the common fields.
-#[Object]
-impl DodoSessionDetails {
-    /// The payment created by the session; null while the customer is still entering details.
-    async fn payment_id(&self) -> Option<&str> {
-        self.0.payment_id.as_deref()
-    }
-
-    /// The payment's status; null while there is no payment. `UNKNOWN` keeps new values (the
-    /// raw value is in `CheckoutSession.providerStatus`).
-    async fn payment_status(&self) -> Option<DodoPaymentStatus> {
-        self.0.provider_status.as_deref().map(DodoPaymentStatus::from_wire)
+    async fn details(&self, ctx: &Context<'_>) -> async_graphql::Result<ProviderDetails> {
+        // Every session comes from a registered provider, which always has a details type.
+        let details = super::gateway(ctx).service.details(&self.0);
+        details.map(ProviderDetails).ok_or_else(|| "no details type for this provider".into())
     }
 }
 
 /// One session to look up in a batch.
 #[derive(InputObject, Clone, Debug)]
 pub struct CheckoutSessionRef {
-    pub provider: Provider,
+    pub provider: ProviderName,
     pub id: ID,
+    /// The account to ask; the provider's default account when absent.
+    pub account: Option<String>,
 }
 
 /// A failure answer, the same shape for every error type.
 #[derive(Clone, Debug)]
 pub struct Failure {
-    provider: Provider,
+    provider: ProviderName,
     error: FetchError,
 }
 
@@ -175,14 +170,14 @@ macro_rules! error_type {
         impl $name {
             /// The stable code to switch on.
             async fn code(&self) -> ErrorCode {
-                self.0.error.code()
+                self.0.error.code().into()
             }
             /// For people; never parse it.
             async fn message(&self) -> String {
                 self.0.error.to_string()
             }
-            async fn provider(&self) -> Provider {
-                self.0.provider
+            async fn provider(&self) -> ProviderName {
+                self.0.provider.clone()
             }
             $($extra)*
         }
@@ -205,7 +200,7 @@ error_type!(
     /// Why the provider could not answer.
     async fn reason(&self) -> UnavailableReason {
         match &self.0.error {
-            FetchError::Unavailable { reason, .. } => *reason,
+            FetchError::Unavailable { reason, .. } => (*reason).into(),
             _ => UnavailableReason::UpstreamError,
         }
     },
@@ -225,12 +220,24 @@ error_type!(
     }
 );
 
+error_type!(
+    UnknownAccountError,
+    "The request named an account that is not configured for this provider; nothing was asked.",
+    /// The account the request named.
+    async fn account(&self) -> Option<&str> {
+        match &self.0.error {
+            FetchError::UnknownAccount(name) => Some(name),
+            _ => None,
+        }
+    }
+);
+
 /// What every error answer has.
 #[derive(Interface, Debug)]
 #[graphql(
     field(name = "code", ty = "ErrorCode", desc = "The stable code to switch on."),
     field(name = "message", ty = "String", desc = "For people; never parse it."),
-    field(name = "provider", ty = "Provider")
+    field(name = "provider", ty = "ProviderName")
 )]
 pub enum CheckoutError {
     Unauthorized(UnauthorizedError),
@@ -238,6 +245,7 @@ pub enum CheckoutError {
     NotFound(NotFoundError),
     InvalidId(InvalidIdError),
     ProviderUnavailable(ProviderUnavailableError),
+    UnknownAccount(UnknownAccountError),
 }
 
 /// A session, or the reason there is none. Switch on `__typename`.
@@ -249,23 +257,25 @@ pub enum CheckoutSessionResult {
     NotFoundError(NotFoundError),
     InvalidIdError(InvalidIdError),
     ProviderUnavailableError(ProviderUnavailableError),
+    UnknownAccountError(UnknownAccountError),
 }
 
 impl CheckoutSessionResult {
     /// The one place an answer becomes a union member.
-    pub fn from_answer(provider: Provider, answer: FetchResult) -> Self {
+    pub fn from_answer(provider: &ProviderName, answer: FetchResult) -> Self {
         match answer {
             Ok(session) => Self::CheckoutSession(CheckoutSessionView(session)),
             Err(error) => {
-                let failure = Failure { provider, error };
+                let failure = Failure { provider: provider.clone(), error };
                 match failure.error.code() {
-                    ErrorCode::Unauthorized => Self::UnauthorizedError(UnauthorizedError(failure)),
-                    ErrorCode::Forbidden => Self::ForbiddenError(ForbiddenError(failure)),
-                    ErrorCode::NotFound => Self::NotFoundError(NotFoundError(failure)),
-                    ErrorCode::InvalidId => Self::InvalidIdError(InvalidIdError(failure)),
-                    ErrorCode::ProviderUnavailable => {
+                    domain::ErrorCode::Unauthorized => Self::UnauthorizedError(UnauthorizedError(failure)),
+                    domain::ErrorCode::Forbidden => Self::ForbiddenError(ForbiddenError(failure)),
+                    domain::ErrorCode::NotFound => Self::NotFoundError(NotFoundError(failure)),
+                    domain::ErrorCode::InvalidId => Self::InvalidIdError(InvalidIdError(failure)),
+                    domain::ErrorCode::ProviderUnavailable => {
                         Self::ProviderUnavailableError(ProviderUnavailableError(failure))
                     }
+                    domain::ErrorCode::UnknownAccount => Self::UnknownAccountError(UnknownAccountError(failure)),
                 }
             }
         }
@@ -274,12 +284,12 @@ impl CheckoutSessionResult {
 
 /// The same failure as a GraphQL error, where an error is the only way out (federation
 /// `_entities`): `extensions.code` carries the code, `extensions.provider` the provider.
-pub fn to_graphql_error(provider: Provider, error: &FetchError) -> async_graphql::Error {
+pub fn to_graphql_error(provider: &ProviderName, error: &FetchError) -> async_graphql::Error {
     async_graphql::Error::new(error.to_string()).extend_with(|_, ext| {
-        ext.set("code", enum_value(error.code()));
-        ext.set("provider", enum_value(provider));
+        ext.set("code", enum_value(ErrorCode::from(error.code())));
+        ext.set("provider", async_graphql::Value::Enum(provider.0.clone()));
         if let FetchError::Unavailable { reason, retry_after_seconds, .. } = error {
-            ext.set("reason", enum_value(*reason));
+            ext.set("reason", enum_value(UnavailableReason::from(*reason)));
             if let Some(seconds) = retry_after_seconds {
                 ext.set("retryAfterSeconds", *seconds);
             }

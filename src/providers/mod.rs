@@ -1,35 +1,170 @@
-//! One module per provider behind one trait. Wire types and the mapping to the domain stay
-//! inside each module; `upstream` holds what every provider's HTTP call shares.
+//! Providers and their accounts.
+//!
+//! Owns: what a provider is to the rest of the gateway ([`ProviderKind`]: names,
+//! environments, how to build its client, its details type and its sandbox), the one list of
+//! built-in providers ([`builtin`]), what an account is ([`AccountConfig`], [`Account`]), and
+//! the shared HTTP call every provider makes (`upstream`). Each provider is one folder: its
+//! client and wire types (`mod.rs`), its details type (`details.rs`), its sandbox
+//! (`sandbox.rs`). Wire types never leave their folder.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::Config;
-use crate::domain::{FetchResult, Provider};
+use crate::domain::{CheckoutSession, FetchResult, Secret};
 use crate::metrics::Metrics;
+use crate::sandbox::SandboxSpec;
+use crate::view::{DetailsObject, ProviderSchema};
 
 pub mod dhmad;
 pub mod dodo;
 pub mod upstream;
 
-/// Something that can fetch a checkout session from one provider, with one credential.
+use upstream::Upstream;
+
+/// The providers this gateway is built with: the one place that lists them.
+pub fn builtin() -> Vec<&'static ProviderKind> {
+    vec![&dhmad::KIND, &dodo::KIND]
+}
+
+/// Everything the gateway knows about one provider, defined in that provider's module as a
+/// `static`. Nothing outside the module names a provider.
+#[derive(Debug)]
+pub struct ProviderKind {
+    /// The `Provider` enum value in the schema (`DHMAD`).
+    pub name: &'static str,
+    /// Lower case, stable: `provider = "…"` in an account, metrics labels, the default
+    /// account's name (`dhmad`).
+    pub slug: &'static str,
+    /// For people: logs and messages.
+    pub label: &'static str,
+    /// The `Provider` enum value's description.
+    pub description: &'static str,
+    /// Named deployments (`environment = "…"` in an account) and their base URLs; the first
+    /// is the default.
+    pub environments: &'static [(&'static str, &'static str)],
+    /// The environment variables that define the provider's default account, as before
+    /// accounts existed (`DHMAD_API_KEY`, `DHMAD_BASE_URL`).
+    pub key_var: &'static str,
+    pub base_url_var: &'static str,
+    /// Builds the client for one account.
+    pub client: fn(Upstream) -> Arc<dyn SessionProvider>,
+    /// The GraphQL details object for a session of this provider.
+    pub details: fn(Arc<CheckoutSession>) -> Box<dyn DetailsObject>,
+    /// Registers the details object type in a schema.
+    pub register_details: fn(&mut async_graphql::registry::Registry) -> String,
+    /// The built-in stand-in for `--demo` and benchmarks.
+    pub sandbox: SandboxSpec,
+}
+
+impl ProviderKind {
+    pub fn schema(&self) -> ProviderSchema {
+        ProviderSchema {
+            name: self.name,
+            description: self.description,
+            register_details: self.register_details,
+        }
+    }
+
+    /// The base URL of a named environment.
+    pub fn environment(&self, name: &str) -> Option<&'static str> {
+        self.environments.iter().find(|(known, _)| *known == name).map(|(_, url)| *url)
+    }
+
+    pub fn default_base_url(&self) -> &'static str {
+        self.environments.first().map_or("", |(_, url)| url)
+    }
+}
+
+/// One account as configured: a provider, an environment, a key, its own limits.
+#[derive(Clone, Debug)]
+pub struct AccountConfig {
+    /// Unique among all accounts; what clients pass as `account` and metrics show.
+    pub name: Arc<str>,
+    pub kind: &'static ProviderKind,
+    pub base_url: String,
+    /// `None`: the account's sessions answer NOT_CONFIGURED.
+    pub api_key: Option<Secret>,
+    /// The provider's default account answers when a client names none.
+    pub default: bool,
+    /// Longest wait for one call, queueing included; `None`: the gateway's setting.
+    pub upstream_timeout: Option<Duration>,
+    /// Most calls in flight to the provider for this account; `None`: the gateway's setting.
+    pub upstream_concurrency: Option<usize>,
+}
+
+/// The gateway-wide limits an account uses where it sets none of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub upstream_timeout: Duration,
+    pub upstream_concurrency: usize,
+}
+
+impl AccountConfig {
+    /// The account a provider has when nothing else is configured: named after the provider,
+    /// its default environment, no key.
+    pub fn unconfigured(kind: &'static ProviderKind) -> Self {
+        Self {
+            name: Arc::from(kind.slug),
+            kind,
+            base_url: kind.default_base_url().to_owned(),
+            api_key: None,
+            default: true,
+            upstream_timeout: None,
+            upstream_concurrency: None,
+        }
+    }
+}
+
+/// A configured account, ready to call: its client and the scope its answers are cached
+/// under.
+#[derive(Debug)]
+pub struct Account {
+    pub config: AccountConfig,
+    /// Whose view of the provider this is: account, provider, environment (base URL) and a
+    /// fingerprint of the key. Two accounts may see different sessions under one id, so the
+    /// cache keys on it.
+    pub scope: Arc<str>,
+    pub client: Arc<dyn SessionProvider>,
+}
+
+impl Account {
+    pub fn new(
+        config: AccountConfig,
+        defaults: Limits,
+        http: &reqwest::Client,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let limits = Limits {
+            upstream_timeout: config.upstream_timeout.unwrap_or(defaults.upstream_timeout),
+            upstream_concurrency: config.upstream_concurrency.unwrap_or(defaults.upstream_concurrency),
+        };
+        let upstream = Upstream::new(&config, limits, http.clone(), metrics.clone())?;
+        let scope = upstream.scope().clone();
+        let client = (config.kind.client)(upstream);
+        Ok(Self { config, scope, client })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.config.name
+    }
+
+    pub fn kind(&self) -> &'static ProviderKind {
+        self.config.kind
+    }
+}
+
+/// Something that can fetch a checkout session from one provider, with one account.
 #[async_trait]
 pub trait SessionProvider: Send + Sync + fmt::Debug {
-    fn provider(&self) -> Provider;
-
-    /// Whose view of the provider this is: environment (base URL) and a fingerprint of the
-    /// credential. Two providers with different scopes may see different sessions under the
-    /// same id, so the cache keys on it.
-    fn scope(&self) -> &Arc<str>;
-
     /// Fetches one session. An id that cannot be valid for this provider is refused here,
     /// before any upstream call.
     async fn fetch_session(&self, id: &Arc<str>) -> FetchResult;
 
-    /// Whether the provider accepts the gateway's credentials, checked once at startup where
-    /// the provider has a cheap identity call.
+    /// Whether the provider accepts the account's key, checked once at startup where the
+    /// provider has a cheap identity call.
     async fn check_credentials(&self) -> CredentialStatus;
 }
 
@@ -39,7 +174,7 @@ pub trait SessionProvider: Send + Sync + fmt::Debug {
 pub enum CredentialStatus {
     /// The check has not finished yet.
     Checking,
-    /// No key is configured: the provider's sessions answer NOT_CONFIGURED.
+    /// No key is configured: the account's sessions answer NOT_CONFIGURED.
     NotConfigured,
     /// A key is configured; the provider has no identity call to check it with.
     Unchecked,
@@ -49,44 +184,4 @@ pub enum CredentialStatus {
     Rejected,
     /// The provider could not be asked (timeout, connection, 5xx); calls may still work later.
     Unreachable,
-}
-
-/// Builds every provider from the configuration: the one place that lists them.
-pub fn from_config(
-    config: &Config,
-    client: &reqwest::Client,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<Vec<Arc<dyn SessionProvider>>> {
-    let upstream = |provider, settings| {
-        upstream::Upstream::new(
-            provider,
-            client.clone(),
-            settings,
-            config.upstream_timeout,
-            config.upstream_concurrency,
-            metrics.clone(),
-        )
-    };
-    Ok(vec![
-        Arc::new(dhmad::DhmadClient::new(upstream(Provider::Dhmad, &config.dhmad)?)),
-        Arc::new(dodo::DodoClient::new(upstream(Provider::Dodo, &config.dodo)?)),
-    ])
-}
-
-/// One HTTP client for every provider: connection pools are shared, redirects are not
-/// followed (a provider API never redirects a GET; following one could leak the key).
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    install_crypto_provider();
-    Ok(reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("checkout-gateway/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build()?)
-}
-
-/// reqwest is built without a default TLS crypto provider; ring keeps the build small. A
-/// second install (tests build several applications) is refused harmlessly.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

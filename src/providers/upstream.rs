@@ -12,9 +12,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use super::CredentialStatus;
-use crate::config::ProviderConfig;
-use crate::domain::{FetchError, Provider, UnavailableReason};
+use super::{AccountConfig, CredentialStatus, Limits, ProviderKind};
+use crate::domain::{FetchError, UnavailableReason};
 use crate::metrics::Metrics;
 use crate::telemetry;
 
@@ -25,16 +24,17 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remo
 /// A provider answer larger than this is not a checkout session; reading stops there.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// One provider endpoint as seen with one credential.
+/// One provider endpoint as seen with one account's credential.
 pub struct Upstream {
-    provider: Provider,
+    kind: &'static ProviderKind,
+    account: Arc<str>,
     client: reqwest::Client,
     base_url: String,
     /// `Bearer <key>`, marked sensitive so that no HTTP-layer log prints it.
     authorization: Option<HeaderValue>,
     timeout: Duration,
     permits: Semaphore,
-    /// Shared by every cache key of this provider (a reference count, not a copy, per entry).
+    /// Shared by every cache key of this account (a reference count, not a copy, per entry).
     scope: Arc<str>,
     metrics: Arc<Metrics>,
 }
@@ -42,7 +42,8 @@ pub struct Upstream {
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
-            .field("provider", &self.provider)
+            .field("provider", &self.kind.slug)
+            .field("account", &self.account)
             .field("base_url", &self.base_url)
             .field("configured", &self.authorization.is_some())
             .field("scope", &self.scope)
@@ -60,19 +61,19 @@ pub struct UpstreamResponse {
 
 impl Upstream {
     pub fn new(
-        provider: Provider,
+        config: &AccountConfig,
+        limits: Limits,
         client: reqwest::Client,
-        config: &ProviderConfig,
-        timeout: Duration,
-        concurrency: usize,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let kind = config.kind;
         let base_url = config.base_url.trim_end_matches('/').to_owned();
         let authorization = match &config.api_key {
             Some(key) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
                     anyhow::anyhow!(
-                        "the {provider} API key contains characters not allowed in an HTTP header"
+                        "the key of account `{}` contains characters not allowed in an HTTP header",
+                        config.name
                     )
                 })?;
                 value.set_sensitive(true);
@@ -82,14 +83,15 @@ impl Upstream {
         };
         let fingerprint =
             config.api_key.as_ref().map_or_else(|| "none".to_owned(), |key| fingerprint(key.expose()));
-        let scope = Arc::from(format!("{}|{}|{}", provider.slug(), base_url, fingerprint));
+        let scope = Arc::from(format!("{}|{}|{}|{}", config.name, kind.slug, base_url, fingerprint));
         Ok(Self {
-            provider,
+            kind,
+            account: config.name.clone(),
             client,
             base_url,
             authorization,
-            timeout,
-            permits: Semaphore::new(concurrency.max(1)),
+            timeout: limits.upstream_timeout,
+            permits: Semaphore::new(limits.upstream_concurrency.max(1)),
             scope,
             metrics,
         })
@@ -97,6 +99,11 @@ impl Upstream {
 
     pub fn scope(&self) -> &Arc<str> {
         &self.scope
+    }
+
+    /// The account this upstream calls for: sessions it fetches say so.
+    pub fn account(&self) -> &Arc<str> {
+        &self.account
     }
 
     /// `GET {base}/{segments…}` with each segment percent-encoded. The whole call, including
@@ -155,11 +162,11 @@ impl Upstream {
 
     /// One log line and the metrics for each call made.
     fn record(&self, outcome: &Result<UpstreamResponse, FetchError>, elapsed: Duration) {
-        let provider = self.provider.slug();
+        let (provider, account) = (self.kind.slug, &*self.account);
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         let (outcome_label, status_class) = match outcome {
             Ok(response) => {
-                tracing::info!(provider, status = response.status, elapsed_ms, "upstream call");
+                tracing::info!(provider, account, status = response.status, elapsed_ms, "upstream call");
                 let class = match response.status {
                     200..=299 => "2xx",
                     300..=399 => "3xx",
@@ -169,15 +176,15 @@ impl Upstream {
                 (if class == "2xx" { "ok" } else { "http_error" }, class)
             }
             Err(error) => {
-                tracing::warn!(provider, error = %error, elapsed_ms, "upstream call failed");
+                tracing::warn!(provider, account, error = %error, elapsed_ms, "upstream call failed");
                 match error {
                     FetchError::Unavailable { reason: UnavailableReason::Timeout, .. } => ("timeout", "none"),
                     _ => ("connection_error", "none"),
                 }
             }
         };
-        self.metrics.upstream_requests.with_label_values(&[provider, outcome_label, status_class]).inc();
-        self.metrics.upstream_duration.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
+        self.metrics.upstream_requests.with_label_values(&[provider, account, outcome_label, status_class]).inc();
+        self.metrics.upstream_duration.with_label_values(&[provider, account]).observe(elapsed.as_secs_f64());
     }
 
     /// Maps a non-success answer to the error a client sees. `body_retry_after` is what the
@@ -205,7 +212,8 @@ impl Upstream {
     /// The error for a 200 whose body is not what the provider documents.
     pub fn invalid_body(&self, error: &serde_json::Error) -> FetchError {
         tracing::warn!(
-            provider = self.provider.slug(),
+            provider = self.kind.slug,
+            account = &*self.account,
             error = %error,
             "provider answered 200 with a body that is not a session"
         );

@@ -4,18 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use checkout_gateway::cache::{CachePolicy, SessionCache};
-use checkout_gateway::config::{ProviderConfig, Secret};
-use checkout_gateway::domain::Provider;
 use checkout_gateway::metrics::Metrics;
-use checkout_gateway::providers::dhmad::DhmadClient;
-use checkout_gateway::providers::upstream::Upstream;
-use checkout_gateway::providers::{http_client, SessionProvider};
+use checkout_gateway::net::http_client;
+use checkout_gateway::providers::{dhmad, Account, Limits};
 use chrono::Utc;
 use serde_json::json;
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{concurrently, dhmad_session, dodo_session, mount_dodo, spawn_app, DHMAD_ID};
+use crate::helpers::{account, concurrently, dhmad_session, dodo_session, mount_dodo, spawn_app, DHMAD_ID};
 
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new())
@@ -139,7 +136,7 @@ async fn a_not_found_is_kept_briefly_then_asked_again() {
 
 #[tokio::test]
 async fn the_cache_key_holds_the_credential() {
-    // Two DHMAD clients, same environment, different keys, one shared cache: each key's
+    // Two DHMAD accounts, same environment, different keys, one shared cache: each key's
     // answer is its own, and each is cached under its own key.
     let server = MockServer::start().await;
     for (key, status) in [("sk_sandbox_a", "completed"), ("sk_sandbox_b", "cancelled")] {
@@ -150,22 +147,13 @@ async fn the_cache_key_holds_the_credential() {
             .await;
     }
     let client = |key: &str| {
-        let config =
-            ProviderConfig { api_key: Some(Secret::new(key)), base_url: format!("{}/api/v1", server.uri()) };
-        let upstream = Upstream::new(
-            Provider::Dhmad,
-            http_client().unwrap(),
-            &config,
-            Duration::from_secs(2),
-            4,
-            metrics(),
-        )
-        .unwrap();
-        DhmadClient::new(upstream)
+        let config = account(&dhmad::KIND, "dhmad", format!("{}/api/v1", server.uri()), Some(key));
+        let limits = Limits { upstream_timeout: Duration::from_secs(2), upstream_concurrency: 4 };
+        Account::new(config, limits, &http_client().unwrap(), &metrics()).unwrap()
     };
     let (a, b) = (client("sk_sandbox_a"), client("sk_sandbox_b"));
-    assert_ne!(a.scope(), b.scope());
-    assert!(!a.scope().contains("sk_sandbox_a"), "the key itself is never part of the cache key");
+    assert_ne!(a.scope, b.scope);
+    assert!(!a.scope.contains("sk_sandbox_a"), "the key itself is never part of the cache key");
     let cache = SessionCache::new(CachePolicy::default(), Arc::new(Metrics::new()));
 
     let seen_by_a = cache.lookup(&a, DHMAD_ID).await.answer.unwrap();

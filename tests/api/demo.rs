@@ -1,7 +1,8 @@
 //! `--demo`: the built-in sandbox providers answer every fixture the README lists.
 
 use checkout_gateway::config::Config;
-use checkout_gateway::sandbox::{dhmad, dodo};
+use checkout_gateway::providers::dhmad::sandbox as dhmad;
+use checkout_gateway::providers::dodo::sandbox as dodo;
 use serde_json::json;
 
 use crate::helpers::{post_graphql, start, RESULT_FIELDS};

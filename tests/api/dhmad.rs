@@ -6,7 +6,7 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{dhmad_session, spawn_app, DHMAD_ID, DHMAD_KEY};
+use crate::helpers::{account_mut, dhmad_session, spawn_app, DHMAD_ID, DHMAD_KEY};
 
 const SESSION_PATH: &str = "/api/v1/sessions/550e8400-e29b-41d4-a716-446655440000";
 
@@ -205,7 +205,7 @@ async fn a_slow_upstream_times_out() {
 async fn an_unreachable_provider_is_unavailable() {
     // Bind then drop a listener: nothing serves that port any more.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app(|config| config.dhmad.base_url = format!("http://127.0.0.1:{port}/api/v1")).await;
+    let app = spawn_app(|config| account_mut(config, "dhmad").base_url = format!("http://127.0.0.1:{port}/api/v1")).await;
     let answer = app.session("DHMAD", DHMAD_ID).await;
     assert_eq!(answer["reason"], "CONNECTION_FAILED");
     assert!(!answer["message"].as_str().unwrap().contains("127.0.0.1"));
@@ -213,7 +213,7 @@ async fn an_unreachable_provider_is_unavailable() {
 
 #[tokio::test]
 async fn without_a_key_the_provider_is_not_configured_and_never_called() {
-    let app = spawn_app(|config| config.dhmad.api_key = None).await;
+    let app = spawn_app(|config| account_mut(config, "dhmad").api_key = None).await;
     let answer = app.session("DHMAD", DHMAD_ID).await;
     assert_eq!(answer["__typename"], "ProviderUnavailableError");
     assert_eq!(answer["reason"], "NOT_CONFIGURED");

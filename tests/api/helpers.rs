@@ -2,7 +2,8 @@ use std::future::pending;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use checkout_gateway::config::{Config, ProviderConfig, Secret};
+use checkout_gateway::config::{Config, Secret};
+use checkout_gateway::providers::{dhmad, dodo, AccountConfig, ProviderKind};
 use checkout_gateway::server::Application;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
@@ -46,11 +47,10 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dodo = MockServer::start().await;
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        dhmad: ProviderConfig {
-            api_key: Some(Secret::new(DHMAD_KEY)),
-            base_url: format!("{}/api/v1", dhmad.uri()),
-        },
-        dodo: ProviderConfig { api_key: Some(Secret::new(DODO_KEY)), base_url: dodo.uri() },
+        accounts: vec![
+            account(&dhmad::KIND, "dhmad", format!("{}/api/v1", dhmad.uri()), Some(DHMAD_KEY)),
+            account(&dodo::KIND, "dodo", dodo.uri(), Some(DODO_KEY)),
+        ],
         upstream_timeout: Duration::from_secs(2),
         shutdown_delay: Duration::ZERO,
         ..Config::default()
@@ -60,9 +60,25 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
     TestApp { addr, http: http(), dhmad, dodo }
 }
 
+/// An account of `kind` named `name` at `base_url`; the provider's default unless it is
+/// changed.
+pub fn account(kind: &'static ProviderKind, name: &str, base_url: String, key: Option<&str>) -> AccountConfig {
+    AccountConfig {
+        name: name.into(),
+        base_url,
+        api_key: key.map(Secret::new),
+        ..AccountConfig::unconfigured(kind)
+    }
+}
+
+/// The configured account named `name`.
+pub fn account_mut<'a>(config: &'a mut Config, name: &str) -> &'a mut AccountConfig {
+    config.accounts.iter_mut().find(|account| &*account.name == name).expect("the account is configured")
+}
+
 /// An HTTP client for tests (reqwest is built without a default TLS provider).
 pub fn http() -> reqwest::Client {
-    checkout_gateway::providers::install_crypto_provider();
+    checkout_gateway::net::install_crypto_provider();
     reqwest::Client::new()
 }
 

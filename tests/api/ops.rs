@@ -4,14 +4,14 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, header_exists, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{concurrently, dodo_session, mount_dodo, spawn_app, TestApp};
+use crate::helpers::{account_mut, concurrently, dodo_session, mount_dodo, spawn_app, TestApp};
 
 async fn get(app: &TestApp, route: &str) -> (u16, String) {
     let response = app.http.get(format!("http://{}{route}", app.addr)).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// The value of one sample line, e.g. `checkout_gateway_cache_hits_total{provider="dodo"}`.
+/// The value of one sample line, e.g. `checkout_gateway_cache_hits_total{account="dodo",provider="dodo"}`.
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
@@ -25,7 +25,7 @@ async fn settled_readiness(app: &TestApp, provider: &str) -> (u16, Value) {
     for _ in 0..250 {
         let (status, body) = get(app, "/readyz").await;
         let body: Value = serde_json::from_str(&body).unwrap();
-        if body["providers"][provider] != "checking" {
+        if body["accounts"][provider]["credentials"] != "checking" {
             return (status, body);
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -41,7 +41,7 @@ async fn probes_answer_without_calling_a_provider() {
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ready");
     // Dodo has no identity call; DHMAD's `/me` is asked once at startup (unmocked here: 404).
-    assert_eq!(body["providers"]["dodo"], "unchecked");
+    assert_eq!(body["accounts"]["dodo"]["credentials"], "unchecked");
     for _ in 0..5 {
         get(&app, "/readyz").await;
     }
@@ -59,10 +59,10 @@ async fn readiness_reports_the_startup_credential_check() {
         .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "Unauthorized"})))
         .mount(&server)
         .await;
-    let app = spawn_app(|config| config.dhmad.base_url = format!("{}/api/v1", server.uri())).await;
+    let app = spawn_app(|config| account_mut(config, "dhmad").base_url = format!("{}/api/v1", server.uri())).await;
     let (status, body) = settled_readiness(&app, "dhmad").await;
     assert_eq!(status, 200, "a refused key is reported, not a reason to leave the pool");
-    assert_eq!(body["providers"]["dhmad"], "rejected");
+    assert_eq!(body["accounts"]["dhmad"]["credentials"], "rejected");
 }
 
 #[tokio::test]
@@ -107,17 +107,17 @@ async fn metrics_count_requests_operations_upstream_calls_and_the_cache() {
         5.0
     );
     assert_eq!(
-        count(r#"checkout_gateway_upstream_requests_total{outcome="ok",provider="dodo",status_class="2xx"}"#),
+        count(r#"checkout_gateway_upstream_requests_total{account="dodo",outcome="ok",provider="dodo",status_class="2xx"}"#),
         1.0
     );
-    assert_eq!(count(r#"checkout_gateway_cache_misses_total{provider="dodo"}"#), 1.0);
+    assert_eq!(count(r#"checkout_gateway_cache_misses_total{account="dodo",provider="dodo"}"#), 1.0);
     assert_eq!(
         count("checkout_gateway_response_cache_hits_total"),
         2.0,
         "the 2nd and 3rd Dashboard were replayed"
     );
     assert_eq!(
-        count(r#"checkout_gateway_cache_hits_total{provider="dodo"}"#),
+        count(r#"checkout_gateway_cache_hits_total{account="dodo",provider="dodo"}"#),
         1.0,
         "Other hit the session cache"
     );
@@ -137,8 +137,8 @@ async fn coalesced_waits_are_counted() {
         .await;
     concurrently(&app, 10, "DODO", "cks_co").await;
     let (_, metrics) = get(&app, "/metrics").await;
-    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_misses_total{provider="dodo"}"#), 1.0);
-    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_coalesced_waits_total{provider="dodo"}"#), 9.0);
+    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_misses_total{account="dodo",provider="dodo"}"#), 1.0);
+    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_coalesced_waits_total{account="dodo",provider="dodo"}"#), 9.0);
 }
 
 #[tokio::test]

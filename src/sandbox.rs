@@ -2,7 +2,9 @@
 //! sessions in every status and ids that produce every error. They make `--demo` work on a
 //! fresh machine with no keys, and they are the upstream for benchmarks.
 //!
-//! Fixture ids are listed in the README; each provider's module defines its own.
+//! Owns: serving a sandbox (port, latency, request counter, the key it accepts). Each
+//! provider's routes and fixtures live in its own folder (`providers/<name>/sandbox.rs`);
+//! fixture ids are listed in the README.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +19,6 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 
-pub mod dhmad;
-pub mod dodo;
-
 /// How long the "slow" fixtures take: longer than any sensible upstream timeout, so they
 /// show the gateway's timeout, and short enough not to pin resources forever.
 pub const SLOW_FIXTURE_DELAY: Duration = Duration::from_secs(60);
@@ -30,46 +29,62 @@ pub struct SandboxOptions {
     pub latency: Duration,
 }
 
+/// How a provider's sandbox is served: its routes and the path its API lives under.
+#[derive(Clone, Copy, Debug)]
+pub struct SandboxSpec {
+    pub router: fn() -> Router<SandboxState>,
+    /// Prefix of the base URL (`/api/v1` for DHMAD).
+    pub base_path: &'static str,
+}
+
 /// What the gateway needs to talk to a running sandbox provider.
 #[derive(Clone, Debug)]
 pub struct SandboxEndpoint {
     pub addr: SocketAddr,
-    /// The base URL to configure (`DHMAD_BASE_URL` / `DODO_PAYMENTS_BASE_URL`).
+    /// The base URL to configure the account with.
     pub base_url: String,
-    /// The key the sandbox accepts (a public demo value, not a secret).
-    pub api_key: &'static str,
     /// Session requests answered so far (all fixtures, errors included).
     pub requests: Arc<AtomicU64>,
 }
 
 /// Shared by every sandbox route: when the sandbox started (fixture times are relative to
-/// it), the added latency and the request counter.
+/// it), the environment it plays, the key it accepts, the added latency and the request
+/// counter.
 #[derive(Clone, Debug)]
-pub(crate) struct SandboxState {
+pub struct SandboxState {
     pub started: DateTime<Utc>,
+    pub environment: &'static str,
+    /// A public demo value, not a secret.
+    pub key: Arc<str>,
     pub latency: Duration,
     pub requests: Arc<AtomicU64>,
 }
 
-/// Starts both providers' sandboxes on ephemeral 127.0.0.1 ports.
-pub async fn start(options: SandboxOptions) -> std::io::Result<(SandboxEndpoint, SandboxEndpoint)> {
-    let dhmad = serve(dhmad::router, "/api/v1", dhmad::DEMO_KEY, options).await?;
-    let dodo = serve(dodo::router, "", dodo::DEMO_KEY, options).await?;
-    tracing::info!(dhmad = %dhmad.base_url, dodo = %dodo.base_url, "demo mode: serving sandbox providers");
-    Ok((dhmad, dodo))
+impl SandboxState {
+    /// Whether the request presents the key this sandbox accepts.
+    pub fn accepts(&self, headers: &axum::http::HeaderMap) -> bool {
+        presented_key(headers) == Some(&*self.key)
+    }
 }
 
-async fn serve(
-    router: fn() -> Router<SandboxState>,
-    base_path: &str,
-    api_key: &'static str,
+/// Serves one environment of a provider on an ephemeral 127.0.0.1 port, accepting `key`.
+pub async fn serve(
+    spec: SandboxSpec,
+    environment: &'static str,
+    key: &str,
     options: SandboxOptions,
 ) -> std::io::Result<SandboxEndpoint> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     let requests = Arc::new(AtomicU64::new(0));
-    let state = SandboxState { started: Utc::now(), latency: options.latency, requests: requests.clone() };
-    let app = router()
+    let state = SandboxState {
+        started: Utc::now(),
+        environment,
+        key: Arc::from(key),
+        latency: options.latency,
+        requests: requests.clone(),
+    };
+    let app = (spec.router)()
         .route("/_sandbox/stats", get(stats))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_and_delay))
         .with_state(state);
@@ -78,7 +93,7 @@ async fn serve(
             tracing::error!(%error, "sandbox provider stopped");
         }
     });
-    Ok(SandboxEndpoint { addr, base_url: format!("http://{addr}{base_path}"), api_key, requests })
+    Ok(SandboxEndpoint { addr, base_url: format!("http://{addr}{}", spec.base_path), requests })
 }
 
 async fn count_and_delay(State(state): State<SandboxState>, request: Request, next: Next) -> Response {
@@ -96,7 +111,7 @@ async fn stats(State(state): State<SandboxState>) -> Json<serde_json::Value> {
 }
 
 /// The bearer token of a request, from `Authorization: Bearer …` or (DHMAD) `X-API-Key`.
-pub(crate) fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

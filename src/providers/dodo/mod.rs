@@ -1,5 +1,8 @@
 //! Dodo Payments: `GET {base}/checkouts/{id}` with a Bearer key.
 //! Wire format (OpenAPI `GetCheckoutSessionsStatus`) and errors: PROVIDERS.md.
+//!
+//! Owns everything about Dodo: the client and its wire types (here), the details type
+//! (`details`), the sandbox (`sandbox`), and [`KIND`], which the registry lists.
 
 use std::sync::Arc;
 
@@ -8,9 +11,28 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::upstream::Upstream;
-use super::{CredentialStatus, SessionProvider};
-use crate::domain::{
-    normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails,
+use super::{CredentialStatus, ProviderKind, SessionProvider};
+use crate::domain::{normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult};
+use crate::sandbox::SandboxSpec;
+
+pub mod details;
+pub mod sandbox;
+
+use details::DodoSessionDetails;
+
+pub static KIND: ProviderKind = ProviderKind {
+    name: "DODO",
+    slug: "dodo",
+    label: "Dodo Payments",
+    description: "Dodo Payments.",
+    // Test and live mode are separate deployments with separate keys and sessions.
+    environments: &[("live", "https://live.dodopayments.com"), ("test", "https://test.dodopayments.com")],
+    key_var: "DODO_PAYMENTS_API_KEY",
+    base_url_var: "DODO_PAYMENTS_BASE_URL",
+    client: |upstream| Arc::new(DodoClient { upstream }),
+    details: |session| Box::new(DodoSessionDetails(session)),
+    register_details: <DodoSessionDetails as async_graphql::OutputType>::create_type_info,
+    sandbox: SandboxSpec { router: sandbox::router, base_path: "" },
 };
 
 /// Far longer than any id Dodo issues (`cks_` and a short token); a bound keeps junk out of
@@ -22,22 +44,8 @@ pub struct DodoClient {
     upstream: Upstream,
 }
 
-impl DodoClient {
-    pub fn new(upstream: Upstream) -> Self {
-        Self { upstream }
-    }
-}
-
 #[async_trait]
 impl SessionProvider for DodoClient {
-    fn provider(&self) -> Provider {
-        Provider::Dodo
-    }
-
-    fn scope(&self) -> &Arc<str> {
-        self.upstream.scope()
-    }
-
     async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         validate_id(id)?;
         let response = self.upstream.get(&["checkouts", id]).await?;
@@ -48,7 +56,7 @@ impl SessionProvider for DodoClient {
         }
         let wire: WireSession =
             serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
-        Ok(Arc::new(wire.into_domain(id)))
+        Ok(Arc::new(wire.into_domain(id, self.upstream.account())))
     }
 
     /// Dodo documents no identity call that a read-only key may make.
@@ -92,7 +100,7 @@ struct WireSession {
 }
 
 impl WireSession {
-    fn into_domain(self, id: &Arc<str>) -> CheckoutSession {
+    fn into_domain(self, id: &Arc<str>, account: &Arc<str>) -> CheckoutSession {
         let (status, provider_status) = match self.payment_status {
             Some(raw) => {
                 let (status, kept) = normalise_status(raw, PAYMENT_STATUSES);
@@ -101,7 +109,8 @@ impl WireSession {
             None => (CheckoutStatus::Open, None),
         };
         CheckoutSession {
-            provider: Provider::Dodo,
+            provider: KIND.name,
+            account: account.clone(),
             id: id.clone(),
             status,
             created_at: self.created_at,
@@ -114,7 +123,8 @@ impl WireSession {
             payment_id: self.payment_id,
             metadata: None,
             fetched_at: Utc::now(),
-            details: SessionDetails::Dodo,
+            // Dodo's own fields (payment id and status) are common fields already.
+            details: None,
             provider_status,
         }
     }

@@ -1,5 +1,8 @@
 //! DHMAD (escrow platform): `GET {base}/sessions/{uuid}` with a Bearer key.
 //! Wire format and error bodies: PROVIDERS.md.
+//!
+//! Owns everything about DHMAD: the client and its wire types (here), the details type
+//! (`details`), the sandbox (`sandbox`), and [`KIND`], which the registry lists.
 
 use std::sync::Arc;
 
@@ -8,9 +11,27 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::upstream::{Upstream, UpstreamResponse};
-use super::{CredentialStatus, SessionProvider};
-use crate::domain::{
-    normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult, Provider, SessionDetails,
+use super::{CredentialStatus, ProviderKind, SessionProvider};
+use crate::domain::{normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult};
+use crate::sandbox::SandboxSpec;
+
+pub mod details;
+pub mod sandbox;
+
+use details::{DhmadDetails, DhmadSessionDetails};
+
+pub static KIND: ProviderKind = ProviderKind {
+    name: "DHMAD",
+    slug: "dhmad",
+    label: "DHMAD",
+    description: "DHMAD, the escrow platform.",
+    environments: &[("live", "https://dhmad.tn/api/v1"), ("sandbox", "https://sandbox.dhmad.tn/api/v1")],
+    key_var: "DHMAD_API_KEY",
+    base_url_var: "DHMAD_BASE_URL",
+    client: |upstream| Arc::new(DhmadClient { upstream }),
+    details: |session| Box::new(DhmadSessionDetails(session)),
+    register_details: <DhmadSessionDetails as async_graphql::OutputType>::create_type_info,
+    sandbox: SandboxSpec { router: sandbox::router, base_path: "/api/v1" },
 };
 
 #[derive(Debug)]
@@ -18,22 +39,8 @@ pub struct DhmadClient {
     upstream: Upstream,
 }
 
-impl DhmadClient {
-    pub fn new(upstream: Upstream) -> Self {
-        Self { upstream }
-    }
-}
-
 #[async_trait]
 impl SessionProvider for DhmadClient {
-    fn provider(&self) -> Provider {
-        Provider::Dhmad
-    }
-
-    fn scope(&self) -> &Arc<str> {
-        self.upstream.scope()
-    }
-
     async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         validate_id(id)?;
         let response = self.upstream.get(&["sessions", id]).await?;
@@ -42,7 +49,7 @@ impl SessionProvider for DhmadClient {
         }
         let envelope: Envelope =
             serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
-        Ok(Arc::new(envelope.session.into_domain(id)))
+        Ok(Arc::new(envelope.session.into_domain(id, self.upstream.account())))
     }
 
     /// `GET /me` needs no account association, so it checks just the key.
@@ -83,10 +90,12 @@ struct WireSession {
 }
 
 impl WireSession {
-    fn into_domain(self, id: &Arc<str>) -> CheckoutSession {
+    fn into_domain(self, id: &Arc<str>, account: &Arc<str>) -> CheckoutSession {
         let (status, provider_status) = normalise_status(self.status, STATUSES);
+        let details = DhmadDetails { escrow_id: self.escrow_id, action: self.action };
         CheckoutSession {
-            provider: Provider::Dhmad,
+            provider: KIND.name,
+            account: account.clone(),
             id: id.clone(),
             status,
             provider_status: Some(provider_status),
@@ -99,7 +108,7 @@ impl WireSession {
             payment_id: None,
             metadata: self.metadata.filter(|m| !m.is_null()).map(Box::new),
             fetched_at: Utc::now(),
-            details: SessionDetails::Dhmad { escrow_id: self.escrow_id, action: self.action },
+            details: Some(Box::new(details)),
         }
     }
 }

@@ -9,10 +9,7 @@ use axum::{Json, Router};
 use chrono::Duration;
 use serde_json::json;
 
-use super::{presented_key, SandboxState, SLOW_FIXTURE_DELAY};
-
-/// The sandbox's key, in the shape of a DHMAD sandbox key. Public: it opens nothing real.
-pub const DEMO_KEY: &str = "sk_sandbox_0000000000000000000000000000000000000000000000000000000000000000";
+use crate::sandbox::{presented_key, SandboxState, SLOW_FIXTURE_DELAY};
 
 /// Fixture ids: sessions in every status, then ids that make each error.
 pub const OPEN: &str = "d4a1e000-0000-4000-8000-000000000001";
@@ -28,13 +25,13 @@ pub const SERVER_ERROR: &str = "d4a1e000-0000-4000-8000-000000000500";
 pub const GARBAGE: &str = "d4a1e000-0000-4000-8000-000000000502";
 pub const SLOW: &str = "d4a1e000-0000-4000-8000-000000000504";
 
-pub(crate) fn router() -> Router<SandboxState> {
+pub fn router() -> Router<SandboxState> {
     Router::new().route("/api/v1/sessions/{id}", get(session)).route("/api/v1/me", get(me))
 }
 
-fn unauthorized(headers: &HeaderMap) -> Option<Response> {
+fn unauthorized(state: &SandboxState, headers: &HeaderMap) -> Option<Response> {
     match presented_key(headers) {
-        Some(DEMO_KEY) => None,
+        Some(_) if state.accepts(headers) => None,
         Some(_) => Some(
             (
                 StatusCode::UNAUTHORIZED,
@@ -46,12 +43,12 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-async fn me(State(_): State<SandboxState>, headers: HeaderMap) -> Response {
-    if let Some(denied) = unauthorized(&headers) {
+async fn me(State(state): State<SandboxState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(&state, &headers) {
         return denied;
     }
     Json(json!({
-        "apiKey": {"id": "key_demo", "name": "demo", "keyPrefix": &DEMO_KEY[..14], "environment": "sandbox",
+        "apiKey": {"id": "key_demo", "name": "demo", "keyPrefix": state.key.get(..14), "environment": state.environment,
                    "isActive": true, "rateLimit": 100},
         "developer": {"id": "dev_demo", "email": "demo@example.com", "companyName": "Demo"}
     }))
@@ -59,7 +56,7 @@ async fn me(State(_): State<SandboxState>, headers: HeaderMap) -> Response {
 }
 
 async fn session(State(state): State<SandboxState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(denied) = unauthorized(&headers) {
+    if let Some(denied) = unauthorized(&state, &headers) {
         return denied;
     }
     let at = |minutes: i64| (state.started + Duration::minutes(minutes)).to_rfc3339();
