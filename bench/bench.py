@@ -66,8 +66,8 @@ class Gateway:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "dodo" in event and "dhmad" in event:
-                self.sandbox = {"dodo": event["dodo"], "dhmad": event["dhmad"]}
+            if "account" in event and "base_url" in event:
+                self.sandbox[event["account"]] = event["base_url"]
             if "addr" in event:
                 self.addr = event["addr"]
                 break
@@ -216,7 +216,7 @@ async def upstream_round_trip(gateway, runs):
     for run in range(runs):
         reader, writer = await asyncio.open_connection(host, int(port))
         request = (f"GET /checkouts/cks_bench_rtt_{time.time_ns()}_{run} HTTP/1.1\r\nHost: {host}\r\n"
-                   "Authorization: Bearer demo_dodo_read_only_key\r\n\r\n").encode()
+                   "Authorization: Bearer demo_dodo_key\r\n\r\n").encode()
         started = time.perf_counter()
         writer.write(request)
         await writer.drain()

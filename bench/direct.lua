@@ -5,5 +5,5 @@ local counter = 0
 request = function()
   counter = counter + 1
   return wrk.format("GET", string.format("/checkouts/cks_bench_%s_%d", run, counter),
-    { ["Authorization"] = "Bearer demo_dodo_read_only_key" })
+    { ["Authorization"] = "Bearer demo_dodo_key" })
 end

@@ -146,7 +146,6 @@ impl Settings {
             demo_latency,
         )
     }
-
 }
 
 /// Values are read as text, so that `cache_max_entries = 5000` and `cache_max_entries =
@@ -233,7 +232,9 @@ impl Sources {
         let mut sources = Sources::default();
         if let Some(accounts) = table.remove("accounts") {
             let toml::Value::Table(accounts) = accounts else {
-                return Err(ConfigError::File(format!("{at}`accounts` must be a table of [accounts.NAME] tables")));
+                return Err(ConfigError::File(format!(
+                    "{at}`accounts` must be a table of [accounts.NAME] tables"
+                )));
             };
             for (name, account) in accounts {
                 let toml::Value::Table(mut account) = account else {
@@ -272,7 +273,12 @@ impl Sources {
         }
         let mut accounts = other.accounts;
         accounts.extend(self.accounts);
-        Sources { settings: self.settings.or(other.settings), legacy, accounts, demo: self.demo || other.demo }
+        Sources {
+            settings: self.settings.or(other.settings),
+            legacy,
+            accounts,
+            demo: self.demo || other.demo,
+        }
     }
 }
 
@@ -329,7 +335,8 @@ fn from_matches(matches: &ArgMatches) -> Result<(Cli, Sources), clap::Error> {
     let cli = Cli::from_arg_matches(matches)?;
     let mut legacy = BTreeMap::new();
     for kind in providers::builtin() {
-        let text = |id: String| matches.get_one::<String>(&id).cloned();
+        // An empty variable (as a manifest may leave one) says nothing.
+        let text = |id: String| matches.get_one::<String>(&id).filter(|v| !v.trim().is_empty()).cloned();
         let given = LegacyAccount {
             api_key: text(format!("{}_api_key", kind.slug)).map(Secret::new),
             base_url: text(format!("{}_base_url", kind.slug)),
@@ -338,7 +345,8 @@ fn from_matches(matches: &ArgMatches) -> Result<(Cli, Sources), clap::Error> {
             legacy.insert(kind.slug.to_owned(), given);
         }
     }
-    let sources = Sources { settings: cli.settings.clone(), legacy, accounts: BTreeMap::new(), demo: cli.demo };
+    let sources =
+        Sources { settings: cli.settings.clone(), legacy, accounts: BTreeMap::new(), demo: cli.demo };
     Ok((cli, sources))
 }
 
@@ -402,7 +410,9 @@ impl Config {
             parse_duration(value.as_deref().unwrap_or(default)).map_err(|reason| names.invalid(id, reason))
         };
         let whole = |id: &str, value: &Option<String>, default: u64, range: RangeInclusive<u64>| {
-            value.as_deref().map_or(Ok(default), |raw| parse_whole(raw, range).map_err(|r| names.invalid(id, r)))
+            value
+                .as_deref()
+                .map_or(Ok(default), |raw| parse_whole(raw, range).map_err(|r| names.invalid(id, r)))
         };
         let positive =
             |id: &str, value: &Option<String>, default: u64, max: u64| whole(id, value, default, 1..=max);
@@ -509,9 +519,11 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
     };
     check_account_name(name).map_err(|reason| invalid("", reason))?;
     let slugs = || providers::builtin().iter().map(|k| k.slug).collect::<Vec<_>>().join(", ");
-    let slug = table.provider.as_deref().map(str::trim).ok_or_else(|| {
-        invalid("provider", format!("is required: one of {}", slugs()))
-    })?;
+    let slug = table
+        .provider
+        .as_deref()
+        .map(str::trim)
+        .ok_or_else(|| invalid("provider", format!("is required: one of {}", slugs())))?;
     let kind: &'static ProviderKind = providers::builtin()
         .into_iter()
         .find(|kind| kind.slug == slug)
@@ -544,8 +556,9 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
         }
         (None, Some(path)) => {
             // The file's content is never shown: only whether it could be read.
-            let value = std::fs::read_to_string(path)
-                .map_err(|e| invalid("api_key_file", format!("cannot read {}: {}", path.display(), e.kind())))?;
+            let value = std::fs::read_to_string(path).map_err(|e| {
+                invalid("api_key_file", format!("cannot read {}: {}", path.display(), e.kind()))
+            })?;
             if value.trim().is_empty() {
                 return Err(invalid("api_key_file", format!("{} is empty", path.display())));
             }
@@ -590,8 +603,13 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
 /// else the one its single-account variables define, else its only account.
 fn choose_defaults(accounts: &mut [AccountConfig]) -> Result<(), ConfigError> {
     for kind in providers::builtin() {
-        let of_kind: Vec<usize> = (0..accounts.len()).filter(|&i| std::ptr::eq(accounts[i].kind, kind)).collect();
-        let marked: Vec<usize> = of_kind.iter().copied().filter(|&i| accounts[i].default && &*accounts[i].name != kind.slug).collect();
+        let of_kind: Vec<usize> =
+            (0..accounts.len()).filter(|&i| std::ptr::eq(accounts[i].kind, kind)).collect();
+        let marked: Vec<usize> = of_kind
+            .iter()
+            .copied()
+            .filter(|&i| accounts[i].default && &*accounts[i].name != kind.slug)
+            .collect();
         let chosen = match marked.as_slice() {
             [one] => Some(*one),
             [] => of_kind
@@ -737,7 +755,8 @@ mod tests {
     #[test]
     fn single_account_variables_define_the_default_account() {
         let config =
-            Config::resolve_sources(legacy("dodo", Some("k"), Some("https://test.dodopayments.com/"))).unwrap();
+            Config::resolve_sources(legacy("dodo", Some("k"), Some("https://test.dodopayments.com/")))
+                .unwrap();
         let [account] = config.accounts.as_slice() else { panic!("{:?}", config.accounts) };
         assert_eq!(&*account.name, "dodo");
         assert_eq!(account.base_url, "https://test.dodopayments.com");
@@ -756,8 +775,8 @@ mod tests {
         assert!(err.to_string().contains("DODO_PAYMENTS_BASE_URL"), "{err}");
         let err = resolve(Settings { batch_max: Some("0".into()), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("GATEWAY_BATCH_MAX"), "{err}");
-        let err =
-            Config::resolve_sources(legacy("dhmad", None, Some("https://user:pw@dhmad.tn/api/v1"))).unwrap_err();
+        let err = Config::resolve_sources(legacy("dhmad", None, Some("https://user:pw@dhmad.tn/api/v1")))
+            .unwrap_err();
         assert!(err.to_string().contains("DHMAD_BASE_URL") && !err.to_string().contains("pw@"), "{err}");
     }
 

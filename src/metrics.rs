@@ -81,8 +81,16 @@ impl Metrics {
                 "Time a provider took to answer (or to fail).",
                 &["provider", "account"],
             ),
-            cache_hits: counter("cache_hits_total", "Lookups answered from the cache.", &["provider", "account"]),
-            cache_misses: counter("cache_misses_total", "Lookups that called the provider.", &["provider", "account"]),
+            cache_hits: counter(
+                "cache_hits_total",
+                "Lookups answered from the cache.",
+                &["provider", "account"],
+            ),
+            cache_misses: counter(
+                "cache_misses_total",
+                "Lookups that called the provider.",
+                &["provider", "account"],
+            ),
             cache_coalesced: counter(
                 "cache_coalesced_waits_total",
                 "Lookups that waited for another asker's call to the provider instead of making one.",

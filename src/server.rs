@@ -94,8 +94,10 @@ impl Application {
         }
         let metrics = Arc::new(Metrics::new());
         let http = net::http_client()?;
-        let limits =
-            Limits { upstream_timeout: config.upstream_timeout, upstream_concurrency: config.upstream_concurrency };
+        let limits = Limits {
+            upstream_timeout: config.upstream_timeout,
+            upstream_concurrency: config.upstream_concurrency,
+        };
         let accounts = config
             .accounts
             .iter()
@@ -116,7 +118,8 @@ impl Application {
         ));
         let cache = SessionCache::new(config.cache, metrics.clone());
         let service = Arc::new(SessionService::new(&accounts, cache));
-        let schema = graphql::schema(Gateway { service: service.clone(), batch_max: config.batch_max }, &kinds);
+        let schema =
+            graphql::schema(Gateway { service: service.clone(), batch_max: config.batch_max }, &kinds);
         let ready = Arc::new(AtomicBool::new(false));
         let router = router(AppState {
             schema,
@@ -183,7 +186,10 @@ fn router(state: AppState) -> Router {
 /// Every environment of every provider as a sandbox on 127.0.0.1, one account each: the
 /// first environment's account is the provider's default and is named after it (`dodo`), the
 /// others after the provider and the environment (`dodo_test`).
-async fn demo_accounts(kinds: &[&'static ProviderKind], options: SandboxOptions) -> anyhow::Result<Vec<AccountConfig>> {
+async fn demo_accounts(
+    kinds: &[&'static ProviderKind],
+    options: SandboxOptions,
+) -> anyhow::Result<Vec<AccountConfig>> {
     let mut accounts = Vec::new();
     for kind in kinds {
         for (index, (environment, _)) in kind.environments.iter().enumerate() {
@@ -191,7 +197,14 @@ async fn demo_accounts(kinds: &[&'static ProviderKind], options: SandboxOptions)
             // A public demo value per account, so that each sandbox accepts only its own.
             let key = format!("demo_{name}_key");
             let endpoint = sandbox::serve(kind.sandbox, environment, &key, options).await?;
-            tracing::info!(account = %name, environment, base_url = %endpoint.base_url, "demo mode: sandbox provider");
+            // Its own target, so that a quiet log level can still show where the sandboxes are.
+            tracing::info!(
+                target: "checkout_gateway::demo",
+                account = %name,
+                environment,
+                base_url = %endpoint.base_url,
+                "demo mode: sandbox provider"
+            );
             accounts.push(AccountConfig {
                 name: Arc::from(name),
                 base_url: endpoint.base_url,

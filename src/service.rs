@@ -58,10 +58,9 @@ impl SessionService {
             .ok_or_else(|| FetchError::unavailable(UnavailableReason::NotConfigured))?;
         match account {
             None => Ok(&accounts.default),
-            Some(name) => accounts
-                .by_name
-                .get(name)
-                .ok_or_else(|| FetchError::UnknownAccount(Arc::from(bounded(name)))),
+            Some(name) => {
+                accounts.by_name.get(name).ok_or_else(|| FetchError::UnknownAccount(Arc::from(bounded(name))))
+            }
         }
     }
 

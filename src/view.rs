@@ -17,8 +17,8 @@ use async_graphql::parser::types::Field;
 use async_graphql::registry::{Deprecation, MetaEnumValue, MetaType, MetaTypeId, Registry};
 use async_graphql::resolver_utils::{resolve_container, ContainerType, Fields};
 use async_graphql::{
-    Context, ContextSelectionSet, InputType, InputValueError, InputValueResult, Name, ObjectType,
-    OutputType, Positioned, ServerResult, UnionType, Value,
+    Context, ContextSelectionSet, InputType, InputValueError, InputValueResult, Name, ObjectType, OutputType,
+    Positioned, ServerResult, UnionType, Value,
 };
 
 /// What the schema needs to know about one provider.
@@ -143,7 +143,11 @@ impl OutputType for ProviderName {
 pub trait DetailsObject: Send + Sync {
     fn type_name(&self) -> Cow<'static, str>;
 
-    fn collect_fields<'a>(&'a self, ctx: &ContextSelectionSet<'a>, fields: &mut Fields<'a>) -> ServerResult<()>;
+    fn collect_fields<'a>(
+        &'a self,
+        ctx: &ContextSelectionSet<'a>,
+        fields: &mut Fields<'a>,
+    ) -> ServerResult<()>;
 }
 
 impl<T: ObjectType> DetailsObject for T {
@@ -151,7 +155,11 @@ impl<T: ObjectType> DetailsObject for T {
         self.introspection_type_name()
     }
 
-    fn collect_fields<'a>(&'a self, ctx: &ContextSelectionSet<'a>, fields: &mut Fields<'a>) -> ServerResult<()> {
+    fn collect_fields<'a>(
+        &'a self,
+        ctx: &ContextSelectionSet<'a>,
+        fields: &mut Fields<'a>,
+    ) -> ServerResult<()> {
         self.collect_all_fields(ctx, fields)
     }
 }
@@ -170,7 +178,11 @@ impl ContainerType for ProviderDetails {
         Ok(None)
     }
 
-    fn collect_all_fields<'a>(&'a self, ctx: &ContextSelectionSet<'a>, fields: &mut Fields<'a>) -> ServerResult<()> {
+    fn collect_all_fields<'a>(
+        &'a self,
+        ctx: &ContextSelectionSet<'a>,
+        fields: &mut Fields<'a>,
+    ) -> ServerResult<()> {
         self.0.collect_fields(ctx, fields)
     }
 }

@@ -73,12 +73,15 @@ struct ScopeState {
     /// Errors already placed per `(provider, account, id)`: when a router repeats a
     /// representation, the n-th failure lands on the n-th copy, so every null gets its own
     /// error.
-    entity_errors: Mutex<HashMap<(ProviderName, Option<String>, String), usize>>,
+    entity_errors: Mutex<HashMap<OwnedEntityKey, usize>>,
     /// Sessions `checkoutSession` and `checkoutSessions` have asked for, so that aliases
     /// cannot multiply one request past the batch limit. (`_entities` is not counted: a
     /// router's fan-out is bounded by the body size and the per-provider concurrency.)
     lookups: AtomicUsize,
 }
+
+/// A representation's provider, account (absent for the default key) and id.
+type OwnedEntityKey = (ProviderName, Option<String>, String);
 
 #[derive(Debug, Default)]
 struct Reuse {
@@ -283,7 +286,8 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
     match lookup.answer {
         Ok(session) => Some(CheckoutSessionView(session)),
         Err(error) => {
-            let mut server_error = types::to_graphql_error(key.provider, &error).into_server_error(ctx.item.pos);
+            let mut server_error =
+                types::to_graphql_error(key.provider, &error).into_server_error(ctx.item.pos);
             server_error.path = entity_path(ctx, &key);
             ctx.add_error(server_error);
             None

@@ -275,7 +275,9 @@ impl CheckoutSessionResult {
                     domain::ErrorCode::ProviderUnavailable => {
                         Self::ProviderUnavailableError(ProviderUnavailableError(failure))
                     }
-                    domain::ErrorCode::UnknownAccount => Self::UnknownAccountError(UnknownAccountError(failure)),
+                    domain::ErrorCode::UnknownAccount => {
+                        Self::UnknownAccountError(UnknownAccountError(failure))
+                    }
                 }
             }
         }

@@ -183,7 +183,10 @@ impl Upstream {
                 }
             }
         };
-        self.metrics.upstream_requests.with_label_values(&[provider, account, outcome_label, status_class]).inc();
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[provider, account, outcome_label, status_class])
+            .inc();
         self.metrics.upstream_duration.with_label_values(&[provider, account]).observe(elapsed.as_secs_f64());
     }
 

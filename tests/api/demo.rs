@@ -63,3 +63,28 @@ async fn every_fixture_answers_as_documented() {
     assert_eq!(rate_limited["retryAfterSeconds"], 30);
     assert_eq!(results[24]["retryAfterSeconds"], 12);
 }
+
+#[tokio::test]
+async fn the_demo_has_two_accounts_per_provider() {
+    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), demo: true, ..Config::default() };
+    let addr = start(config).await;
+    let http = crate::helpers::http();
+    let query = r#"{
+      live: checkoutSession(provider: DODO, id: "cks_demo_succeeded") { ... on CheckoutSession { account status } }
+      test: checkoutSession(provider: DODO, id: "cks_demo_succeeded", account: "dodo_test") { ... on CheckoutSession { account status } }
+      sandbox: checkoutSession(provider: DHMAD, id: "d4a1e000-0000-4000-8000-000000000002", account: "dhmad_sandbox") { ... on CheckoutSession { account status } }
+    }"#;
+    let reply = post_graphql(&http, addr, query, json!({})).await;
+    assert_eq!(
+        reply.body["data"],
+        json!({"live": {"account": "dodo", "status": "COMPLETED"},
+               "test": {"account": "dodo_test", "status": "COMPLETED"},
+               "sandbox": {"account": "dhmad_sandbox", "status": "COMPLETED"}}),
+        "{}",
+        reply.body
+    );
+    let readiness: serde_json::Value =
+        http.get(format!("http://{addr}/readyz")).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&String> = readiness["accounts"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["dhmad", "dhmad_sandbox", "dodo", "dodo_test"]);
+}

@@ -205,7 +205,9 @@ async fn a_slow_upstream_times_out() {
 async fn an_unreachable_provider_is_unavailable() {
     // Bind then drop a listener: nothing serves that port any more.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app(|config| account_mut(config, "dhmad").base_url = format!("http://127.0.0.1:{port}/api/v1")).await;
+    let app =
+        spawn_app(|config| account_mut(config, "dhmad").base_url = format!("http://127.0.0.1:{port}/api/v1"))
+            .await;
     let answer = app.session("DHMAD", DHMAD_ID).await;
     assert_eq!(answer["reason"], "CONNECTION_FAILED");
     assert!(!answer["message"].as_str().unwrap().contains("127.0.0.1"));

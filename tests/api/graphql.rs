@@ -233,7 +233,10 @@ async fn replaying_can_be_turned_off() {
     }
     let metrics = app.metrics().await;
     assert!(metrics.contains("checkout_gateway_response_cache_hits_total 0"), "{metrics}");
-    assert!(metrics.contains(r#"checkout_gateway_cache_hits_total{account="dodo",provider="dodo"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"checkout_gateway_cache_hits_total{account="dodo",provider="dodo"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -62,7 +62,12 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
 
 /// An account of `kind` named `name` at `base_url`; the provider's default unless it is
 /// changed.
-pub fn account(kind: &'static ProviderKind, name: &str, base_url: String, key: Option<&str>) -> AccountConfig {
+pub fn account(
+    kind: &'static ProviderKind,
+    name: &str,
+    base_url: String,
+    key: Option<&str>,
+) -> AccountConfig {
     AccountConfig {
         name: name.into(),
         base_url,

@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod accounts;
 mod cache;
 mod cli;
 mod demo;
@@ -15,3 +16,4 @@ mod federation;
 mod graphql;
 mod ops;
 mod process;
+mod third_provider;

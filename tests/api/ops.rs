@@ -59,7 +59,8 @@ async fn readiness_reports_the_startup_credential_check() {
         .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "Unauthorized"})))
         .mount(&server)
         .await;
-    let app = spawn_app(|config| account_mut(config, "dhmad").base_url = format!("{}/api/v1", server.uri())).await;
+    let app =
+        spawn_app(|config| account_mut(config, "dhmad").base_url = format!("{}/api/v1", server.uri())).await;
     let (status, body) = settled_readiness(&app, "dhmad").await;
     assert_eq!(status, 200, "a refused key is reported, not a reason to leave the pool");
     assert_eq!(body["accounts"]["dhmad"]["credentials"], "rejected");
@@ -107,7 +108,9 @@ async fn metrics_count_requests_operations_upstream_calls_and_the_cache() {
         5.0
     );
     assert_eq!(
-        count(r#"checkout_gateway_upstream_requests_total{account="dodo",outcome="ok",provider="dodo",status_class="2xx"}"#),
+        count(
+            r#"checkout_gateway_upstream_requests_total{account="dodo",outcome="ok",provider="dodo",status_class="2xx"}"#
+        ),
         1.0
     );
     assert_eq!(count(r#"checkout_gateway_cache_misses_total{account="dodo",provider="dodo"}"#), 1.0);
@@ -137,8 +140,14 @@ async fn coalesced_waits_are_counted() {
         .await;
     concurrently(&app, 10, "DODO", "cks_co").await;
     let (_, metrics) = get(&app, "/metrics").await;
-    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_misses_total{account="dodo",provider="dodo"}"#), 1.0);
-    assert_eq!(sample(&metrics, r#"checkout_gateway_cache_coalesced_waits_total{account="dodo",provider="dodo"}"#), 9.0);
+    assert_eq!(
+        sample(&metrics, r#"checkout_gateway_cache_misses_total{account="dodo",provider="dodo"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, r#"checkout_gateway_cache_coalesced_waits_total{account="dodo",provider="dodo"}"#),
+        9.0
+    );
 }
 
 #[tokio::test]

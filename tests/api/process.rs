@@ -201,3 +201,56 @@ async fn traces_are_exported_over_otlp_when_the_endpoint_is_set() {
     assert!(contains(b"request"), "the request span is in the export");
     assert!(contains(b"upstream call") || contains(b"provider"), "the upstream call is in the export");
 }
+
+#[tokio::test]
+async fn accounts_from_the_config_file_each_call_with_their_own_key() {
+    let dodo = MockServer::start().await;
+    for (key, status) in [("key-from-env", "succeeded"), ("key-from-file", "failed")] {
+        Mock::given(path("/checkouts/cks_acct"))
+            .and(wiremock::matchers::header("authorization", format!("Bearer {key}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_acct", Some(status))))
+            .mount(&dodo)
+            .await;
+    }
+    let dir = std::env::temp_dir().join(format!("cg-accounts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("dodo-test.key");
+    std::fs::write(&key_file, "key-from-file\n").unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[accounts.brand_a]\nprovider = \"dodo\"\nbase_url = \"{uri}\"\napi_key_env = \"BRAND_A_DODO_KEY\"\ndefault = true\n\n\
+             [accounts.brand_b]\nprovider = \"dodo\"\nbase_url = \"{uri}\"\napi_key_file = \"{file}\"\nupstream_concurrency = 2\n",
+            uri = dodo.uri(),
+            file = key_file.display()
+        ),
+    )
+    .unwrap();
+    let gateway = Gateway::start(
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("BRAND_A_DODO_KEY", "key-from-env"),
+            ("DODO_PAYMENTS_API_KEY", ""),
+            ("DODO_PAYMENTS_BASE_URL", ""),
+        ],
+    );
+    let http = crate::helpers::http();
+    let query = r#"{
+      a: checkoutSession(provider: DODO, id: "cks_acct") { ... on CheckoutSession { account providerStatus } }
+      b: checkoutSession(provider: DODO, id: "cks_acct", account: "brand_b") { ... on CheckoutSession { account providerStatus } }
+    }"#;
+    let reply = post_graphql(&http, gateway.addr, query, json!({})).await;
+    assert_eq!(
+        reply.body["data"],
+        json!({"a": {"account": "brand_a", "providerStatus": "succeeded"},
+               "b": {"account": "brand_b", "providerStatus": "failed"}}),
+        "{}",
+        reply.body
+    );
+    let (code, logs) = gateway.stop("TERM").await;
+    assert_eq!(code, Some(0));
+    let all = serde_json::to_string(&logs).unwrap();
+    assert!(!all.contains("key-from-env") && !all.contains("key-from-file"), "a key was logged");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,249 @@
+//! A provider that lives only in this file: one module's worth of code (its client, its wire
+//! types, its details type, its sandbox) and one line that registers it. It is queried
+//! through GraphQL like the built-in ones and answers in the union with its own details. The
+//! README's "Adding a provider" list is exactly what this file needed.
+
+use std::sync::Arc;
+
+use async_graphql::{Object, OutputType};
+use async_trait::async_trait;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use wiremock::matchers::{header, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use checkout_gateway::config::Config;
+use checkout_gateway::domain::{
+    normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult, ProviderDetails,
+};
+use checkout_gateway::providers::upstream::Upstream;
+use checkout_gateway::providers::{self, CredentialStatus, ProviderKind, SessionProvider};
+use checkout_gateway::sandbox::{SandboxSpec, SandboxState};
+use checkout_gateway::server::Application;
+
+use crate::helpers::{account, http, post_graphql};
+
+// ---- The module: what a new provider brings. -------------------------------------------
+
+/// The one value the registry lists.
+static ACME: ProviderKind = ProviderKind {
+    name: "ACME",
+    slug: "acme",
+    label: "Acme Pay",
+    description: "Acme Pay, a provider that exists only in the tests.",
+    environments: &[("live", "https://api.acme.test"), ("test", "https://test.acme.test")],
+    key_var: "ACME_API_KEY",
+    base_url_var: "ACME_BASE_URL",
+    client: |upstream| Arc::new(AcmeClient { upstream }),
+    details: |session| Box::new(AcmeSessionDetails(session)),
+    register_details: <AcmeSessionDetails as OutputType>::create_type_info,
+    sandbox: SandboxSpec { router: sandbox, base_path: "" },
+};
+
+/// The client: `GET {base}/v2/sessions/{id}`.
+#[derive(Debug)]
+struct AcmeClient {
+    upstream: Upstream,
+}
+
+#[async_trait]
+impl SessionProvider for AcmeClient {
+    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
+        if !id.starts_with("acs_") {
+            return Err(FetchError::InvalidId("an Acme session id starts with acs_"));
+        }
+        let response = self.upstream.get(&["v2", "sessions", id]).await?;
+        if response.status != 200 {
+            return Err(self.upstream.error_for(&response, None));
+        }
+        let wire: Wire =
+            serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
+        let (status, raw) = normalise_status(
+            wire.state,
+            &[("open", CheckoutStatus::Open), ("paid", CheckoutStatus::Completed)],
+        );
+        Ok(Arc::new(CheckoutSession {
+            provider: ACME.name,
+            account: self.upstream.account().clone(),
+            id: id.clone(),
+            status,
+            provider_status: Some(raw),
+            created_at: wire.created,
+            expires_at: None,
+            completed_at: None,
+            customer_email: None,
+            customer_name: None,
+            payment_id: None,
+            metadata: None,
+            fetched_at: Utc::now(),
+            details: Some(Box::new(AcmeDetails { note: wire.note })),
+        }))
+    }
+
+    async fn check_credentials(&self) -> CredentialStatus {
+        self.upstream.unprobed()
+    }
+}
+
+/// The wire type: private to the module.
+#[derive(Deserialize)]
+struct Wire {
+    state: Box<str>,
+    created: DateTime<Utc>,
+    note: Box<str>,
+}
+
+/// The details type, as stored…
+#[derive(Debug)]
+struct AcmeDetails {
+    note: Box<str>,
+}
+
+impl ProviderDetails for AcmeDetails {}
+
+/// …and as the schema shows it.
+#[derive(Debug)]
+struct AcmeSessionDetails(Arc<CheckoutSession>);
+
+/// What only Acme says about a session.
+#[Object]
+impl AcmeSessionDetails {
+    async fn note(&self) -> Option<&str> {
+        self.0.details::<AcmeDetails>().map(|d| &*d.note)
+    }
+}
+
+/// The sandbox: one fixture.
+fn sandbox() -> Router<SandboxState> {
+    Router::new().route("/v2/sessions/{id}", get(sandbox_session))
+}
+
+async fn sandbox_session(
+    State(state): State<SandboxState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.accepts(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match id.as_str() {
+        "acs_demo_paid" => {
+            Json(json!({"state": "paid", "created": "2026-01-01T00:00:00Z", "note": state.environment}))
+                .into_response()
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+// ---- The one line that registers it. -----------------------------------------------------
+
+fn kinds() -> Vec<&'static ProviderKind> {
+    let mut kinds = providers::builtin();
+    kinds.push(&ACME);
+    kinds
+}
+
+// ---- The tests. --------------------------------------------------------------------------
+
+const QUERY: &str = r#"query($id: ID!, $account: String) {
+  checkoutSession(provider: ACME, id: $id, account: $account) {
+    __typename
+    ... on CheckoutSession { provider account id status providerStatus
+                             details { __typename ... on AcmeSessionDetails { note } } }
+    ... on CheckoutError { code provider }
+  }
+}"#;
+
+async fn start(config: Config) -> std::net::SocketAddr {
+    let app = Application::build_with(config, kinds()).await.expect("the application builds");
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    addr
+}
+
+#[tokio::test]
+async fn a_provider_defined_in_the_tests_answers_through_graphql_with_its_own_details() {
+    let acme = MockServer::start().await;
+    Mock::given(path("/v2/sessions/acs_1"))
+        .and(header("authorization", "Bearer acme-key"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"state": "paid", "created": "2026-01-01T00:00:00Z", "note": "gift"})),
+        )
+        .expect(1)
+        .mount(&acme)
+        .await;
+    Mock::given(path("/v2/sessions/acs_gone")).respond_with(ResponseTemplate::new(404)).mount(&acme).await;
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        accounts: vec![account(&ACME, "acme", acme.uri(), Some("acme-key"))],
+        shutdown_delay: std::time::Duration::ZERO,
+        ..Config::default()
+    };
+    let addr = start(config).await;
+    let http = http();
+
+    for _ in 0..2 {
+        let reply = post_graphql(&http, addr, QUERY, json!({"id": "acs_1"})).await;
+        assert_eq!(
+            reply.body["data"]["checkoutSession"],
+            json!({"__typename": "CheckoutSession", "provider": "ACME", "account": "acme", "id": "acs_1",
+                   "status": "COMPLETED", "providerStatus": "paid",
+                   "details": {"__typename": "AcmeSessionDetails", "note": "gift"}}),
+            "{}",
+            reply.body
+        );
+    }
+    // The typed errors are the gateway's, whichever provider: checked before a call, and after.
+    let invalid = post_graphql(&http, addr, QUERY, json!({"id": "nope"})).await;
+    assert_eq!(invalid.body["data"]["checkoutSession"]["code"], "INVALID_ID");
+    let gone = post_graphql(&http, addr, QUERY, json!({"id": "acs_gone"})).await;
+    assert_eq!(
+        gone.body["data"]["checkoutSession"],
+        json!({"__typename": "NotFoundError", "code": "NOT_FOUND", "provider": "ACME"})
+    );
+    // The built-in providers are unaffected, and the schema lists the new one.
+    let sdl = post_graphql(&http, addr, "{ _service { sdl } }", json!({})).await;
+    let sdl = sdl.body["data"]["_service"]["sdl"].as_str().unwrap().to_owned();
+    assert!(
+        sdl.contains("union ProviderDetails = DhmadSessionDetails | DodoSessionDetails | AcmeSessionDetails"),
+        "{sdl}"
+    );
+    assert!(sdl.contains("ACME"), "{sdl}");
+    // Cached like any other (acs_1 was called once for two queries: `expect(1)` above), and
+    // counted under its own labels.
+    let metrics = http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"checkout_gateway_cache_misses_total{account="acme",provider="acme"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_new_provider_has_a_demo_with_one_account_per_environment() {
+    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), demo: true, ..Config::default() };
+    let addr = start(config).await;
+    let http = http();
+    for (account, environment) in [(None, "live"), (Some("acme_test"), "test")] {
+        let reply =
+            post_graphql(&http, addr, QUERY, json!({"id": "acs_demo_paid", "account": account})).await;
+        let session = &reply.body["data"]["checkoutSession"];
+        assert_eq!(session["status"], "COMPLETED", "{}", reply.body);
+        assert_eq!(session["account"], account.unwrap_or("acme"));
+        assert_eq!(session["details"]["note"], environment, "each account has its own sandbox");
+    }
+}
+
+#[test]
+fn without_registration_the_schema_does_not_know_it() {
+    let builtin = checkout_gateway::graphql::sdl(&providers::builtin());
+    assert!(!builtin.contains("ACME") && !builtin.contains("AcmeSessionDetails"));
+    let extended = checkout_gateway::graphql::sdl(&kinds());
+    assert!(extended.contains("AcmeSessionDetails") && extended.contains("Acme Pay, a provider"));
+}
