@@ -12,24 +12,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-/// The provider-independent state of a session (see PROVIDERS.md for the mapping).
+/// The provider-independent state of a session (see PROVIDERS.md for the mapping). Each
+/// value is described where clients see it: `graphql::types::CheckoutStatus` mirrors this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CheckoutStatus {
-    /// Waiting for the person to act.
     Open,
-    /// The payment needs something from the customer or the merchant.
     ActionRequired,
-    /// The payment is being processed.
     Processing,
-    /// Done: the action was completed or the payment succeeded.
     Completed,
-    /// The payment failed; the customer may retry within the same session.
     Failed,
-    /// Cancelled.
     Cancelled,
-    /// The session expired before completion.
     Expired,
-    /// The provider answered with a value this gateway does not know yet (kept in `providerStatus`).
     Unknown,
 }
 
@@ -98,20 +91,14 @@ pub enum ErrorCode {
     UnknownAccount,
 }
 
-/// Why a provider could not give an answer.
+/// Why a provider could not give an answer (described in `graphql::types`, which mirrors it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnavailableReason {
-    /// The gateway has no credentials for this provider.
     NotConfigured,
-    /// The provider said 429.
     RateLimited,
-    /// The provider answered 5xx or a status the gateway does not expect.
     UpstreamError,
-    /// The provider did not answer within the upstream timeout.
     Timeout,
-    /// The provider could not be reached (DNS, connect, TLS, connection reset).
     ConnectionFailed,
-    /// The provider answered 200 with a body that is not a session.
     InvalidResponse,
 }
 
@@ -128,7 +115,7 @@ pub enum FetchError {
     #[error("invalid checkout session id: {0}")]
     InvalidId(&'static str),
     /// The name the client gave (cut to 64 characters): not a secret, and useful to see.
-    #[error("no account named `{0}` is configured for this provider")]
+    #[error("the account `{0}` is not configured for this lookup")]
     UnknownAccount(Arc<str>),
     #[error("{}", unavailable_message(*reason, *upstream_status, *retry_after_seconds))]
     Unavailable {

@@ -117,7 +117,7 @@ impl Application {
                 .collect(),
         ));
         let cache = SessionCache::new(config.cache, metrics.clone());
-        let service = Arc::new(SessionService::new(&accounts, cache));
+        let service = Arc::new(SessionService::new(&accounts, cache)?);
         let schema =
             graphql::schema(Gateway { service: service.clone(), batch_max: config.batch_max }, &kinds);
         let ready = Arc::new(AtomicBool::new(false));

@@ -21,6 +21,8 @@ pub type SessionRef<'a> = (&'a str, Option<&'a str>, &'a str);
 pub struct SessionService {
     /// By the provider's schema name (`DHMAD`).
     providers: HashMap<&'static str, ProviderAccounts>,
+    /// Every account by name: names are unique across providers.
+    accounts: HashMap<Arc<str>, Arc<Account>>,
     cache: SessionCache,
 }
 
@@ -32,9 +34,15 @@ struct ProviderAccounts {
 }
 
 impl SessionService {
-    /// `accounts` must hold at least one account per provider; each provider's default is the
-    /// one marked `default`, else its first.
-    pub fn new(accounts: &[Arc<Account>], cache: SessionCache) -> Self {
+    /// Each provider's default is its account marked `default`, else its first. Account
+    /// names must be unique across providers.
+    pub fn new(accounts: &[Arc<Account>], cache: SessionCache) -> anyhow::Result<Self> {
+        let mut by_name = HashMap::new();
+        for account in accounts {
+            if by_name.insert(account.name().clone(), account.clone()).is_some() {
+                anyhow::bail!("two accounts are named `{}`; account names must be unique", account.name());
+            }
+        }
         let mut providers: HashMap<&'static str, ProviderAccounts> = HashMap::new();
         for account in accounts {
             let entry = providers.entry(account.kind().name).or_insert_with(|| ProviderAccounts {
@@ -47,7 +55,7 @@ impl SessionService {
             }
             entry.by_name.insert(account.name().clone(), account.clone());
         }
-        Self { providers, cache }
+        Ok(Self { providers, accounts: by_name, cache })
     }
 
     /// The account that answers for `provider` and `account`, or the typed reason none does.
@@ -61,6 +69,22 @@ impl SessionService {
             Some(name) => {
                 accounts.by_name.get(name).ok_or_else(|| FetchError::UnknownAccount(Arc::from(bounded(name))))
             }
+        }
+    }
+
+    /// The provider (schema name) of the account named `account`, if there is one.
+    pub fn provider_of(&self, account: &str) -> Option<&'static str> {
+        self.accounts.get(account).map(|account| account.kind().name)
+    }
+
+    /// A session as the account named `account` sees it, whichever provider holds it.
+    pub async fn get_by_account(&self, account: &str, id: &str) -> Lookup {
+        match self.accounts.get(account) {
+            Some(account) => self.cache.lookup(account, id).await,
+            None => Lookup {
+                answer: Err(FetchError::UnknownAccount(Arc::from(bounded(account)))),
+                reusable_for: None,
+            },
         }
     }
 

@@ -80,8 +80,8 @@ struct ScopeState {
     lookups: AtomicUsize,
 }
 
-/// A representation's provider, account (absent for the default key) and id.
-type OwnedEntityKey = (ProviderName, Option<String>, String);
+/// A representation's key fields (see `EntityKey`), owned.
+type OwnedEntityKey = (Option<ProviderName>, Option<String>, String);
 
 #[derive(Debug, Default)]
 struct Reuse {
@@ -119,7 +119,7 @@ impl RequestScope {
     fn entity_copy(&self, key: &EntityKey<'_>) -> usize {
         let mut placed = locked(&self.0.entity_errors);
         let slot = placed
-            .entry((key.provider.clone(), key.account.map(str::to_owned), key.id.to_owned()))
+            .entry((key.provider.cloned(), key.account.map(str::to_owned), key.id.to_owned()))
             .or_default();
         *slot += 1;
         *slot - 1
@@ -256,38 +256,52 @@ impl Query {
         provider: ProviderName,
         id: ID,
     ) -> Option<CheckoutSessionView> {
-        entity(ctx, EntityKey { provider: &provider, account: None, id: &id }).await
+        entity(ctx, EntityKey { provider: Some(&provider), account: None, id: &id }).await
     }
 
-    /// Federation entity resolver for `CheckoutSession @key(fields: "provider account id")`:
-    /// the named account answers.
+    /// Federation entity resolver for `CheckoutSession @key(fields: "account id")`: the named
+    /// account answers (account names are unique across providers).
+    ///
+    /// Not `provider account id`: a query planner that can satisfy two keys takes the one with
+    /// fewer fields (Apollo's do), so a subgraph holding `provider`, `account` and `id` would
+    /// be routed through `provider id` and silently reach the default account. A subgraph that
+    /// declares only `account id` can be routed one way only.
     #[graphql(entity)]
-    async fn find_checkout_session_in_account(
+    async fn find_checkout_session_by_account(
         &self,
         ctx: &Context<'_>,
-        provider: ProviderName,
         account: String,
         id: ID,
     ) -> Option<CheckoutSessionView> {
-        entity(ctx, EntityKey { provider: &provider, account: Some(&account), id: &id }).await
+        entity(ctx, EntityKey { provider: None, account: Some(&account), id: &id }).await
     }
 }
 
-/// A representation's key fields.
+/// A representation's key fields: `provider id` or `account id`.
 struct EntityKey<'a> {
-    provider: &'a ProviderName,
+    provider: Option<&'a ProviderName>,
     account: Option<&'a str>,
     id: &'a str,
 }
 
 async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSessionView> {
-    let lookup = gateway(ctx).service.get(key.provider.as_str(), key.account, key.id).await;
+    let service = &gateway(ctx).service;
+    let (lookup, provider) = match (key.provider, key.account) {
+        (Some(provider), account) => {
+            (service.get(provider.as_str(), account, key.id).await, Some(provider.clone()))
+        }
+        (None, account) => {
+            let account = account.unwrap_or_default();
+            let provider = service.provider_of(account).map(ProviderName::new);
+            (service.get_by_account(account, key.id).await, provider)
+        }
+    };
     observe(ctx, &lookup);
     match lookup.answer {
         Ok(session) => Some(CheckoutSessionView(session)),
         Err(error) => {
             let mut server_error =
-                types::to_graphql_error(key.provider, &error).into_server_error(ctx.item.pos);
+                types::to_graphql_error(provider.as_ref(), &error).into_server_error(ctx.item.pos);
             server_error.path = entity_path(ctx, &key);
             ctx.add_error(server_error);
             None
@@ -302,9 +316,10 @@ fn entity_path(ctx: &Context<'_>, key: &EntityKey<'_>) -> Vec<PathSegment> {
     let copy = ctx.data_opt::<RequestScope>().map_or(0, |scope| scope.entity_copy(key));
     let field = PathSegment::Field(ctx.item.node.response_key().node.to_string());
     // Variables carry the enum as a string, an inline literal as an enum value.
-    let is_provider = |value: Option<&Value>| match value {
-        Some(Value::Enum(name)) => name == &key.provider.0,
-        Some(Value::String(name)) => name.as_str() == key.provider.as_str(),
+    let is_provider = |value: Option<&Value>| match (value, key.provider) {
+        (Some(Value::Enum(name)), Some(provider)) => name == &provider.0,
+        (Some(Value::String(name)), Some(provider)) => name.as_str() == provider.as_str(),
+        (None, None) => true,
         _ => false,
     };
     let is_string = |value: Option<&Value>, expected: Option<&str>| match (value, expected) {

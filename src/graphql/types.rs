@@ -286,10 +286,14 @@ impl CheckoutSessionResult {
 
 /// The same failure as a GraphQL error, where an error is the only way out (federation
 /// `_entities`): `extensions.code` carries the code, `extensions.provider` the provider.
-pub fn to_graphql_error(provider: &ProviderName, error: &FetchError) -> async_graphql::Error {
+/// `provider` is `None` only where it cannot be known (an unknown account in an `account id`
+/// representation).
+pub fn to_graphql_error(provider: Option<&ProviderName>, error: &FetchError) -> async_graphql::Error {
     async_graphql::Error::new(error.to_string()).extend_with(|_, ext| {
         ext.set("code", enum_value(ErrorCode::from(error.code())));
-        ext.set("provider", async_graphql::Value::Enum(provider.0.clone()));
+        if let Some(provider) = provider {
+            ext.set("provider", async_graphql::Value::Enum(provider.0.clone()));
+        }
         if let FetchError::Unavailable { reason, retry_after_seconds, .. } = error {
             ext.set("reason", enum_value(UnavailableReason::from(*reason)));
             if let Some(seconds) = retry_after_seconds {

@@ -144,18 +144,24 @@ async fn both_entity_keys_resolve_and_fail_at_their_index() {
       _entities(representations: $representations) { ... on CheckoutSession { account providerStatus } } }"#;
     let representations = json!([
         {"__typename": "CheckoutSession", "provider": "DODO", "id": "cks_e"},
-        {"__typename": "CheckoutSession", "provider": "DODO", "account": "dodo_test", "id": "cks_e"},
-        {"__typename": "CheckoutSession", "provider": "DODO", "account": "gone", "id": "cks_e"},
+        {"__typename": "CheckoutSession", "account": "dodo_test", "id": "cks_e"},
+        {"__typename": "CheckoutSession", "account": "gone", "id": "cks_e"},
+        {"__typename": "CheckoutSession", "account": "dhmad", "id": "cks_e"},
     ]);
     let reply = app.graphql(query, json!({"representations": representations})).await;
     let entities = reply.data("_entities");
     assert_eq!(entities[0], json!({"account": "dodo", "providerStatus": "succeeded"}));
     assert_eq!(entities[1], json!({"account": "dodo_test", "providerStatus": "failed"}));
-    assert!(entities[2].is_null());
-    let error = &reply.body["errors"][0];
-    assert_eq!(error["path"], json!(["_entities", 2]), "{}", reply.body);
-    assert_eq!(error["extensions"]["code"], "UNKNOWN_ACCOUNT");
-    assert_eq!(error["extensions"]["provider"], "DODO");
+    assert!(entities[2].is_null() && entities[3].is_null());
+    let errors = reply.body["errors"].as_array().unwrap();
+    let at = |index: usize| errors.iter().find(|e| e["path"] == json!(["_entities", index])).unwrap();
+    // An unknown account names no provider: there is none to name.
+    assert_eq!(at(2)["extensions"]["code"], "UNKNOWN_ACCOUNT", "{}", reply.body);
+    assert!(at(2)["extensions"].get("provider").is_none());
+    // A known account answers for its own provider: a Dodo id is no DHMAD id.
+    assert_eq!(at(3)["extensions"]["code"], "INVALID_ID");
+    assert_eq!(at(3)["extensions"]["provider"], "DHMAD");
+    assert_eq!(errors.len(), 2);
 }
 
 #[tokio::test]

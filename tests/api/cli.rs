@@ -69,3 +69,74 @@ fn an_unknown_config_key_is_refused() {
     assert!(stderr.contains("cache_ttl_opne"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+#[test]
+fn the_readme_documents_every_setting_the_code_has() {
+    let readme = readme();
+    let command = checkout_gateway::config::command();
+    let mut checked = 0;
+    for arg in command.get_arguments() {
+        let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else { continue };
+        let row = format!("| `{}` | `--{long}` |", env.to_string_lossy());
+        assert!(readme.contains(&row), "the README's configuration table has no row `{row}`");
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} settings found");
+}
+
+#[test]
+fn the_readme_documents_every_account_key_the_code_has() {
+    // serde's refusal of an unknown key lists every key the code accepts.
+    let dir = std::env::temp_dir().join(format!("cg-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, "[accounts.a]\nno_such_key = 1\n").unwrap();
+    let error = checkout_gateway::config::Sources::from_file(&file).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let expected = error.split("expected one of").nth(1).expect("serde lists the keys");
+    let keys: Vec<&str> = expected.split(',').map(|key| key.trim().trim_matches('`')).collect();
+    assert!(keys.contains(&"api_key_file"), "{keys:?}");
+    let readme = readme();
+    for key in keys {
+        assert!(
+            readme.contains(&format!("| `{key}` |")),
+            "the README's accounts table has no row for `{key}`"
+        );
+    }
+}
+
+#[test]
+fn the_production_config_file_and_its_account_example_are_valid() {
+    use checkout_gateway::config::{Config, Sources};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/overlays/production/gateway.toml");
+    let shipped = Config::resolve_sources(Sources::from_file(std::path::Path::new(path)).unwrap()).unwrap();
+    assert!(shipped.accounts.is_empty(), "the shipped file only explains");
+
+    // The commented example, uncommented, with its key file where the Secret would be.
+    let dir = std::env::temp_dir().join(format!("cg-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("DODO_TEST_API_KEY");
+    std::fs::write(&key, "dodo-test-key\n").unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let example: String = text
+        .lines()
+        .skip_while(|line| !line.starts_with("# [accounts."))
+        .take_while(|line| *line != "#")
+        .map(|line| {
+            line.trim_start_matches("# ").replace("/var/run/secrets/checkout-gateway", dir.to_str().unwrap())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(example.contains("api_key_file"), "{example}");
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, example).unwrap();
+    let config = Config::resolve_sources(Sources::from_file(&file).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let account = &config.accounts[0];
+    assert_eq!((&*account.name, account.base_url.as_str()), ("dodo_test", "https://test.dodopayments.com"));
+    assert_eq!(account.api_key.as_ref().map(|k| k.expose()), Some("dodo-test-key"));
+}

@@ -14,6 +14,7 @@ mod dhmad;
 mod dodo;
 mod federation;
 mod graphql;
+mod layers;
 mod ops;
 mod process;
 mod third_provider;

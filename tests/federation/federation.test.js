@@ -213,9 +213,10 @@ describe('composition of schema.graphql with the orders subgraph', () => {
     const session = supergraph.getType('CheckoutSession');
     assert.ok(session, 'supergraph has CheckoutSession');
 
-    // An entity of both subgraphs, under the same key.
-    assert.ok(hasKey(session, 'CHECKOUT', 'provider id'), 'CheckoutSession @key from checkout');
-    assert.ok(hasKey(session, 'ORDERS', 'provider id'), 'CheckoutSession @key from orders');
+    // An entity of both subgraphs: checkout resolves both keys, orders refers by the account key.
+    assert.ok(hasKey(session, 'CHECKOUT', 'provider id'), 'CheckoutSession @key(provider id) from checkout');
+    assert.ok(hasKey(session, 'CHECKOUT', 'account id'), 'CheckoutSession @key(account id) from checkout');
+    assert.ok(hasKey(session, 'ORDERS', 'account id'), 'CheckoutSession @key from orders');
 
     const fields = Object.keys(session.getFields());
     for (const f of ['provider', 'id', 'status', 'providerStatus', 'customerEmail', 'fetchedAt', 'details', 'order']) {
@@ -225,9 +226,11 @@ describe('composition of schema.graphql with the orders subgraph', () => {
     assert.deepEqual(joinGraphsOfField(session, 'status'), ['CHECKOUT']);
     assert.deepEqual(joinGraphsOfField(session, 'customerEmail'), ['CHECKOUT']);
     assert.deepEqual(joinGraphsOfField(session, 'order'), ['ORDERS']);
-    // Key fields carry no @join__field: every subgraph that has the type can resolve them.
+    // Key fields shared by both carry no @join__field: either subgraph can resolve them.
     assert.deepEqual(joinGraphsOfField(session, 'id'), []);
-    assert.deepEqual(joinGraphsOfField(session, 'provider'), []);
+    assert.deepEqual(joinGraphsOfField(session, 'account'), []);
+    // `provider` is ours alone: orders refers by `account id` (account names are unique).
+    assert.deepEqual(joinGraphsOfField(session, 'provider'), ['CHECKOUT']);
 
     const queryType = supergraph.getQueryType();
     const query = Object.keys(queryType.getFields());
@@ -278,7 +281,7 @@ describe('checkout-gateway --demo behind an Apollo Gateway (IntrospectAndCompose
     assert.equal(body.errors, undefined, JSON.stringify(body.errors));
     const live = body.data._service.sdl;
     assert.match(live, /@link\(\s*url:\s*"https:\/\/specs\.apollo\.dev\/federation\/v2\.\d+"/);
-    assert.match(live, /type CheckoutSession @key\(fields: "provider id"\)/);
+    assert.match(live, /type CheckoutSession @key\(fields: "provider id"\) @key\(fields: "account id"\)/);
     assert.deepEqual(sdlShape(live), sdlShape(readFileSync(COMMITTED_SDL, 'utf8')));
   });
 
@@ -323,7 +326,7 @@ describe('checkout-gateway --demo behind an Apollo Gateway (IntrospectAndCompose
     assert.deepEqual(seen.get(at('ord_1007'))?.[0], ['FORBIDDEN', 'DHMAD'], context);
     assert.deepEqual(seen.get(at('ord_1008'))?.[0], ['NOT_FOUND', 'DODO'], context);
     // No error anywhere else (ord_1010 shares ord_1006's session; see the next test).
-    const allowed = new Set(['ord_1006', 'ord_1007', 'ord_1008', 'ord_1010'].map(at));
+    const allowed = new Set(['ord_1006', 'ord_1007', 'ord_1008', 'ord_1010', 'ord_1012'].map(at));
     for (const path of seen.keys()) assert.ok(allowed.has(path), `unexpected error at ${path}; ${context}`);
   });
 
@@ -340,7 +343,33 @@ describe('checkout-gateway --demo behind an Apollo Gateway (IntrospectAndCompose
     assert.deepEqual(seen.get(at('ord_1010')), [['FORBIDDEN', 'DODO']], context);
     assert.deepEqual(seen.get(at('ord_1007')), [['FORBIDDEN', 'DHMAD']], context);
     assert.deepEqual(seen.get(at('ord_1008')), [['NOT_FOUND', 'DODO']], context);
-    assert.equal(body.errors.length, 4, context);
+    // An unknown account in an `account id` representation names no provider: none is known.
+    assert.deepEqual(seen.get(at('ord_1012')), [['UNKNOWN_ACCOUNT', undefined]], context);
+    assert.equal(body.errors.length, 5, context);
+  });
+
+  it('orders -> session by the account key: the named account answers', async () => {
+    const body = await query(`{
+      a: order(id: "ord_1001") { checkoutSession { provider account id status } }
+      b: order(id: "ord_1011") { checkoutSession { provider account id status } }
+    }`);
+    assert.equal(body.errors, undefined, JSON.stringify(body.errors));
+    assert.deepEqual(body.data.a.checkoutSession,
+      { provider: 'DODO', account: 'dodo', id: 'cks_demo_succeeded', status: 'COMPLETED' });
+    assert.deepEqual(body.data.b.checkoutSession,
+      { provider: 'DODO', account: 'dodo_test', id: 'cks_demo_succeeded', status: 'COMPLETED' });
+  });
+
+  it('session -> order by the account key: the same id in another account is another order', async () => {
+    const body = await query(`{
+      live: checkoutSession(provider: DODO, id: "cks_demo_succeeded") { ... on CheckoutSession { account order { id } } }
+      test: checkoutSession(provider: DODO, id: "cks_demo_succeeded", account: "dodo_test") { ... on CheckoutSession { account order { id } } }
+    }`);
+    assert.equal(body.errors, undefined, JSON.stringify(body.errors));
+    assert.deepEqual(body.data, {
+      live: { account: 'dodo', order: { id: 'ord_1001' } },
+      test: { account: 'dodo_test', order: { id: 'ord_1011' } },
+    });
   });
 
   it('session -> order: the order comes from the other subgraph, by our key', async () => {

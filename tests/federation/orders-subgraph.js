@@ -1,5 +1,7 @@
 // A second, deliberately small Federation v2 subgraph: it owns `Order`, and each order refers to
-// one of checkout-gateway's sessions by that entity's key (`provider id`). It also contributes a
+// one of checkout-gateway's sessions by that entity's account key (`account id`): an order knows
+// which of the merchant's accounts took the payment. (Declaring `provider` here too would let a
+// query planner route through the smaller `provider id` key, to the provider's default account.) It also contributes a
 // field, `order`, to checkout-gateway's `CheckoutSession` entity, so a query can travel in both
 // directions through the Apollo Gateway:
 //
@@ -36,17 +38,11 @@ export const typeDefsSource = /* GraphQL */ `
     checkoutSession: CheckoutSession
   }
 
-  "checkout-gateway's entity. This subgraph knows only its key, and adds the order it paid for."
-  type CheckoutSession @key(fields: "provider id") {
-    provider: Provider!
+  "checkout-gateway's entity. This subgraph knows only its account key, and adds the order it paid for."
+  type CheckoutSession @key(fields: "account id") {
+    account: String!
     id: ID!
     order: Order
-  }
-
-  "Must stay identical to checkout-gateway's enum: it is an input type there, so composition demands it."
-  enum Provider {
-    DHMAD
-    DODO
   }
 `;
 
@@ -57,28 +53,32 @@ export const DHMAD_COMPLETED = 'd4a1e000-0000-4000-8000-000000000002';
 export const DHMAD_OPEN = 'd4a1e000-0000-4000-8000-000000000001';
 export const DHMAD_FORBIDDEN = 'd4a1e000-0000-4000-8000-000000000403';
 
-/** @type {{id: string, total: number, session: {provider: 'DHMAD' | 'DODO', id: string} | null}[]} */
+/** @type {{id: string, total: number, session: {account: string, id: string} | null}[]} */
 export const ORDERS = [
-  { id: 'ord_1001', total: 4200, session: { provider: 'DODO', id: 'cks_demo_succeeded' } },
-  { id: 'ord_1002', total: 1500, session: { provider: 'DODO', id: 'cks_demo_open' } },
-  { id: 'ord_1003', total: 999, session: { provider: 'DODO', id: 'cks_demo_failed' } },
-  { id: 'ord_1004', total: 2500, session: { provider: 'DHMAD', id: DHMAD_COMPLETED } },
-  { id: 'ord_1005', total: 1200, session: { provider: 'DHMAD', id: DHMAD_OPEN } },
-  { id: 'ord_1006', total: 700, session: { provider: 'DODO', id: 'cks_err_403' } },
-  { id: 'ord_1007', total: 300, session: { provider: 'DHMAD', id: DHMAD_FORBIDDEN } },
-  { id: 'ord_1008', total: 100, session: { provider: 'DODO', id: 'cks_missing' } },
+  { id: 'ord_1001', total: 4200, session: { account: 'dodo', id: 'cks_demo_succeeded' } },
+  { id: 'ord_1002', total: 1500, session: { account: 'dodo', id: 'cks_demo_open' } },
+  { id: 'ord_1003', total: 999, session: { account: 'dodo', id: 'cks_demo_failed' } },
+  { id: 'ord_1004', total: 2500, session: { account: 'dhmad', id: DHMAD_COMPLETED } },
+  { id: 'ord_1005', total: 1200, session: { account: 'dhmad', id: DHMAD_OPEN } },
+  { id: 'ord_1006', total: 700, session: { account: 'dodo', id: 'cks_err_403' } },
+  { id: 'ord_1007', total: 300, session: { account: 'dhmad', id: DHMAD_FORBIDDEN } },
+  { id: 'ord_1008', total: 100, session: { account: 'dodo', id: 'cks_missing' } },
   // A second order on the same unreadable session: the gateway sends both representations in one
   // `_entities` call, and each must get its own null and its own error.
-  { id: 'ord_1010', total: 650, session: { provider: 'DODO', id: 'cks_err_403' } },
+  { id: 'ord_1010', total: 650, session: { account: 'dodo', id: 'cks_err_403' } },
+  // Paid through the demo's second Dodo account (test mode): the same id there is another session.
+  { id: 'ord_1011', total: 875, session: { account: 'dodo_test', id: 'cks_demo_succeeded' } },
+  // An account checkout-gateway does not have: an UNKNOWN_ACCOUNT error for this order alone.
+  { id: 'ord_1012', total: 25, session: { account: 'dodo_retired', id: 'cks_demo_succeeded' } },
   // An order paid some other way: no session, so the gateway must not ask checkout-gateway.
   { id: 'ord_1009', total: 50, session: null },
 ];
 
 const orderById = (id) => ORDERS.find((o) => o.id === id) ?? null;
 
-// Both key fields matter: the same id under another provider is another session.
-const orderBySession = ({ provider, id }) =>
-  ORDERS.find((o) => o.session && o.session.provider === provider && o.session.id === id) ?? null;
+// Both key fields matter: the same id in another account is another session.
+const orderBySession = ({ account, id }) =>
+  ORDERS.find((o) => o.session && o.session.account === account && o.session.id === id) ?? null;
 
 export const resolvers = {
   Query: {
@@ -92,7 +92,7 @@ export const resolvers = {
       order.session && { __typename: 'CheckoutSession', ...order.session },
   },
   CheckoutSession: {
-    __resolveReference: (ref) => ({ provider: ref.provider, id: ref.id }),
+    __resolveReference: (ref) => ({ account: ref.account, id: ref.id }),
     order: (session) => orderBySession(session),
   },
 };
