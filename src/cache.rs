@@ -4,6 +4,8 @@
 //! session for long, an open one briefly and never past its own expiry, a not-found very
 //! briefly, and an error never. Concurrent misses for one key share one upstream call
 //! (`try_get_with`), including calls whose answer is not stored.
+//!
+//! Owns: the lifetimes ([`CachePolicy`]) and the one session cache, keyed by account scope and id.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,22 +2,28 @@
 //!
 //! # Layout
 //!
-//! A request flows top to bottom:
+//! A request flows top to bottom; each module imports only modules below it (a test fails on
+//! an import circle):
 //!
-//! - [`server`]: axum routes (`/graphql`, `/livez`, `/readyz`, `/metrics`), startup and graceful
-//!   shutdown.
+//! - [`server`]: axum routes (`/graphql`, `/livez`, `/readyz`, `/metrics`), wiring, `--demo`,
+//!   graceful shutdown.
 //! - [`response_cache`]: whole answers replayed while everything in them may be reused.
 //! - [`graphql`]: the schema and thin resolvers; answers become members of a result union,
 //!   errors are data with a stable code.
-//! - [`service`]: picks the provider, answers batches in order with each session asked once.
-//! - [`cache`]: moka in front of each provider; lifetime by what the answer says; concurrent
+//! - [`service`]: picks the account, answers batches in order with each session asked once.
+//! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`],
+//!   accounts included.
+//! - [`cache`]: moka in front of every account; lifetime by what the answer says; concurrent
 //!   misses share one upstream call.
-//! - [`providers`]: one module per provider behind [`providers::SessionProvider`]; wire types
-//!   and mapping stay inside; `upstream` holds the shared HTTP call.
-//! - [`domain`]: the provider-independent session and error types.
-//! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`].
-//! - [`sandbox`]: built-in stand-ins for the providers, for `--demo` and benchmarks.
-//! - [`metrics`], [`telemetry`]: Prometheus metrics; logs, OTLP traces and request ids.
+//! - [`providers`]: what a provider is ([`providers::ProviderKind`]), the one list of them
+//!   ([`providers::builtin`]), accounts, and one folder per provider (client and wire types,
+//!   details type, sandbox); `upstream` holds the shared HTTP call.
+//! - [`view`]: the schema types whose members come from the providers (`Provider`,
+//!   `ProviderDetails`).
+//! - [`sandbox`]: serving a provider's built-in stand-in, for `--demo` and benchmarks.
+//! - [`metrics`], [`telemetry`], [`net`]: Prometheus metrics; logs, OTLP traces and request
+//!   ids; the outbound HTTP client.
+//! - [`domain`]: the provider-independent session and error types: no provider, no GraphQL.
 
 pub mod cache;
 pub mod config;

@@ -1,5 +1,8 @@
 //! Prometheus metrics, one registry per application (so tests running several gateways in one
 //! process never mix counts). Exposed at `/metrics` in the Prometheus text format.
+//!
+//! Owns: every metric's name, help and labels. Label values come from fixed sets (routes,
+//! providers, configured accounts, outcomes).
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,

@@ -1,6 +1,10 @@
 //! HTTP: `/graphql` (POST, GET for queries, GraphiQL for browsers), `/livez`, `/readyz`,
 //! `/metrics`; startup ([`Application::build`], which reports the port it bound) and graceful
 //! shutdown.
+//!
+//! Owns: the HTTP edge and the wiring of every part (`Application::build_with`), including
+//! `--demo` (one sandbox and one account per environment of each provider) and `/readyz`'s
+//! per-account credential report.
 
 use std::collections::BTreeMap;
 use std::future::Future;

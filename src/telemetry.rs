@@ -2,6 +2,8 @@
 //! OpenTelemetry traces over OTLP/HTTP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. Also the request id that follows a request
 //! from the HTTP layer to the provider calls it causes.
+//!
+//! Owns: the log format, the subscriber, the exporter, the request id.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;

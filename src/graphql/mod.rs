@@ -1,6 +1,9 @@
 //! The GraphQL schema: thin resolvers over [`SessionService`]. Each answer becomes a member of
 //! the `CheckoutSessionResult` union; the federation entity resolver goes through the same
 //! service, so a router's fetch of a cached session costs no upstream call.
+//!
+//! Owns: the schema (built for a list of providers), the resolvers, the per-request scope
+//! (reuse, entity error placement, the session budget) and the parsed-document cache.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

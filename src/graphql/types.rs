@@ -1,5 +1,7 @@
 //! The GraphQL face of the domain types. Sessions are shared behind `Arc` (a cache hit hands
 //! out the stored session), so these are thin views, not copies.
+//!
+//! Owns: the schema's object, error and union types and the mirrors of the domain enums.
 
 use std::sync::Arc;
 
