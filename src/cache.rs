@@ -130,7 +130,10 @@ impl SessionCache {
     pub async fn lookup(&self, account: &Account, id: &str) -> Lookup {
         let label = [account.kind().slug, &**account.name()];
         // The id is shared by the key and, on a miss, the session the provider builds.
-        let id: Arc<str> = Arc::from(id);
+        let id = match account.client.canonical_id(id) {
+            Ok(id) => id,
+            Err(invalid) => return Lookup { answer: Err(invalid), reusable_for: None },
+        };
         let key: Key = (account.scope.clone(), id.clone());
         // The common case, a hit, is one read; only a miss goes through the shared insert.
         if let Some(entry) = self.cache.get(&key).await {

@@ -99,9 +99,14 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_CACHE_TTL_NOT_FOUND", value_name = "DURATION")]
     pub cache_ttl_not_found: Option<String>,
 
-    /// Most refs one `checkoutSessions` call may ask for [default: 100].
+    /// Most sessions one request may ask for through `checkoutSession` and `checkoutSessions`,
+    /// aliases included [default: 100].
     #[arg(long, env = "GATEWAY_BATCH_MAX", value_name = "N")]
     pub batch_max: Option<String>,
+
+    /// Most representations one request's federation `_entities` may resolve [default: 2000].
+    #[arg(long, env = "GATEWAY_ENTITIES_MAX", value_name = "N")]
+    pub entities_max: Option<String>,
 
     /// Log format: `text` or `json` [default: text]. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT")]
@@ -140,6 +145,7 @@ impl Settings {
             cache_ttl_open,
             cache_ttl_not_found,
             batch_max,
+            entities_max,
             log_format,
             shutdown_delay,
             shutdown_grace,
@@ -371,6 +377,7 @@ pub struct Config {
     /// Bytes of whole responses kept for replay; 0: none.
     pub response_cache_bytes: u64,
     pub batch_max: usize,
+    pub entities_max: usize,
     pub log_format: LogFormat,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
@@ -485,6 +492,7 @@ impl Config {
                 0..=1 << 40,
             )?,
             batch_max: positive("batch_max", &settings.batch_max, 100, 10_000)? as usize,
+            entities_max: positive("entities_max", &settings.entities_max, 2_000, 100_000)? as usize,
             log_format,
             shutdown_delay: duration("shutdown_delay", &settings.shutdown_delay, "5s")?,
             shutdown_grace: duration("shutdown_grace", &settings.shutdown_grace, "20s")?,

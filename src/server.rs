@@ -122,8 +122,14 @@ impl Application {
         ));
         let cache = SessionCache::new(config.cache, metrics.clone());
         let service = Arc::new(SessionService::new(&accounts, cache)?);
-        let schema =
-            graphql::schema(Gateway { service: service.clone(), batch_max: config.batch_max }, &kinds);
+        let schema = graphql::schema(
+            Gateway {
+                service: service.clone(),
+                batch_max: config.batch_max,
+                entities_max: config.entities_max,
+            },
+            &kinds,
+        );
         let ready = Arc::new(AtomicBool::new(false));
         let router = router(AppState {
             schema,

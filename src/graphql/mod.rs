@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_graphql::parser::types::ExecutableDocument;
@@ -31,8 +31,11 @@ pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
 #[derive(Debug)]
 pub struct Gateway {
     pub service: Arc<SessionService>,
-    /// Most refs one `checkoutSessions` call may ask for.
+    /// Most sessions one request may ask for through `checkoutSession` and
+    /// `checkoutSessions`, aliases included.
     pub batch_max: usize,
+    /// Most representations one request's `_entities` may resolve (a router's batch).
+    pub entities_max: usize,
 }
 
 /// Generous for any real query (ours nest four levels; introspection about a dozen), tight
@@ -73,10 +76,15 @@ pub struct RequestScope(Arc<ScopeState>);
 #[derive(Debug, Default)]
 struct ScopeState {
     reuse: Mutex<Reuse>,
-    /// Errors already placed per `(provider, account, id)`: when a router repeats a
+    /// Errors already placed per representation key: when a router repeats a
     /// representation, the n-th failure lands on the n-th copy, so every null gets its own
     /// error.
     entity_errors: Mutex<HashMap<OwnedEntityKey, usize>>,
+    /// Where each representation key stands in `_entities(representations:)`, read once per
+    /// request on the first failure (not once per failure: that made `_entities` quadratic).
+    entity_positions: OnceLock<HashMap<OwnedEntityKey, Vec<usize>>>,
+    /// Representations `_entities` has resolved so far.
+    entities: AtomicUsize,
     /// Sessions `checkoutSession` and `checkoutSessions` have asked for, so that aliases
     /// cannot multiply one request past the batch limit. (`_entities` is not counted: a
     /// router's fan-out is bounded by the body size and the per-provider concurrency.)
@@ -117,15 +125,23 @@ impl RequestScope {
         reuse.shortest.filter(|_| !reuse.no_store && !response_has_errors)
     }
 
-    /// Which copy of this representation this entity failure belongs to: 0 for the first,
-    /// then 1, …
-    fn entity_copy(&self, key: &EntityKey<'_>) -> usize {
-        let mut placed = locked(&self.0.entity_errors);
-        let slot = placed
-            .entry((key.provider.cloned(), key.account.map(str::to_owned), key.id.to_owned()))
-            .or_default();
-        *slot += 1;
-        *slot - 1
+    /// The index in `representations` of the failing entity `key`: its n-th copy for the
+    /// n-th failure with that key.
+    fn entity_index(&self, ctx: &Context<'_>, key: &EntityKey<'_>) -> Option<usize> {
+        let key = key.owned();
+        let copy = {
+            let mut placed = locked(&self.0.entity_errors);
+            let slot = placed.entry(key.clone()).or_default();
+            *slot += 1;
+            *slot - 1
+        };
+        let positions = self.0.entity_positions.get_or_init(|| entity_positions(ctx));
+        positions.get(&key).and_then(|indices| indices.get(copy)).copied()
+    }
+
+    /// Counts one more `_entities` representation; false once past `max`.
+    fn ask_entity(&self, max: usize) -> bool {
+        self.0.entities.fetch_add(1, Ordering::Relaxed) < max
     }
 
     /// Adds `lookups` to the sessions asked for; returns the total so far.
@@ -288,7 +304,21 @@ struct EntityKey<'a> {
 }
 
 async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSessionView> {
-    let service = &gateway(ctx).service;
+    let gateway = gateway(ctx);
+    let scope = ctx.data_opt::<RequestScope>();
+    if !scope.is_none_or(|scope| scope.ask_entity(gateway.entities_max)) {
+        let max = gateway.entities_max;
+        let error = async_graphql::Error::new(format!(
+            "one request may resolve at most {max} entities (GATEWAY_ENTITIES_MAX); this one asks for more"
+        ))
+        .extend_with(|_, ext| {
+            ext.set("code", "BATCH_TOO_LARGE");
+            ext.set("max", max);
+        });
+        place_entity_error(ctx, &key, error);
+        return None;
+    }
+    let service = &gateway.service;
     let (lookup, provider) = match (key.provider, key.account) {
         (Some(provider), account) => {
             (service.get(provider.as_str(), account, key.id).await, Some(provider.clone()))
@@ -303,48 +333,54 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
     match lookup.answer {
         Ok(session) => Some(CheckoutSessionView(session)),
         Err(error) => {
-            let mut server_error =
-                types::to_graphql_error(provider.as_ref(), &error).into_server_error(ctx.item.pos);
-            server_error.path = entity_path(ctx, &key);
-            ctx.add_error(server_error);
+            place_entity_error(ctx, &key, types::to_graphql_error(provider.as_ref(), &error));
             None
         }
     }
 }
 
-/// The response path of the representation with `key`: `_entities.<index>`. The entity
-/// resolver is not told its index, so it is found in the arguments (only on the error path);
-/// a repeated representation takes its copies in turn.
-fn entity_path(ctx: &Context<'_>, key: &EntityKey<'_>) -> Vec<PathSegment> {
-    let copy = ctx.data_opt::<RequestScope>().map_or(0, |scope| scope.entity_copy(key));
+/// Adds `error` at `_entities.<index>` of the representation `key`. The entity resolver is not
+/// told its index, so it is looked up (only on the error path); a repeated representation
+/// takes its copies in turn.
+fn place_entity_error(ctx: &Context<'_>, key: &EntityKey<'_>, error: async_graphql::Error) {
+    let mut server_error = error.into_server_error(ctx.item.pos);
     let field = PathSegment::Field(ctx.item.node.response_key().node.to_string());
-    // Variables carry the enum as a string, an inline literal as an enum value.
-    let is_provider = |value: Option<&Value>| match (value, key.provider) {
-        (Some(Value::Enum(name)), Some(provider)) => name == &provider.0,
-        (Some(Value::String(name)), Some(provider)) => name.as_str() == provider.as_str(),
-        (None, None) => true,
-        _ => false,
-    };
-    let is_string = |value: Option<&Value>, expected: Option<&str>| match (value, expected) {
-        (Some(Value::String(given)), Some(expected)) => given == expected,
-        (None, None) => true,
-        _ => false,
-    };
-    let index = ctx.param_value::<Vec<async_graphql::Any>>("representations", None).ok().and_then(
-        |(_, representations)| {
-            let mut matching = representations.iter().enumerate().filter(|(_, rep)| match &rep.0 {
-                Value::Object(fields) => {
-                    is_provider(fields.get("provider"))
-                        && is_string(fields.get("id"), Some(key.id))
-                        && is_string(fields.get("account"), key.account)
-                }
-                _ => false,
-            });
-            matching.nth(copy).map(|(index, _)| index)
-        },
-    );
-    match index {
+    let index = ctx.data_opt::<RequestScope>().and_then(|scope| scope.entity_index(ctx, key));
+    server_error.path = match index {
         Some(index) => vec![field, PathSegment::Index(index)],
         None => vec![field],
+    };
+    ctx.add_error(server_error);
+}
+
+impl EntityKey<'_> {
+    fn owned(&self) -> OwnedEntityKey {
+        (self.provider.cloned(), self.account.map(str::to_owned), self.id.to_owned())
     }
+}
+
+/// Every representation's key and its indices, in one pass. A representation's key is the
+/// one async-graphql resolves it by: `provider id` when it has both, else `account id`.
+fn entity_positions(ctx: &Context<'_>) -> HashMap<OwnedEntityKey, Vec<usize>> {
+    let mut positions: HashMap<OwnedEntityKey, Vec<usize>> = HashMap::new();
+    let Ok((_, representations)) = ctx.param_value::<Vec<async_graphql::Any>>("representations", None) else {
+        return positions;
+    };
+    let text = |value: Option<&Value>| match value {
+        Some(Value::String(text)) => Some(text.clone()),
+        // Variables carry the enum as a string, an inline literal as an enum value.
+        Some(Value::Enum(name)) => Some(name.to_string()),
+        _ => None,
+    };
+    for (index, representation) in representations.iter().enumerate() {
+        let Value::Object(fields) = &representation.0 else { continue };
+        let Some(id) = text(fields.get("id")) else { continue };
+        let key = match (text(fields.get("provider")), text(fields.get("account"))) {
+            (Some(provider), _) => (Some(ProviderName::new(&provider)), None, id),
+            (None, Some(account)) => (None, Some(account), id),
+            (None, None) => continue,
+        };
+        positions.entry(key).or_default().push(index);
+    }
+    positions
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{CheckoutSession, FetchResult, Secret};
+use crate::domain::{CheckoutSession, FetchError, FetchResult, Secret};
 use crate::metrics::Metrics;
 use crate::sandbox::SandboxSpec;
 use crate::view::{DetailsObject, ProviderSchema};
@@ -159,8 +159,12 @@ impl Account {
 /// Something that can fetch a checkout session from one provider, with one account.
 #[async_trait]
 pub trait SessionProvider: Send + Sync + fmt::Debug {
-    /// Fetches one session. An id that cannot be valid for this provider is refused here,
-    /// before any upstream call.
+    /// The one spelling of `id` that the cache and the provider see, or `InvalidId` for an id
+    /// that cannot exist at this provider: checked before the cache and any call, so that
+    /// spellings of one session share one entry and junk never reaches the provider.
+    fn canonical_id(&self, id: &str) -> Result<Arc<str>, FetchError>;
+
+    /// Fetches one session by its canonical id.
     async fn fetch_session(&self, id: &Arc<str>) -> FetchResult;
 
     /// Whether the provider accepts the account's key, checked once at startup where the

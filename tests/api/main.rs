@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod helpers;
+mod hardening;
 
 mod accounts;
 mod cache;

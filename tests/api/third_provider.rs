@@ -54,10 +54,18 @@ struct AcmeClient {
 
 #[async_trait]
 impl SessionProvider for AcmeClient {
-    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
-        if !id.starts_with("acs_") {
-            return Err(FetchError::InvalidId("an Acme session id starts with acs_"));
+    fn canonical_id(&self, id: &str) -> Result<Arc<str>, FetchError> {
+        match id.strip_prefix("acs_") {
+            Some(rest)
+                if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                Ok(Arc::from(id))
+            }
+            _ => Err(FetchError::InvalidId("an Acme session id is acs_ and letters, digits or _")),
         }
+    }
+
+    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         let response = self.upstream.get(&["v2", "sessions", id]).await?;
         if response.status != 200 {
             return Err(self.upstream.error_for(&response, None));

@@ -41,8 +41,16 @@ pub struct DhmadClient {
 
 #[async_trait]
 impl SessionProvider for DhmadClient {
+    /// DHMAD session ids are UUIDs; any spelling `uuid` accepts (upper case, no hyphens,
+    /// braces, `urn:uuid:`) becomes the lower-case hyphenated form DHMAD issues.
+    fn canonical_id(&self, id: &str) -> Result<Arc<str>, FetchError> {
+        let uuid = uuid::Uuid::try_parse(id.trim())
+            .map_err(|_| FetchError::InvalidId("a DHMAD session id is a UUID"))?;
+        let canonical = uuid.hyphenated().to_string();
+        Ok(if canonical == id { Arc::from(id) } else { Arc::from(canonical) })
+    }
+
     async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
-        validate_id(id)?;
         let response = self.upstream.get(&["sessions", id]).await?;
         if response.status != 200 {
             return Err(self.upstream.error_for(&response, body_retry_after(&response)));
@@ -56,11 +64,6 @@ impl SessionProvider for DhmadClient {
     async fn check_credentials(&self) -> CredentialStatus {
         self.upstream.probe(&["me"]).await
     }
-}
-
-/// DHMAD session ids are UUIDs; anything else cannot exist there.
-fn validate_id(id: &str) -> Result<(), FetchError> {
-    uuid::Uuid::try_parse(id).map(|_| ()).map_err(|_| FetchError::InvalidId("a DHMAD session id is a UUID"))
 }
 
 #[derive(Deserialize)]

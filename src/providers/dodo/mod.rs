@@ -46,8 +46,12 @@ pub struct DodoClient {
 
 #[async_trait]
 impl SessionProvider for DodoClient {
-    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
+    fn canonical_id(&self, id: &str) -> Result<Arc<str>, FetchError> {
         validate_id(id)?;
+        Ok(Arc::from(id))
+    }
+
+    async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         let response = self.upstream.get(&["checkouts", id]).await?;
         if response.status != 200 {
             // Dodo's error body (`{"code", "message"}`) adds nothing the status does not say;
