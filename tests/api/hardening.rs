@@ -63,7 +63,8 @@ async fn entities_past_their_bound_are_refused_without_a_call() {
         .collect();
     let reply = app.graphql(ENTITIES, json!({"representations": representations})).await;
     let errors = reply.body["errors"].as_array().unwrap();
-    let too_large: Vec<&Value> = errors.iter().filter(|e| e["extensions"]["code"] == "BATCH_TOO_LARGE").collect();
+    let too_large: Vec<&Value> =
+        errors.iter().filter(|e| e["extensions"]["code"] == "BATCH_TOO_LARGE").collect();
     assert_eq!(too_large.len(), 2, "{}", reply.body);
     assert!(too_large.iter().all(|e| e["extensions"]["max"] == 3 && e["path"][1].is_u64()));
     assert_eq!(app.dodo.received_requests().await.unwrap().len(), 3, "only the first three were asked");

@@ -4,8 +4,8 @@
 // A failed unwrap in a test is a failed test with a backtrace: what we want.
 #![allow(clippy::unwrap_used)]
 
-mod helpers;
 mod hardening;
+mod helpers;
 
 mod accounts;
 mod cache;
