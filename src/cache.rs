@@ -15,7 +15,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 
-use crate::domain::{CheckoutStatus, FetchError, FetchResult};
+use crate::domain::{CheckoutSession, CheckoutStatus, FetchError, FetchResult};
 use crate::metrics::Metrics;
 use crate::providers::Account;
 
@@ -30,6 +30,9 @@ pub struct CachePolicy {
     pub open: Duration,
     /// A 404: may be a session created a moment ago, or a key of the wrong environment.
     pub not_found: Duration,
+    /// How old a session may be and still be served, marked stale, while its provider cannot
+    /// answer; zero: never.
+    pub stale_if_error: Duration,
     /// The most entries kept.
     pub max_entries: u64,
 }
@@ -41,6 +44,7 @@ impl Default for CachePolicy {
             failed: Duration::from_secs(30),
             open: Duration::from_secs(5),
             not_found: Duration::from_secs(2),
+            stale_if_error: Duration::from_secs(3600),
             max_entries: 100_000,
         }
     }
@@ -90,11 +94,22 @@ impl Expiry<Key, Entry> for ByAnswer {
 /// Whose view (account, provider, environment, credential fingerprint) and which session.
 type Key = (Arc<str>, Arc<str>);
 
-/// An answer and for how much longer a client may reuse it (`None`: not at all).
+/// An answer and until when a client may reuse it (`None`: not at all). The moment is
+/// absolute, so that whatever happens after the lookup (a slow sibling in a batch,
+/// serialising, replay) nothing is announced or replayed past it.
 #[derive(Clone, Debug)]
 pub struct Lookup {
     pub answer: FetchResult,
-    pub reusable_for: Option<Duration>,
+    pub reusable_until: Option<Instant>,
+    /// The provider could not answer; `answer` is an earlier session (see `stale_if_error`).
+    pub stale: bool,
+}
+
+impl Lookup {
+    /// An answer that must not be reused.
+    pub fn once(answer: FetchResult) -> Self {
+        Self { answer, reusable_until: None, stale: false }
+    }
 }
 
 /// One cache for every account: bounded in total, keyed by whose view and which session.
@@ -102,6 +117,9 @@ pub struct Lookup {
 pub struct SessionCache {
     policy: CachePolicy,
     cache: Cache<Key, Entry>,
+    /// Every session fetched within `stale_if_error`, to answer with while its provider
+    /// cannot (`None`: off). Holds the same `Arc`s as `cache`: a key and a pointer each.
+    stale: Option<Cache<Key, Arc<CheckoutSession>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -122,7 +140,14 @@ impl SessionCache {
                 evictions.with_label_values(&[cause]).inc();
             })
             .build();
-        Self { policy, cache, metrics }
+        let stale = (!policy.stale_if_error.is_zero()).then(|| {
+            Cache::builder()
+                .name("stale sessions")
+                .max_capacity(policy.max_entries)
+                .time_to_live(policy.stale_if_error)
+                .build()
+        });
+        Self { policy, cache, stale, metrics }
     }
 
     /// The stored answer for `id` as `account` sees it, or the provider's answer now (shared
@@ -132,7 +157,7 @@ impl SessionCache {
         // The id is shared by the key and, on a miss, the session the provider builds.
         let id = match account.client.canonical_id(id) {
             Ok(id) => id,
-            Err(invalid) => return Lookup { answer: Err(invalid), reusable_for: None },
+            Err(invalid) => return Lookup::once(Err(invalid)),
         };
         let key: Key = (account.scope.clone(), id.clone());
         // The common case, a hit, is one read; only a miss goes through the shared insert.
@@ -143,7 +168,7 @@ impl SessionCache {
         let mut called = false;
         let stored = self
             .cache
-            .try_get_with(key, async {
+            .try_get_with(key.clone(), async {
                 called = true;
                 let answer = account.client.fetch_session(&id).await;
                 match self.policy.lifetime(&answer) {
@@ -157,10 +182,23 @@ impl SessionCache {
             .await;
         let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };
         counter.with_label_values(&label).inc();
-        match stored {
+        let lookup = match stored {
             Ok(entry) => entry.into_lookup(),
-            Err(unstored) => Lookup { answer: (*unstored).clone(), reusable_for: None },
+            Err(unstored) => Lookup::once((*unstored).clone()),
+        };
+        let Some(stale) = &self.stale else { return lookup };
+        match &lookup.answer {
+            // The asker that called keeps it; its coalesced waiters need not.
+            Ok(session) if called => stale.insert(key, session.clone()).await,
+            Err(error) if error.may_serve_stale() => {
+                if let Some(earlier) = stale.get(&key).await {
+                    self.metrics.stale_answers.with_label_values(&label).inc();
+                    return Lookup { answer: Ok(earlier), reusable_until: None, stale: true };
+                }
+            }
+            _ => {}
         }
+        lookup
     }
 
     /// How many answers are stored now. Runs the cache's pending maintenance first, so the
@@ -174,9 +212,6 @@ impl SessionCache {
 
 impl Entry {
     fn into_lookup(self) -> Lookup {
-        Lookup {
-            reusable_for: Some(self.expires_at.saturating_duration_since(Instant::now())),
-            answer: self.answer,
-        }
+        Lookup { reusable_until: Some(self.expires_at), answer: self.answer, stale: false }
     }
 }

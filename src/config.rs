@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use crate::cache::CachePolicy;
 pub use crate::domain::Secret;
-use crate::providers::{self, AccountConfig, ProviderKind};
+use crate::providers::guard::RateLimit;
+use crate::providers::{self, AccountConfig, Limits, ProviderKind};
 pub use crate::telemetry::LogFormat;
 
 /// checkout-gateway: one GraphQL view of checkout sessions held by several payment providers.
@@ -67,6 +68,36 @@ pub struct Settings {
     /// [default: 5s].
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
+
+    /// A whole lookup, all attempts, backoff, quota and queue waits included [default: 10s].
+    #[arg(long, env = "GATEWAY_LOOKUP_DEADLINE", value_name = "DURATION")]
+    pub lookup_deadline: Option<String>,
+
+    /// Further attempts of a read after a connection error, timeout, 408, 409, 429 or 5xx,
+    /// within the lookup deadline [default: 2].
+    #[arg(long, env = "GATEWAY_UPSTREAM_RETRIES", value_name = "N")]
+    pub upstream_retries: Option<String>,
+
+    /// Calls the gateway makes to a provider for one account, e.g. `40/s`, `100/min`,
+    /// `40/s,240/min`, or `off`; overrides every provider's documented quota (an account may
+    /// set its own) [default: each provider's documented quota].
+    #[arg(long, env = "GATEWAY_UPSTREAM_RATE_LIMIT", value_name = "RATE")]
+    pub upstream_rate_limit: Option<String>,
+
+    /// Consecutive failures (timeouts, connection errors, 5xx) of one account that open its
+    /// circuit [default: 5].
+    #[arg(long, env = "GATEWAY_BREAKER_FAILURES", value_name = "N")]
+    pub breaker_failures: Option<String>,
+
+    /// How long an open circuit answers CIRCUIT_OPEN without calling before one trial call
+    /// [default: 30s].
+    #[arg(long, env = "GATEWAY_BREAKER_COOLDOWN", value_name = "DURATION")]
+    pub breaker_cooldown: Option<String>,
+
+    /// How old a session may be and still be served (marked `stale`) when its provider cannot
+    /// answer; 0s turns it off [default: 1h].
+    #[arg(long, env = "GATEWAY_STALE_IF_ERROR", value_name = "DURATION")]
+    pub stale_if_error: Option<String>,
 
     /// Most calls in flight to a provider for one account at once; an account may set its own
     /// [default: 16].
@@ -137,6 +168,12 @@ impl Settings {
         pick!(
             listen,
             upstream_timeout,
+            lookup_deadline,
+            upstream_retries,
+            upstream_rate_limit,
+            breaker_failures,
+            breaker_cooldown,
+            stale_if_error,
             upstream_concurrency,
             cache_max_entries,
             response_cache_bytes,
@@ -195,6 +232,8 @@ pub struct AccountTable {
     pub default: Option<String>,
     pub upstream_timeout: Option<String>,
     pub upstream_concurrency: Option<String>,
+    /// Overrides the gateway's setting and the provider's documented quota.
+    pub rate_limit: Option<String>,
 }
 
 /// What one source (the file, or flags and environment) says about a provider's default
@@ -373,6 +412,12 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     pub upstream_timeout: Duration,
     pub upstream_concurrency: usize,
+    pub lookup_deadline: Duration,
+    pub upstream_retries: u32,
+    /// `None`: each provider's documented quota.
+    pub upstream_rate_limit: Option<RateLimit>,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
     pub cache: CachePolicy,
     /// Bytes of whole responses kept for replay; 0: none.
     pub response_cache_bytes: u64,
@@ -473,11 +518,22 @@ impl Config {
             upstream_timeout: positive_duration("upstream_timeout", &settings.upstream_timeout, "5s")?,
             upstream_concurrency: positive("upstream_concurrency", &settings.upstream_concurrency, 16, 1024)?
                 as usize,
+            lookup_deadline: positive_duration("lookup_deadline", &settings.lookup_deadline, "10s")?,
+            upstream_retries: whole("upstream_retries", &settings.upstream_retries, 2, 0..=10)? as u32,
+            upstream_rate_limit: settings
+                .upstream_rate_limit
+                .as_deref()
+                .map(RateLimit::parse)
+                .transpose()
+                .map_err(|reason| names.invalid("upstream_rate_limit", reason))?,
+            breaker_failures: positive("breaker_failures", &settings.breaker_failures, 5, 1000)? as u32,
+            breaker_cooldown: positive_duration("breaker_cooldown", &settings.breaker_cooldown, "30s")?,
             cache: CachePolicy {
                 terminal: duration("cache_ttl_terminal", &settings.cache_ttl_terminal, "1h")?,
                 failed: duration("cache_ttl_failed", &settings.cache_ttl_failed, "30s")?,
                 open: duration("cache_ttl_open", &settings.cache_ttl_open, "5s")?,
                 not_found: duration("cache_ttl_not_found", &settings.cache_ttl_not_found, "2s")?,
+                stale_if_error: duration("stale_if_error", &settings.stale_if_error, "1h")?,
                 max_entries: positive(
                     "cache_max_entries",
                     &settings.cache_max_entries,
@@ -500,6 +556,21 @@ impl Config {
             demo_latency: duration("demo_latency", &settings.demo_latency, "0s")?,
         };
         Ok(config)
+    }
+}
+
+impl Config {
+    /// What every account uses where it sets nothing of its own.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            upstream_timeout: self.upstream_timeout,
+            upstream_concurrency: self.upstream_concurrency,
+            lookup_deadline: self.lookup_deadline,
+            rate_limit: self.upstream_rate_limit.clone(),
+            retries: self.upstream_retries,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown,
+        }
     }
 }
 
@@ -596,6 +667,12 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
         .map(|raw| parse_whole(raw, 1..=1024).map(|n| n as usize))
         .transpose()
         .map_err(|reason| invalid("upstream_concurrency", reason))?;
+    let rate_limit = table
+        .rate_limit
+        .as_deref()
+        .map(RateLimit::parse)
+        .transpose()
+        .map_err(|reason| invalid("rate_limit", reason))?;
     Ok(AccountConfig {
         name: Arc::from(name),
         kind,
@@ -604,6 +681,7 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
         default,
         upstream_timeout,
         upstream_concurrency,
+        rate_limit,
     })
 }
 

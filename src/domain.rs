@@ -100,6 +100,7 @@ pub enum UnavailableReason {
     Timeout,
     ConnectionFailed,
     InvalidResponse,
+    CircuitOpen,
 }
 
 /// Everything that can stop the gateway from answering with a session. Messages are the
@@ -135,6 +136,9 @@ fn unavailable_message(reason: UnavailableReason, status: Option<u16>, wait: Opt
         UnavailableReason::Timeout => "the provider did not answer in time",
         UnavailableReason::ConnectionFailed => "the provider could not be reached",
         UnavailableReason::InvalidResponse => "the provider's answer could not be understood",
+        UnavailableReason::CircuitOpen => {
+            "the provider has been failing; the gateway is not calling it for now"
+        }
     };
     let mut message = what.to_owned();
     if let Some(status) = status {
@@ -149,6 +153,23 @@ fn unavailable_message(reason: UnavailableReason, status: Option<u16>, wait: Opt
 impl FetchError {
     pub fn unavailable(reason: UnavailableReason) -> Self {
         FetchError::Unavailable { reason, upstream_status: None, retry_after_seconds: None }
+    }
+
+    /// Whether an earlier answer may stand in for this one: the provider could not answer
+    /// (down, failing, slow, rate limited, circuit open), which says nothing about the session.
+    pub fn may_serve_stale(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Unavailable {
+                reason: UnavailableReason::RateLimited
+                    | UnavailableReason::UpstreamError
+                    | UnavailableReason::Timeout
+                    | UnavailableReason::ConnectionFailed
+                    | UnavailableReason::InvalidResponse
+                    | UnavailableReason::CircuitOpen,
+                ..
+            }
+        )
     }
 
     pub fn code(&self) -> ErrorCode {

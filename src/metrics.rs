@@ -5,7 +5,8 @@
 //! providers, configured accounts, outcomes).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond cache hits up to slow provider calls.
@@ -25,6 +26,9 @@ pub struct Metrics {
     pub cache_coalesced: IntCounterVec,
     pub cache_evictions: IntCounterVec,
     pub cache_entries: IntGauge,
+    pub upstream_retries: IntCounterVec,
+    pub circuit_state: IntGaugeVec,
+    pub stale_answers: IntCounterVec,
     pub response_cache_hits: IntCounter,
 }
 
@@ -58,7 +62,27 @@ impl Metrics {
         )
         .expect("static metric");
         registry.register(Box::new(response_cache_hits.clone())).expect("each metric is registered once");
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "circuit_state",
+                "Each account's circuit: 0 closed, 1 half-open (one trial call), 2 open.",
+            ),
+            &["provider", "account"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(circuit_state.clone())).expect("each metric is registered once");
         Self {
+            upstream_retries: counter(
+                "upstream_retries_total",
+                "Attempts made again after a connection error, timeout, 408, 409, 429 or 5xx.",
+                &["provider", "account"],
+            ),
+            stale_answers: counter(
+                "stale_answers_total",
+                "Lookups answered with an earlier session because the provider could not answer.",
+                &["provider", "account"],
+            ),
+            circuit_state,
             http_requests: counter(
                 "http_requests_total",
                 "HTTP requests served.",

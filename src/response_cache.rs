@@ -23,12 +23,6 @@ pub struct StoredResponse {
     pub operation: String,
 }
 
-impl StoredResponse {
-    pub fn reusable_for(&self) -> Duration {
-        self.expires_at.saturating_duration_since(Instant::now())
-    }
-}
-
 struct UntilExpiry;
 
 impl Expiry<Bytes, Arc<StoredResponse>> for UntilExpiry {
@@ -65,21 +59,24 @@ impl ResponseCache {
         self.0.as_ref()?.get(key)
     }
 
-    /// Keeps `body` for `reusable_for` (nothing is kept for less than a second: not worth it).
-    pub fn insert(&self, key: Bytes, body: Bytes, reusable_for: Duration, operation: String) {
+    /// Keeps `body` until `until` (nothing is kept for less than a second: not worth it).
+    pub fn insert(&self, key: Bytes, body: Bytes, until: Instant, operation: String) {
         if let Some(cache) = &self.0 {
-            if reusable_for >= Duration::from_secs(1) {
-                let stored = StoredResponse { body, expires_at: Instant::now() + reusable_for, operation };
+            if until.saturating_duration_since(Instant::now()) >= Duration::from_secs(1) {
+                let stored = StoredResponse { body, expires_at: until, operation };
                 cache.insert(key, Arc::new(stored));
             }
         }
     }
 }
 
-/// The `Cache-Control` header for an answer reusable for `reusable_for` (`None`: not at all).
-pub fn cache_control(reusable_for: Option<Duration>) -> String {
-    match reusable_for {
-        Some(left) => format!("private, max-age={}", left.as_secs()),
+/// The `Cache-Control` header for an answer reusable until `until` (`None`: not at all):
+/// whole seconds left from now, rounded down, so that no client reuses it past that moment.
+pub fn cache_control(until: Option<Instant>) -> String {
+    match until {
+        Some(until) => {
+            format!("private, max-age={}", until.saturating_duration_since(Instant::now()).as_secs())
+        }
         None => "no-store".to_owned(),
     }
 }

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -35,7 +35,8 @@ use crate::config::Config;
 use crate::domain::Secret;
 use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, RequestScope};
 use crate::metrics::Metrics;
-use crate::providers::{self, Account, AccountConfig, CredentialStatus, Limits, ProviderKind};
+use crate::providers::guard::CircuitState;
+use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
 use crate::sandbox::{self, SandboxOptions};
 use crate::service::SessionService;
@@ -64,6 +65,8 @@ struct AppState {
     /// False until the server is serving, and again from the moment shutdown begins.
     ready: Arc<AtomicBool>,
     credentials: Credentials,
+    /// For their circuits' state, read live by `/readyz` and `/metrics`.
+    accounts: Arc<Vec<Arc<Account>>>,
 }
 
 /// A gateway bound to its port, ready to run.
@@ -98,14 +101,11 @@ impl Application {
         }
         let metrics = Arc::new(Metrics::new());
         let http = net::http_client()?;
-        let limits = Limits {
-            upstream_timeout: config.upstream_timeout,
-            upstream_concurrency: config.upstream_concurrency,
-        };
+        let limits = config.limits();
         let accounts = config
             .accounts
             .iter()
-            .map(|account| Account::new(account.clone(), limits, &http, &metrics).map(Arc::new))
+            .map(|account| Account::new(account.clone(), &limits, &http, &metrics).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let credentials: Credentials = Arc::new(RwLock::new(
             accounts
@@ -139,6 +139,7 @@ impl Application {
             metrics,
             ready: ready.clone(),
             credentials: credentials.clone(),
+            accounts: Arc::new(accounts.clone()),
         });
         let listener = TcpListener::bind(config.listen)
             .await
@@ -364,7 +365,7 @@ async fn execute(
     let response = state.schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();
-    let reusable_for = scope.reusable_for(response.is_err());
+    let reusable_until = scope.reusable_until(response.is_err());
     let body = match serde_json::to_vec(&response) {
         Ok(mut body) => {
             // Kept bodies should cost what they weigh: no spare capacity.
@@ -376,24 +377,24 @@ async fn execute(
             return graphql_error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be serialised");
         }
     };
-    if let (Some(key), Some(left)) = (cache_key, reusable_for) {
+    if let (Some(key), Some(until)) = (cache_key, reusable_until) {
         // Own the key exactly: the request's bytes may be a view of a larger read buffer.
-        state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), left, operation);
+        state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), until, operation);
     }
-    graphql_response(body, reusable_for)
+    graphql_response(body, reusable_until)
 }
 
 fn replay(state: &AppState, stored: &StoredResponse) -> Response {
     state.metrics.response_cache_hits.inc();
     state.metrics.graphql_operations.with_label_values(&[stored.operation.as_str(), "ok"]).inc();
-    graphql_response(stored.body.clone(), Some(stored.reusable_for()))
+    graphql_response(stored.body.clone(), Some(stored.expires_at))
 }
 
-fn graphql_response(body: Bytes, reusable_for: Option<Duration>) -> Response {
+fn graphql_response(body: Bytes, reusable_until: Option<Instant>) -> Response {
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json"));
-    if let Ok(value) = HeaderValue::from_str(&cache_control(reusable_for)) {
+    if let Ok(value) = HeaderValue::from_str(&cache_control(reusable_until)) {
         headers.insert(CACHE_CONTROL, value);
     }
     response
@@ -433,7 +434,12 @@ async fn livez() -> &'static str {
 /// 200 while serving, 503 before and from the start of shutdown. Never calls a provider; the
 /// startup credential check is reported, not waited on.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let accounts = state.credentials.read().map(|map| json!(*map)).unwrap_or_default();
+    let mut accounts = state.credentials.read().map(|map| json!(*map)).unwrap_or_default();
+    for account in state.accounts.iter() {
+        if let Some(report) = accounts.get_mut(&**account.name()) {
+            report["circuit"] = json!(account.circuit());
+        }
+    }
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, Json(json!({"status": "ready", "accounts": accounts}))).into_response()
     } else {
@@ -443,6 +449,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    for account in state.accounts.iter() {
+        let value = match account.circuit() {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        };
+        state.metrics.circuit_state.with_label_values(&[account.kind().slug, account.name()]).set(value);
+    }
     state
         .metrics
         .cache_entries

@@ -81,17 +81,14 @@ impl SessionService {
     pub async fn get_by_account(&self, account: &str, id: &str) -> Lookup {
         match self.accounts.get(account) {
             Some(account) => self.cache.lookup(account, id).await,
-            None => Lookup {
-                answer: Err(FetchError::UnknownAccount(Arc::from(bounded(account)))),
-                reusable_for: None,
-            },
+            None => Lookup::once(Err(FetchError::UnknownAccount(Arc::from(bounded(account))))),
         }
     }
 
     pub async fn get(&self, provider: &str, account: Option<&str>, id: &str) -> Lookup {
         match self.account(provider, account) {
             Ok(account) => self.cache.lookup(account, id).await,
-            Err(error) => Lookup { answer: Err(error), reusable_for: None },
+            Err(error) => Lookup::once(Err(error)),
         }
     }
 
@@ -120,7 +117,7 @@ impl SessionService {
             .into_iter()
             .map(|slot| match slot {
                 Ok(slot) => answers[slot].clone(),
-                Err(error) => Lookup { answer: Err(error), reusable_for: None },
+                Err(error) => Lookup::once(Err(error)),
             })
             .collect()
     }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::Instant;
 
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{
@@ -96,8 +96,8 @@ type OwnedEntityKey = (Option<ProviderName>, Option<String>, String);
 
 #[derive(Debug, Default)]
 struct Reuse {
-    /// The shortest remaining lifetime seen so far; `None` before any lookup.
-    shortest: Option<Duration>,
+    /// The earliest moment a session seen so far stops being reusable; `None` before any.
+    earliest: Option<Instant>,
     /// Set once anything that must not be reused (an error, an uncacheable answer) is seen.
     no_store: bool,
 }
@@ -109,20 +109,20 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl RequestScope {
     fn observe(&self, lookup: &Lookup) {
         let mut reuse = locked(&self.0.reuse);
-        match lookup.reusable_for {
-            Some(left) if lookup.answer.is_ok() => {
-                reuse.shortest = Some(reuse.shortest.map_or(left, |s| s.min(left)));
+        match lookup.reusable_until {
+            Some(until) if lookup.answer.is_ok() => {
+                reuse.earliest = Some(reuse.earliest.map_or(until, |e| e.min(until)));
             }
             _ => reuse.no_store = true,
         }
     }
 
-    /// How long the whole response may be reused: the shortest remaining lifetime of the
-    /// sessions in it; `None` for a response with any error, any answer that must not be
-    /// reused, or no session at all.
-    pub fn reusable_for(&self, response_has_errors: bool) -> Option<Duration> {
+    /// Until when the whole response may be reused: the earliest moment any session in it
+    /// stops being reusable; `None` for a response with any error, any answer that must not
+    /// be reused (a stale one included), or no session at all.
+    pub fn reusable_until(&self, response_has_errors: bool) -> Option<Instant> {
         let reuse = locked(&self.0.reuse);
-        reuse.shortest.filter(|_| !reuse.no_store && !response_has_errors)
+        reuse.earliest.filter(|_| !reuse.no_store && !response_has_errors)
     }
 
     /// The index in `representations` of the failing entity `key`: its n-th copy for the
@@ -235,7 +235,7 @@ impl Query {
         spend(ctx, 1)?;
         let lookup = gateway(ctx).service.get(provider.as_str(), account.as_deref(), &id).await;
         observe(ctx, &lookup);
-        Ok(CheckoutSessionResult::from_answer(&provider, lookup.answer))
+        Ok(CheckoutSessionResult::from_lookup(&provider, lookup))
     }
 
     /// Many sessions at once, answered in input order. A ref repeated in one call is fetched
@@ -257,7 +257,7 @@ impl Query {
             .zip(lookups)
             .map(|(r, lookup)| {
                 observe(ctx, &lookup);
-                CheckoutSessionResult::from_answer(&r.provider, lookup.answer)
+                CheckoutSessionResult::from_lookup(&r.provider, lookup)
             })
             .collect())
     }
@@ -331,7 +331,7 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
     };
     observe(ctx, &lookup);
     match lookup.answer {
-        Ok(session) => Some(CheckoutSessionView(session)),
+        Ok(session) => Some(CheckoutSessionView(session, lookup.stale)),
         Err(error) => {
             place_entity_error(ctx, &key, types::to_graphql_error(provider.as_ref(), &error));
             None

@@ -9,7 +9,8 @@ use async_graphql::resolver_utils::enum_value;
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Interface, Json, Object, Union, ID};
 use chrono::{DateTime, Utc};
 
-use crate::domain::{self, CheckoutSession, FetchError, FetchResult};
+use crate::cache::Lookup;
+use crate::domain::{self, CheckoutSession, FetchError};
 use crate::view::{ProviderDetails, ProviderName};
 
 /// The provider-independent state of a session (see PROVIDERS.md for the mapping).
@@ -64,11 +65,14 @@ pub enum UnavailableReason {
     ConnectionFailed,
     /// The provider answered 200 with a body that is not a session.
     InvalidResponse,
+    /// The provider has been failing (timeouts, connection errors, 5xx): the gateway is not
+    /// calling it until `retryAfterSeconds` have passed, then tries one call.
+    CircuitOpen,
 }
 
 /// A checkout session, whichever provider holds it.
 #[derive(Debug)]
-pub struct CheckoutSessionView(pub Arc<CheckoutSession>);
+pub struct CheckoutSessionView(pub Arc<CheckoutSession>, pub bool);
 
 /// A checkout session, whichever provider holds it. Its key in the federated graph is
 /// `provider id`.
@@ -135,6 +139,12 @@ impl CheckoutSessionView {
     /// When the gateway last heard this from the provider (older than now on a cache hit).
     async fn fetched_at(&self) -> DateTime<Utc> {
         self.0.fetched_at
+    }
+
+    /// True when the provider could not answer just now (down, failing, slow, rate limited)
+    /// and this earlier answer, from `fetchedAt`, was served instead.
+    async fn stale(&self) -> bool {
+        self.1
     }
 
     /// What only this session's provider knows.
@@ -264,9 +274,9 @@ pub enum CheckoutSessionResult {
 
 impl CheckoutSessionResult {
     /// The one place an answer becomes a union member.
-    pub fn from_answer(provider: &ProviderName, answer: FetchResult) -> Self {
-        match answer {
-            Ok(session) => Self::CheckoutSession(CheckoutSessionView(session)),
+    pub fn from_lookup(provider: &ProviderName, lookup: Lookup) -> Self {
+        match lookup.answer {
+            Ok(session) => Self::CheckoutSession(CheckoutSessionView(session, lookup.stale)),
             Err(error) => {
                 let failure = Failure { provider: provider.clone(), error };
                 match failure.error.code() {

@@ -20,14 +20,19 @@ use crate::view::{DetailsObject, ProviderSchema};
 
 pub mod dhmad;
 pub mod dodo;
+pub mod guard;
 pub mod upstream;
 
+use guard::{CircuitState, Guard, GuardPolicy, RateLimit};
 use upstream::Upstream;
 
 /// The providers this gateway is built with: the one place that lists them.
 pub fn builtin() -> Vec<&'static ProviderKind> {
     vec![&dhmad::KIND, &dodo::KIND]
 }
+
+/// Reads a wait in seconds from an error body.
+pub type BodyWait = fn(&[u8]) -> Option<u64>;
 
 /// Everything the gateway knows about one provider, defined in that provider's module as a
 /// `static`. Nothing outside the module names a provider.
@@ -49,6 +54,11 @@ pub struct ProviderKind {
     /// accounts existed (`DHMAD_API_KEY`, `DHMAD_BASE_URL`).
     pub key_var: &'static str,
     pub base_url_var: &'static str,
+    /// The documented quota of one key (or IP), e.g. `100/min` or `40/s,240/min`: the
+    /// gateway stays within it unless configured otherwise.
+    pub rate_limit: &'static str,
+    /// Reads the wait a 429's body asks for, for providers whose error body has such a field.
+    pub retry_after_in_body: Option<BodyWait>,
     /// Builds the client for one account.
     pub client: fn(Upstream) -> Arc<dyn SessionProvider>,
     /// The GraphQL details object for a session of this provider.
@@ -93,13 +103,36 @@ pub struct AccountConfig {
     pub upstream_timeout: Option<Duration>,
     /// Most calls in flight to the provider for this account; `None`: the gateway's setting.
     pub upstream_concurrency: Option<usize>,
+    /// This account's quota; `None`: the gateway's setting, else the provider's documented one.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The gateway-wide limits an account uses where it sets none of its own.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub upstream_timeout: Duration,
     pub upstream_concurrency: usize,
+    /// A whole lookup: queueing, quota waits, attempts and backoff.
+    pub lookup_deadline: Duration,
+    /// Overrides every provider's documented quota (`None`: each provider's own).
+    pub rate_limit: Option<RateLimit>,
+    pub retries: u32,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            upstream_timeout: Duration::from_secs(5),
+            upstream_concurrency: 16,
+            lookup_deadline: Duration::from_secs(10),
+            rate_limit: None,
+            retries: 2,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
 }
 
 impl AccountConfig {
@@ -114,6 +147,7 @@ impl AccountConfig {
             default: true,
             upstream_timeout: None,
             upstream_concurrency: None,
+            rate_limit: None,
         }
     }
 }
@@ -128,23 +162,41 @@ pub struct Account {
     /// cache keys on it.
     pub scope: Arc<str>,
     pub client: Arc<dyn SessionProvider>,
+    /// Quota, 429 waits and circuit breaker, shared with the client's upstream.
+    pub guard: Arc<Guard>,
 }
 
 impl Account {
     pub fn new(
         config: AccountConfig,
-        defaults: Limits,
+        defaults: &Limits,
         http: &reqwest::Client,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let rate_limit = match config.rate_limit.clone().or_else(|| defaults.rate_limit.clone()) {
+            Some(limit) => limit,
+            None => RateLimit::parse(config.kind.rate_limit)
+                .map_err(|e| anyhow::anyhow!("{}'s documented quota: {e}", config.kind.label))?,
+        };
+        let guard = Arc::new(Guard::new(GuardPolicy {
+            rate_limit,
+            retries: defaults.retries,
+            breaker_failures: defaults.breaker_failures,
+            breaker_cooldown: defaults.breaker_cooldown,
+        }));
         let limits = Limits {
             upstream_timeout: config.upstream_timeout.unwrap_or(defaults.upstream_timeout),
             upstream_concurrency: config.upstream_concurrency.unwrap_or(defaults.upstream_concurrency),
+            ..defaults.clone()
         };
-        let upstream = Upstream::new(&config, limits, http.clone(), metrics.clone())?;
+        let upstream = Upstream::new(&config, limits, guard.clone(), http.clone(), metrics.clone())?;
         let scope = upstream.scope().clone();
         let client = (config.kind.client)(upstream);
-        Ok(Self { config, scope, client })
+        Ok(Self { config, scope, client, guard })
+    }
+
+    pub fn circuit(&self) -> CircuitState {
+        self.guard.circuit()
     }
 
     pub fn name(&self) -> &Arc<str> {

@@ -12,6 +12,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::guard::{Guard, Outcome};
 use super::{AccountConfig, CredentialStatus, Limits, ProviderKind};
 use crate::domain::{FetchError, UnavailableReason};
 use crate::metrics::Metrics;
@@ -32,8 +33,12 @@ pub struct Upstream {
     base_url: String,
     /// `Bearer <key>`, marked sensitive so that no HTTP-layer log prints it.
     authorization: Option<HeaderValue>,
+    /// One attempt's exchange with the provider.
     timeout: Duration,
+    /// A whole lookup: queueing, quota waits, attempts and backoff.
+    deadline: Duration,
     permits: Semaphore,
+    guard: Arc<Guard>,
     /// Shared by every cache key of this account (a reference count, not a copy, per entry).
     scope: Arc<str>,
     metrics: Arc<Metrics>,
@@ -63,6 +68,7 @@ impl Upstream {
     pub fn new(
         config: &AccountConfig,
         limits: Limits,
+        guard: Arc<Guard>,
         client: reqwest::Client,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
@@ -91,7 +97,9 @@ impl Upstream {
             base_url,
             authorization,
             timeout: limits.upstream_timeout,
+            deadline: limits.lookup_deadline,
             permits: Semaphore::new(limits.upstream_concurrency.max(1)),
+            guard,
             scope,
             metrics,
         })
@@ -106,8 +114,11 @@ impl Upstream {
         &self.account
     }
 
-    /// `GET {base}/{segments…}` with each segment percent-encoded. The whole call, including
-    /// the wait for a concurrency permit, is bounded by the upstream timeout.
+    /// `GET {base}/{segments…}` with each segment percent-encoded, through the account's
+    /// guard: refused at once while a 429's wait lasts or the circuit is open, within the
+    /// quota, retried (reads only) on connection errors, timeouts, 408, 409, 429 and 5xx, all
+    /// within one lookup deadline. Each attempt's exchange is bounded by the upstream timeout;
+    /// waiting for a concurrency permit is not part of it.
     pub async fn get(&self, segments: &[&str]) -> Result<UpstreamResponse, FetchError> {
         let Some(authorization) = &self.authorization else {
             return Err(FetchError::unavailable(UnavailableReason::NotConfigured));
@@ -117,13 +128,60 @@ impl Upstream {
             url.push('/');
             url.extend(utf8_percent_encode(segment, PATH_SEGMENT));
         }
+        let deadline = Instant::now() + self.deadline;
+        let mut attempt = 0;
+        loop {
+            self.guard.admit(deadline).await.inspect_err(|refused| self.record_refusal(refused))?;
+            let outcome = self.attempt(&url, authorization, deadline).await;
+            let (verdict, asked) = judge(&outcome, self.kind);
+            // A wait for a permit that outlasted the deadline says nothing about the provider.
+            if !matches!(outcome, Err(Queued)) {
+                self.guard.record(verdict);
+            }
+            let outcome = outcome.map_err(|Queued| FetchError::unavailable(UnavailableReason::Timeout));
+            let retry = match verdict {
+                Outcome::Answered => None,
+                Outcome::RateLimited(_) | Outcome::Retryable | Outcome::Failed => {
+                    attempt += 1;
+                    self.guard.retry_wait(attempt, asked, deadline)
+                }
+            };
+            match retry {
+                Some(wait) => {
+                    tracing::debug!(
+                        provider = self.kind.slug,
+                        account = &*self.account,
+                        attempt,
+                        ?wait,
+                        "retrying"
+                    );
+                    self.metrics.upstream_retries.with_label_values(&[self.kind.slug, &self.account]).inc();
+                    tokio::time::sleep(wait).await;
+                }
+                None => return outcome.and_then(|attempt| attempt),
+            }
+        }
+    }
+
+    /// One call: a concurrency permit (waited for until `deadline`), then the exchange
+    /// (bounded by the upstream timeout and the deadline).
+    async fn attempt(
+        &self,
+        url: &str,
+        authorization: &HeaderValue,
+        deadline: Instant,
+    ) -> Result<Result<UpstreamResponse, FetchError>, Queued> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let _permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; treat it as unreachable rather than panic.
+            Ok(Err(_)) => return Ok(Err(FetchError::unavailable(UnavailableReason::ConnectionFailed))),
+            Err(_) => return Err(Queued),
+        };
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let _permit = self.permits.acquire().await.map_err(|_| {
-                // The semaphore is never closed; treat it as unreachable rather than panic.
-                FetchError::unavailable(UnavailableReason::ConnectionFailed)
-            })?;
-            let mut request = self.client.get(&url).header(AUTHORIZATION, authorization.clone());
+        let exchange_deadline = deadline.min(tokio::time::Instant::now() + self.timeout);
+        let outcome = tokio::time::timeout_at(exchange_deadline, async {
+            let mut request = self.client.get(url).header(AUTHORIZATION, authorization.clone());
             if let Some(id) = telemetry::request_id() {
                 request = request.header("x-request-id", id);
             }
@@ -136,7 +194,20 @@ impl Upstream {
         .await
         .unwrap_or_else(|_| Err(FetchError::unavailable(UnavailableReason::Timeout)));
         self.record(&outcome, started.elapsed());
-        outcome
+        Ok(outcome)
+    }
+
+    /// A call the guard refused is counted, not logged: it can happen thousands of times a
+    /// second while a provider is down.
+    fn record_refusal(&self, refused: &FetchError) {
+        let outcome = match refused {
+            FetchError::Unavailable { reason: UnavailableReason::CircuitOpen, .. } => "circuit_open",
+            _ => "rate_limited",
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[self.kind.slug, &self.account, outcome, "none"])
+            .inc();
     }
 
     /// Asks an identity endpoint (`GET {base}/{segments…}`) whether the key is accepted.
@@ -190,9 +261,8 @@ impl Upstream {
         self.metrics.upstream_duration.with_label_values(&[provider, account]).observe(elapsed.as_secs_f64());
     }
 
-    /// Maps a non-success answer to the error a client sees. `body_retry_after` is what the
-    /// provider's body said about waiting, when its format has such a field.
-    pub fn error_for(&self, response: &UpstreamResponse, body_retry_after: Option<u64>) -> FetchError {
+    /// Maps a non-success answer to the error a client sees.
+    pub fn error_for(&self, response: &UpstreamResponse) -> FetchError {
         match response.status {
             401 => FetchError::Unauthorized,
             403 => FetchError::Forbidden,
@@ -207,7 +277,8 @@ impl Upstream {
                     _ => UnavailableReason::UpstreamError,
                 },
                 upstream_status: Some(status),
-                retry_after_seconds: body_retry_after.or_else(|| retry_after(&response.headers)),
+                retry_after_seconds: asked_wait(response, self.kind)
+                    .map(|wait| wait.as_secs().min(i32::MAX as u64)),
             },
         }
     }
@@ -226,6 +297,42 @@ impl Upstream {
             retry_after_seconds: None,
         }
     }
+}
+
+/// The deadline passed while waiting for a concurrency permit: no call was made.
+#[derive(Debug)]
+struct Queued;
+
+/// What an attempt's outcome means to the guard, and the wait the provider asked for.
+fn judge(
+    outcome: &Result<Result<UpstreamResponse, FetchError>, Queued>,
+    kind: &ProviderKind,
+) -> (Outcome, Option<Duration>) {
+    match outcome {
+        Ok(Ok(response)) => match response.status {
+            429 => {
+                let asked = asked_wait(response, kind);
+                (Outcome::RateLimited(asked), asked)
+            }
+            408 | 500..=599 => (Outcome::Failed, asked_wait(response, kind)),
+            // A conflict is worth another try (the Dodo SDK's policy) but is no provider failure.
+            409 => (Outcome::Retryable, None),
+            _ => (Outcome::Answered, None),
+        },
+        Ok(Err(FetchError::Unavailable {
+            reason: UnavailableReason::Timeout | UnavailableReason::ConnectionFailed,
+            ..
+        })) => (Outcome::Failed, None),
+        Ok(Err(_)) => (Outcome::Answered, None),
+        Err(Queued) => (Outcome::Answered, None),
+    }
+}
+
+/// The wait a provider asked for: its body's own field where it has one (DHMAD `retryAfter`),
+/// else `retry-after-ms`, `Retry-After` (seconds or a date), or `X-RateLimit-Reset`.
+fn asked_wait(response: &UpstreamResponse, kind: &ProviderKind) -> Option<Duration> {
+    let from_body = kind.retry_after_in_body.and_then(|read| read(&response.body));
+    from_body.or_else(|| retry_after(&response.headers)).map(Duration::from_secs)
 }
 
 /// A short, one-way fingerprint of a credential: enough to tell two keys apart in a cache
@@ -260,21 +367,32 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Bytes, FetchErr
     Ok(Bytes::from(body))
 }
 
-/// `Retry-After` in seconds (or an HTTP date), or Dodo's SDK's `retry-after-ms`, rounded up.
+/// `retry-after-ms` (Dodo's SDK), `Retry-After` in seconds or as an HTTP date, or
+/// `X-RateLimit-Reset` (seconds until the window resets, or the reset's Unix time), rounded up
+/// to whole seconds.
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
-    let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+    let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::trim);
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         if ms.is_finite() && ms >= 0.0 {
             return Some((ms / 1000.0).ceil() as u64);
         }
     }
-    let value = text(RETRY_AFTER.as_str())?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(seconds);
+    if let Some(value) = text(RETRY_AFTER.as_str()) {
+        if let Ok(seconds) = value.parse::<u64>() {
+            return Some(seconds);
+        }
+        if let Ok(date) = chrono::DateTime::parse_from_rfc2822(value) {
+            return Some(date.signed_duration_since(chrono::Utc::now()).num_seconds().max(0) as u64);
+        }
     }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = date.signed_duration_since(chrono::Utc::now()).num_seconds();
-    Some(wait.max(0) as u64)
+    let reset = text("x-ratelimit-reset")?.parse::<u64>().ok()?;
+    // A value past 2001 in Unix time is a moment, not a number of seconds.
+    const UNIX_TIME_FLOOR: u64 = 1_000_000_000;
+    if reset >= UNIX_TIME_FLOOR {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        return Some(reset.saturating_sub(now));
+    }
+    Some(reset)
 }
 
 #[cfg(test)]
@@ -300,6 +418,11 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(0));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("12"));
+        assert_eq!(retry_after(&headers), Some(12));
+        let soon = (chrono::Utc::now().timestamp() + 30).to_string();
+        headers.insert("x-ratelimit-reset", HeaderValue::from_str(&soon).unwrap());
+        assert!(matches!(retry_after(&headers), Some(29..=30)));
     }
 
     #[test]

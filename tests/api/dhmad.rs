@@ -135,6 +135,8 @@ async fn non_json_error_and_success_bodies_never_break_the_gateway() {
     assert_eq!(answer["upstreamStatus"], 200);
     assert!(!answer["message"].as_str().unwrap().contains("maintenance"));
 
+    // Another gateway: this one's DHMAD calls are held for an hour now.
+    let app = spawn_app(|_| {}).await;
     let other = "550e8400-e29b-41d4-a716-446655440001";
     Mock::given(path(format!("/api/v1/sessions/{other}")))
         .respond_with(ResponseTemplate::new(502).set_body_string("\u{0}\u{1}binary junk"))
@@ -160,6 +162,8 @@ async fn rate_limit_carries_the_wait_from_the_body_or_the_header() {
     assert_eq!(answer["reason"], "RATE_LIMITED");
     assert_eq!(answer["retryAfterSeconds"], 3600);
 
+    // Another gateway: this one's DHMAD calls are held for an hour now.
+    let app = spawn_app(|_| {}).await;
     let other = "550e8400-e29b-41d4-a716-446655440001";
     Mock::given(path(format!("/api/v1/sessions/{other}")))
         .respond_with(

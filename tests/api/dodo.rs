@@ -97,7 +97,6 @@ async fn every_error_status_maps_to_its_type() {
         (403, json!({"code": "FORBIDDEN"}), "ForbiddenError", None),
         (404, json!({"code": "NOT_FOUND", "message": "Item not found"}), "NotFoundError", None),
         (422, json!({"code": "INVALID_REQUEST_PARAMETERS", "message": "bad"}), "InvalidIdError", None),
-        (429, json!({"code": "TOO_MANY_REQUESTS"}), "ProviderUnavailableError", Some("RATE_LIMITED")),
         (
             500,
             json!({"code": "INTERNAL_SERVER_ERROR", "message": "secret stack trace"}),
@@ -105,6 +104,8 @@ async fn every_error_status_maps_to_its_type() {
             Some("UPSTREAM_ERROR"),
         ),
         (408, json!({}), "ProviderUnavailableError", Some("TIMEOUT")),
+        // Last: a 429 holds the account's further calls.
+        (429, json!({"code": "TOO_MANY_REQUESTS"}), "ProviderUnavailableError", Some("RATE_LIMITED")),
     ];
     for (status, body, typename, reason) in cases {
         let id = format!("cks_err_{status}");
@@ -125,28 +126,25 @@ async fn every_error_status_maps_to_its_type() {
 
 #[tokio::test]
 async fn rate_limit_wait_comes_from_retry_after_headers() {
-    let app = spawn_app(|_| {}).await;
-    Mock::given(path("/checkouts/cks_a"))
-        .respond_with(
+    // One gateway per case: a 429 holds the account's later calls.
+    let cases = [
+        (
             ResponseTemplate::new(429)
                 .insert_header("retry-after", "12")
                 .insert_header("x-ratelimit-remaining", "0"),
-        )
-        .mount(&app.dodo)
-        .await;
-    Mock::given(path("/checkouts/cks_b"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after-ms", "2500"))
-        .mount(&app.dodo)
-        .await;
-    Mock::given(path("/checkouts/cks_c"))
-        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"code": "TOO_MANY_REQUESTS"})))
-        .mount(&app.dodo)
-        .await;
-    assert_eq!(app.session("DODO", "cks_a").await["retryAfterSeconds"], 12);
-    assert_eq!(app.session("DODO", "cks_b").await["retryAfterSeconds"], 3);
-    let without = app.session("DODO", "cks_c").await;
-    assert_eq!(without["reason"], "RATE_LIMITED");
-    assert!(without["retryAfterSeconds"].is_null());
+            json!(12),
+        ),
+        (ResponseTemplate::new(429).insert_header("retry-after-ms", "2500"), json!(3)),
+        (ResponseTemplate::new(429).insert_header("x-ratelimit-reset", "7"), json!(7)),
+        (ResponseTemplate::new(429).set_body_json(json!({"code": "TOO_MANY_REQUESTS"})), json!(null)),
+    ];
+    for (response, wait) in cases {
+        let app = spawn_app(|_| {}).await;
+        Mock::given(path("/checkouts/cks_a")).respond_with(response).mount(&app.dodo).await;
+        let answer = app.session("DODO", "cks_a").await;
+        assert_eq!(answer["reason"], "RATE_LIMITED");
+        assert_eq!(answer["retryAfterSeconds"], wait);
+    }
 }
 
 #[tokio::test]

@@ -52,6 +52,9 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
             account(&dodo::KIND, "dodo", dodo.uri(), Some(DODO_KEY)),
         ],
         upstream_timeout: Duration::from_secs(2),
+        // One call per lookup, so that tests of how one answer maps see exactly that call;
+        // retries have their own tests.
+        upstream_retries: 0,
         shutdown_delay: Duration::ZERO,
         ..Config::default()
     };

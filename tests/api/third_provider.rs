@@ -40,6 +40,8 @@ static ACME: ProviderKind = ProviderKind {
     environments: &[("live", "https://api.acme.test"), ("test", "https://test.acme.test")],
     key_var: "ACME_API_KEY",
     base_url_var: "ACME_BASE_URL",
+    rate_limit: "50/s",
+    retry_after_in_body: None,
     client: |upstream| Arc::new(AcmeClient { upstream }),
     details: |session| Box::new(AcmeSessionDetails(session)),
     register_details: <AcmeSessionDetails as OutputType>::create_type_info,
@@ -68,7 +70,7 @@ impl SessionProvider for AcmeClient {
     async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         let response = self.upstream.get(&["v2", "sessions", id]).await?;
         if response.status != 200 {
-            return Err(self.upstream.error_for(&response, None));
+            return Err(self.upstream.error_for(&response));
         }
         let wire: Wire =
             serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;

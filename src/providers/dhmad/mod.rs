@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::upstream::{Upstream, UpstreamResponse};
+use super::upstream::Upstream;
 use super::{CredentialStatus, ProviderKind, SessionProvider};
 use crate::domain::{normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult};
 use crate::sandbox::SandboxSpec;
@@ -28,6 +28,9 @@ pub static KIND: ProviderKind = ProviderKind {
     environments: &[("live", "https://dhmad.tn/api/v1"), ("sandbox", "https://sandbox.dhmad.tn/api/v1")],
     key_var: "DHMAD_API_KEY",
     base_url_var: "DHMAD_BASE_URL",
+    // Per IP by default: replicas behind one egress address share it (see the README).
+    rate_limit: "100/min",
+    retry_after_in_body: Some(body_retry_after),
     client: |upstream| Arc::new(DhmadClient { upstream }),
     details: |session| Box::new(DhmadSessionDetails(session)),
     register_details: <DhmadSessionDetails as async_graphql::OutputType>::create_type_info,
@@ -53,7 +56,7 @@ impl SessionProvider for DhmadClient {
     async fn fetch_session(&self, id: &Arc<str>) -> FetchResult {
         let response = self.upstream.get(&["sessions", id]).await?;
         if response.status != 200 {
-            return Err(self.upstream.error_for(&response, body_retry_after(&response)));
+            return Err(self.upstream.error_for(&response));
         }
         let envelope: Envelope =
             serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;
@@ -127,13 +130,13 @@ const STATUSES: &[(&str, CheckoutStatus)] = &[
 /// DHMAD's error bodies come in several shapes (`{"error": "..."}`, `{"error": "...",
 /// "message": "..."}`, `{"error": {"code": ...}}`); only `retryAfter` on a 429 matters to the
 /// gateway, and any shape, or no JSON at all, must be accepted.
-fn body_retry_after(response: &UpstreamResponse) -> Option<u64> {
+fn body_retry_after(body: &[u8]) -> Option<u64> {
     #[derive(Deserialize)]
     struct ErrorBody {
         #[serde(default, rename = "retryAfter")]
         retry_after: Option<serde_json::Value>,
     }
-    let body: ErrorBody = serde_json::from_slice(&response.body).ok()?;
+    let body: ErrorBody = serde_json::from_slice(body).ok()?;
     match body.retry_after? {
         serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0).ceil() as u64)),
         serde_json::Value::String(s) => s.trim().parse().ok(),

@@ -83,7 +83,7 @@ async fn session(State(state): State<SandboxState>, Path(id): Path<String>, head
             .into_response(),
         RATE_LIMITED => (
             StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": "Too Many Requests", "message": "Rate limit exceeded, retry later", "retryAfter": 30})),
+            Json(json!({"error": "Too Many Requests", "message": "Rate limit exceeded, retry later", "retryAfter": 5})),
         )
             .into_response(),
         SERVER_ERROR => (

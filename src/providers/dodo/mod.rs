@@ -29,6 +29,10 @@ pub static KIND: ProviderKind = ProviderKind {
     environments: &[("live", "https://live.dodopayments.com"), ("test", "https://test.dodopayments.com")],
     key_var: "DODO_PAYMENTS_API_KEY",
     base_url_var: "DODO_PAYMENTS_BASE_URL",
+    // The default tier, per key.
+    rate_limit: "40/s,240/min",
+    // Dodo's error body says nothing about waiting; its headers do.
+    retry_after_in_body: None,
     client: |upstream| Arc::new(DodoClient { upstream }),
     details: |session| Box::new(DodoSessionDetails(session)),
     register_details: <DodoSessionDetails as async_graphql::OutputType>::create_type_info,
@@ -56,7 +60,7 @@ impl SessionProvider for DodoClient {
         if response.status != 200 {
             // Dodo's error body (`{"code", "message"}`) adds nothing the status does not say;
             // the wait comes from headers.
-            return Err(self.upstream.error_for(&response, None));
+            return Err(self.upstream.error_for(&response));
         }
         let wire: WireSession =
             serde_json::from_slice(&response.body).map_err(|e| self.upstream.invalid_body(&e))?;

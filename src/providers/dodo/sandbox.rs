@@ -83,10 +83,10 @@ async fn checkout(State(state): State<SandboxState>, Path(id): Path<String>, hea
         RATE_LIMITED => {
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", None);
             let headers = response.headers_mut();
-            headers.insert("retry-after", "12".parse().expect("static header"));
+            headers.insert("retry-after", "3".parse().expect("static header"));
             headers.insert("x-ratelimit-limit", "40".parse().expect("static header"));
             headers.insert("x-ratelimit-remaining", "0".parse().expect("static header"));
-            headers.insert("x-ratelimit-reset", "12".parse().expect("static header"));
+            headers.insert("x-ratelimit-reset", "3".parse().expect("static header"));
             response
         }
         SERVER_ERROR => {

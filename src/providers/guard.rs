@@ -1,0 +1,372 @@
+//! What stands between a lookup and an account's provider: the quota (sliding windows sized
+//! to what the provider allows), the wait a 429 asked for, and a circuit breaker that stops
+//! calling a provider that keeps failing. Retries are planned here and run by `upstream`.
+//!
+//! Owns: every decision to call, wait, retry or refuse without calling, per account.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::domain::{FetchError, UnavailableReason};
+
+/// A provider's quota as written in settings: `40/s`, `100/min`, `5000/h`, several joined with
+/// `,` (all apply), or `off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit(pub Vec<(u32, Duration)>);
+
+impl RateLimit {
+    pub fn parse(text: &str) -> Result<RateLimit, String> {
+        let text = text.trim();
+        if text == "off" {
+            return Ok(RateLimit(Vec::new()));
+        }
+        let mut limits = Vec::new();
+        for part in text.split(',') {
+            let bad = || format!("`{part}` is not a rate such as 40/s, 100/min or 5000/h (or `off`)");
+            let (count, per) = part.trim().split_once('/').ok_or_else(bad)?;
+            let count: u32 = count.trim().parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+            let period = match per.trim() {
+                "s" | "sec" | "second" => Duration::from_secs(1),
+                "m" | "min" | "minute" => Duration::from_secs(60),
+                "h" | "hour" => Duration::from_secs(3600),
+                _ => return Err(bad()),
+            };
+            limits.push((count, period));
+        }
+        Ok(RateLimit(limits))
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("off");
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(count, period)| match period.as_secs() {
+                1 => format!("{count}/s"),
+                60 => format!("{count}/min"),
+                _ => format!("{count}/h"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// How an account's calls are guarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardPolicy {
+    pub rate_limit: RateLimit,
+    /// Further attempts after a failed one that may succeed (connection error, timeout, 408,
+    /// 409, 429, 5xx).
+    pub retries: u32,
+    /// Consecutive failures (timeouts, connection errors, 5xx) that open the circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit refuses calls before one trial call may close it.
+    pub breaker_cooldown: Duration,
+}
+
+/// The circuit's state, as `/readyz` and `/metrics` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    /// Calls are refused until the cooldown is over.
+    Open,
+    /// The cooldown is over: one trial call is let through; its outcome closes or reopens.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+enum Breaker {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `trial`: a trial call is in flight; others are refused until it reports.
+    HalfOpen {
+        trial: bool,
+    },
+}
+
+/// At most `count` calls in any `period`: the times of the last `count` calls. Exact where a
+/// token bucket is not (a full bucket plus its refill can pass nearly twice the quota in one
+/// window), at the cost of one timestamp per allowed call.
+#[derive(Debug)]
+struct Window {
+    count: usize,
+    period: Duration,
+    calls: Mutex<VecDeque<Instant>>,
+}
+
+impl Window {
+    /// Takes a slot now, or says how long until one frees up.
+    fn take(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut calls = locked(&self.calls);
+        while calls.front().is_some_and(|&at| now.duration_since(at) >= self.period) {
+            calls.pop_front();
+        }
+        if calls.len() < self.count {
+            calls.push_back(now);
+            return Ok(());
+        }
+        let oldest = calls.front().copied().unwrap_or(now);
+        Err((oldest + self.period).saturating_duration_since(now))
+    }
+}
+
+/// The guard of one account.
+pub struct Guard {
+    policy: GuardPolicy,
+    windows: Vec<Window>,
+    /// Until when a 429 asked us not to call.
+    held_until: Mutex<Option<Instant>>,
+    breaker: Mutex<Breaker>,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard").field("policy", &self.policy).field("circuit", &self.circuit()).finish()
+    }
+}
+
+/// What a finished attempt tells the guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Any answer that is not a provider failure (2xx, 4xx but 408/429).
+    Answered,
+    /// A 429, with the wait the provider asked for when it said.
+    RateLimited(Option<Duration>),
+    /// Worth another try, but no sign of trouble (409).
+    Retryable,
+    /// Timeout, connection error, 408 or 5xx: counts towards opening the circuit.
+    Failed,
+}
+
+/// Without a wait signal, a 429 holds calls this long (the Dodo SDK's first backoff, rounded).
+const DEFAULT_HOLD: Duration = Duration::from_secs(1);
+
+/// The longest wait a client is told (GraphQL's `Int` is 32 bits).
+fn seconds(wait: Duration) -> u64 {
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    whole.min(i32::MAX as u64)
+}
+
+fn refused(reason: UnavailableReason, wait: Duration) -> FetchError {
+    FetchError::Unavailable { reason, upstream_status: None, retry_after_seconds: Some(seconds(wait)) }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Guard {
+    pub fn new(policy: GuardPolicy) -> Self {
+        let windows = policy
+            .rate_limit
+            .0
+            .iter()
+            .map(|&(count, period)| Window {
+                count: count as usize,
+                period,
+                calls: Mutex::new(VecDeque::with_capacity((count as usize).min(1024))),
+            })
+            .collect();
+        Self {
+            policy,
+            windows,
+            held_until: Mutex::new(None),
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
+        }
+    }
+
+    pub fn policy(&self) -> &GuardPolicy {
+        &self.policy
+    }
+
+    pub fn circuit(&self) -> CircuitState {
+        match *locked(&self.breaker) {
+            Breaker::Closed { .. } => CircuitState::Closed,
+            Breaker::Open { until } if Instant::now() < until => CircuitState::Open,
+            Breaker::Open { .. } | Breaker::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+
+    /// Waits until a call may be made, or refuses at once: while a 429's wait lasts
+    /// (`RATE_LIMITED`), while the circuit is open (`CIRCUIT_OPEN`), or when the quota has no
+    /// room before `deadline` (`RATE_LIMITED`). A quota that frees up before the deadline is
+    /// waited for.
+    pub async fn admit(&self, deadline: Instant) -> Result<(), FetchError> {
+        if let Some(until) = *locked(&self.held_until) {
+            let now = Instant::now();
+            if now < until {
+                return Err(refused(UnavailableReason::RateLimited, until - now));
+            }
+        }
+        self.admit_breaker()?;
+        for window in &self.windows {
+            loop {
+                match window.take() {
+                    Ok(()) => break,
+                    Err(wait) => {
+                        if Instant::now() + wait >= deadline {
+                            self.release_trial();
+                            return Err(refused(UnavailableReason::RateLimited, wait));
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn admit_breaker(&self) -> Result<(), FetchError> {
+        let mut breaker = locked(&self.breaker);
+        match *breaker {
+            Breaker::Closed { .. } => Ok(()),
+            Breaker::Open { until } => {
+                let now = Instant::now();
+                if now < until {
+                    return Err(refused(UnavailableReason::CircuitOpen, until - now));
+                }
+                *breaker = Breaker::HalfOpen { trial: true };
+                Ok(())
+            }
+            Breaker::HalfOpen { trial: false } => {
+                *breaker = Breaker::HalfOpen { trial: true };
+                Ok(())
+            }
+            Breaker::HalfOpen { trial: true } => {
+                Err(refused(UnavailableReason::CircuitOpen, Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// An admitted call that was not made (no quota in time) gives its trial slot back.
+    fn release_trial(&self) {
+        let mut breaker = locked(&self.breaker);
+        if let Breaker::HalfOpen { trial: true } = *breaker {
+            *breaker = Breaker::HalfOpen { trial: false };
+        }
+    }
+
+    /// Takes note of a finished attempt: a 429 holds further calls; failures count towards
+    /// the circuit, anything else resets it.
+    pub fn record(&self, outcome: Outcome) {
+        if let Outcome::RateLimited(wait) = outcome {
+            let until = Instant::now() + wait.unwrap_or(DEFAULT_HOLD);
+            let mut held = locked(&self.held_until);
+            *held = Some(held.map_or(until, |current| current.max(until)));
+        }
+        let mut breaker = locked(&self.breaker);
+        let failed = outcome == Outcome::Failed;
+        *breaker = match (&*breaker, failed) {
+            (_, false) => Breaker::Closed { failures: 0 },
+            (Breaker::Closed { failures }, true) if failures + 1 < self.policy.breaker_failures => {
+                Breaker::Closed { failures: failures + 1 }
+            }
+            // The threshold reached, or the trial call failed.
+            (_, true) => Breaker::Open { until: Instant::now() + self.policy.breaker_cooldown },
+        };
+    }
+
+    /// How long to wait before attempt `attempt` (1 for the first retry), if another attempt
+    /// is worth making before `deadline`. A wait the provider asked for wins; otherwise the
+    /// Dodo SDK's backoff: `min(0.5 s * 2^(attempt-1), 8 s)` times a jitter in [0.75, 1].
+    pub fn retry_wait(&self, attempt: u32, asked: Option<Duration>, deadline: Instant) -> Option<Duration> {
+        if attempt > self.policy.retries {
+            return None;
+        }
+        let wait = asked.unwrap_or_else(|| {
+            let base = Duration::from_millis(500)
+                .saturating_mul(1 << (attempt - 1).min(5))
+                .min(Duration::from_secs(8));
+            base.mul_f64(0.75 + fastrand::f64() * 0.25)
+        });
+        (Instant::now() + wait < deadline).then_some(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rate_limit: &str) -> GuardPolicy {
+        GuardPolicy {
+            rate_limit: RateLimit::parse(rate_limit).unwrap(),
+            retries: 2,
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn a_window_never_passes_more_than_its_count() {
+        let window =
+            Window { count: 3, period: Duration::from_millis(300), calls: Mutex::new(VecDeque::new()) };
+        for _ in 0..3 {
+            window.take().unwrap();
+        }
+        let wait = window.take().unwrap_err();
+        assert!(wait > Duration::from_millis(250) && wait <= Duration::from_millis(300), "{wait:?}");
+        std::thread::sleep(wait);
+        for _ in 0..3 {
+            window.take().unwrap();
+        }
+        assert!(window.take().is_err(), "three per window, however they are spread");
+    }
+
+    #[test]
+    fn rates_parse_and_print() {
+        assert_eq!(RateLimit::parse("40/s, 240/min").unwrap().to_string(), "40/s,240/min");
+        assert!(RateLimit::parse("off").unwrap().is_off());
+        for bad in ["", "40", "0/s", "x/s", "40/day", "40/s,"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_waits_back_off_within_the_deadline() {
+        let guard = Guard::new(policy("off"));
+        let far = Instant::now() + Duration::from_secs(60);
+        let first = guard.retry_wait(1, None, far).unwrap();
+        assert!(first >= Duration::from_millis(375) && first <= Duration::from_millis(500), "{first:?}");
+        let second = guard.retry_wait(2, None, far).unwrap();
+        assert!(second >= Duration::from_millis(750) && second <= Duration::from_secs(1), "{second:?}");
+        assert_eq!(guard.retry_wait(3, None, far), None, "two retries at most");
+        assert_eq!(guard.retry_wait(1, Some(Duration::from_secs(7)), far), Some(Duration::from_secs(7)));
+        let near = Instant::now() + Duration::from_millis(100);
+        assert_eq!(guard.retry_wait(1, None, near), None, "never past the deadline");
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_refuses_and_closes_after_a_good_trial() {
+        let guard = Guard::new(policy("off"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            guard.admit(deadline).await.unwrap();
+            guard.record(Outcome::Failed);
+        }
+        assert_eq!(guard.circuit(), CircuitState::Open);
+        let refused = guard.admit(deadline).await.unwrap_err();
+        assert!(matches!(refused, FetchError::Unavailable { reason: UnavailableReason::CircuitOpen, .. }));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(guard.circuit(), CircuitState::HalfOpen);
+        guard.admit(deadline).await.unwrap();
+        assert!(guard.admit(deadline).await.is_err(), "one trial at a time");
+        guard.record(Outcome::Answered);
+        assert_eq!(guard.circuit(), CircuitState::Closed);
+    }
+}
