@@ -139,6 +139,33 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_ENTITIES_MAX", value_name = "N")]
     pub entities_max: Option<String>,
 
+    /// Connections served at once; more wait in the kernel's backlog [default: 4096].
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+
+    /// Time a client has to send a request's headers [default: 10s].
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+
+    /// The longest a request may take; past it the client gets 503 [default: 30s].
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+
+    /// The most a request body may hold, whatever its content type; more is refused with 413
+    /// [default: 2097152 (2 MiB)].
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<String>,
+
+    /// Serve GraphiQL to browsers at GET /graphql: `true` or `false` [default: false; true
+    /// with --demo].
+    #[arg(long, env = "GATEWAY_GRAPHIQL", value_name = "BOOL")]
+    pub graphiql: Option<String>,
+
+    /// Answer introspection (`__schema`, `__type`): `true` or `false`; federation's
+    /// `_service { sdl }` is always answered [default: false; true with --demo].
+    #[arg(long, env = "GATEWAY_INTROSPECTION", value_name = "BOOL")]
+    pub introspection: Option<String>,
+
     /// Log format: `text` or `json` [default: text]. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -183,6 +210,12 @@ impl Settings {
             cache_ttl_not_found,
             batch_max,
             entities_max,
+            max_connections,
+            header_read_timeout,
+            request_timeout,
+            max_body_bytes,
+            graphiql,
+            introspection,
             log_format,
             shutdown_delay,
             shutdown_grace,
@@ -423,6 +456,12 @@ pub struct Config {
     pub response_cache_bytes: u64,
     pub batch_max: usize,
     pub entities_max: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub graphiql: bool,
+    pub introspection: bool,
     pub log_format: LogFormat,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
@@ -473,6 +512,13 @@ impl Config {
         let listen = listen.trim().parse::<SocketAddr>().map_err(|_| {
             names.invalid("listen", format!("`{listen}` is not an address and port such as 0.0.0.0:8080"))
         })?;
+        let boolean = |id: &str, value: &Option<String>, default: bool| match value.as_deref().map(str::trim)
+        {
+            None => Ok(default),
+            Some("true" | "on" | "1") => Ok(true),
+            Some("false" | "off" | "0") => Ok(false),
+            Some(other) => Err(names.invalid(id, format!("`{other}` is neither true nor false"))),
+        };
         let positive_duration = |id: &str, value: &Option<String>, default: &str| {
             let d = duration(id, value, default)?;
             if d.is_zero() {
@@ -549,6 +595,18 @@ impl Config {
             )?,
             batch_max: positive("batch_max", &settings.batch_max, 100, 10_000)? as usize,
             entities_max: positive("entities_max", &settings.entities_max, 2_000, 100_000)? as usize,
+            max_connections: positive("max_connections", &settings.max_connections, 4096, 1_000_000)?
+                as usize,
+            header_read_timeout: positive_duration(
+                "header_read_timeout",
+                &settings.header_read_timeout,
+                "10s",
+            )?,
+            request_timeout: positive_duration("request_timeout", &settings.request_timeout, "30s")?,
+            max_body_bytes: positive("max_body_bytes", &settings.max_body_bytes, 2 * 1024 * 1024, 1 << 30)?
+                as usize,
+            graphiql: boolean("graphiql", &settings.graphiql, demo)?,
+            introspection: boolean("introspection", &settings.introspection, demo)?,
             log_format,
             shutdown_delay: duration("shutdown_delay", &settings.shutdown_delay, "5s")?,
             shutdown_grace: duration("shutdown_grace", &settings.shutdown_grace, "20s")?,

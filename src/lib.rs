@@ -28,6 +28,7 @@
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod edge;
 pub mod graphql;
 pub mod metrics;
 pub mod net;

@@ -9,6 +9,49 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Operation names as labels: the first `max` distinct names seen, then `other`. Names come
+/// from clients; without a bound each new one would add series to `/metrics` forever.
+#[derive(Debug)]
+pub struct OperationLabels {
+    max: usize,
+    seen: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+impl OperationLabels {
+    pub fn new(max: usize) -> Self {
+        Self { max, seen: std::sync::RwLock::new(std::collections::HashSet::new()) }
+    }
+
+    /// The label for `request`'s operation: `operationName`, else the name in the document
+    /// (parsed once; execution reuses the parse); `anonymous`, `invalid_name` or `other`.
+    pub fn label(&self, request: &mut async_graphql::Request) -> String {
+        let name = match &request.operation_name {
+            Some(name) => Some(name.clone()),
+            None => match request.parsed_query().map(|doc| &doc.operations) {
+                Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
+                    if operations.len() == 1 =>
+                {
+                    operations.keys().next().map(|name| name.to_string())
+                }
+                _ => None,
+            },
+        };
+        let Some(name) = name else { return "anonymous".to_owned() };
+        if name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return "invalid_name".to_owned();
+        }
+        if self.seen.read().is_ok_and(|seen| seen.contains(&name)) {
+            return name;
+        }
+        let Ok(mut seen) = self.seen.write() else { return "other".to_owned() };
+        if seen.len() < self.max {
+            seen.insert(name.clone());
+            return name;
+        }
+        "other".to_owned()
+    }
+}
+
 /// Latency buckets in seconds: sub-millisecond cache hits up to slow provider calls.
 const BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

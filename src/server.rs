@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -33,14 +33,18 @@ use tracing::Instrument;
 use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::domain::Secret;
+use crate::edge::{self, EdgeLimits, Phase};
 use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, RequestScope};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OperationLabels};
 use crate::providers::guard::CircuitState;
 use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
 use crate::sandbox::{self, SandboxOptions};
 use crate::service::SessionService;
 use crate::{net, telemetry};
+
+/// Distinct operation names kept as metrics labels; later ones count as `other`.
+const OPERATION_LABELS_MAX: usize = 200;
 
 /// Parsed documents kept (estimated bytes): thousands of distinct dashboard queries.
 const DOCUMENT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -67,6 +71,14 @@ struct AppState {
     credentials: Credentials,
     /// For their circuits' state, read live by `/readyz` and `/metrics`.
     accounts: Arc<Vec<Arc<Account>>>,
+    /// The longest a request may take, whatever it waits for.
+    request_timeout: Duration,
+    /// The most a request body may hold.
+    max_body_bytes: usize,
+    /// Serve GraphiQL to browsers.
+    graphiql: bool,
+    /// Operation names as metrics labels, from a bounded set.
+    operations: Arc<OperationLabels>,
 }
 
 /// A gateway bound to its port, ready to run.
@@ -129,6 +141,7 @@ impl Application {
                 entities_max: config.entities_max,
             },
             &kinds,
+            config.introspection,
         );
         let ready = Arc::new(AtomicBool::new(false));
         let router = router(AppState {
@@ -140,6 +153,10 @@ impl Application {
             ready: ready.clone(),
             credentials: credentials.clone(),
             accounts: Arc::new(accounts.clone()),
+            request_timeout: config.request_timeout,
+            max_body_bytes: config.max_body_bytes,
+            graphiql: config.graphiql,
+            operations: Arc::new(OperationLabels::new(OPERATION_LABELS_MAX)),
         });
         let listener = TcpListener::bind(config.listen)
             .await
@@ -160,22 +177,26 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self { listener, router, ready, config, accounts, credentials } = self;
         tokio::spawn(check_credentials(accounts, credentials));
-        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = drained.await;
-        });
-        let mut server = tokio::spawn(async move { server.await });
+        let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
+        let limits = EdgeLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+        };
+        let mut server = tokio::spawn(edge::serve(listener, router, limits, phases));
         ready.store(true, Ordering::SeqCst);
         tokio::select! {
-            result = &mut server => return Ok(result??),
+            result = &mut server => return Ok(result?),
             () = stop => {}
         }
+        // Not ready, and every connection is asked to move off (HTTP/2: GOAWAY now; HTTP/1.1:
+        // `Connection: close` on its next response) while the listener still serves.
         ready.store(false, Ordering::SeqCst);
+        let _ = phase.send(Phase::Draining);
         tracing::info!(delay = ?config.shutdown_delay, grace = ?config.shutdown_grace, "shutting down: not ready, draining");
         tokio::time::sleep(config.shutdown_delay).await;
-        let _ = drain.send(());
+        let _ = phase.send(Phase::Closing);
         match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-            Ok(result) => result??,
+            Ok(result) => result?,
             Err(_) => tracing::warn!("shutdown grace period over with requests still in flight; exiting"),
         }
         tracing::info!("stopped");
@@ -275,17 +296,34 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
         _ => "other",
     };
     let method = request.method().clone();
+    let version = request.version();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route);
     let started = Instant::now();
-    let mut response =
-        telemetry::with_request_id(request_id.clone(), next.run(request)).instrument(span.clone()).await;
+    let handled = telemetry::with_request_id(request_id.clone(), next.run(request)).instrument(span.clone());
+    let mut response = match tokio::time::timeout(state.request_timeout, handled).await {
+        Ok(response) => response,
+        Err(_) => graphql_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took longer than the gateway allows (GATEWAY_REQUEST_TIMEOUT)",
+        ),
+    };
+    // Draining: an HTTP/1.1 client closes this connection after this response and opens its
+    // next one elsewhere, instead of reusing one that is about to close under it.
+    if !state.ready.load(Ordering::Relaxed) && version <= axum::http::Version::HTTP_11 {
+        response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let elapsed = started.elapsed();
     let status = response.status();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    state.metrics.http_requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
-    state.metrics.http_duration.with_label_values(&[route, method.as_str()]).observe(elapsed.as_secs_f64());
+    // Whatever the route, a refusal is never stored (a 404, 405, 413, 503…).
+    if !status.is_success() && !response.headers().contains_key(CACHE_CONTROL) {
+        response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    let method = method_label(&method);
+    state.metrics.http_requests.with_label_values(&[route, method, status.as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
     let status = status.as_u16();
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
@@ -298,57 +336,170 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
     response
 }
 
-/// The most a `/graphql` request body may hold.
-const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-
-/// A JSON POST answered moments ago with a reusable answer is replayed from the response
-/// cache; every other request goes through async-graphql-axum's extractor and the schema.
-async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
-    let is_json = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|content_type| content_type.starts_with("application/json"));
-    if !is_json {
-        return extract_and_execute(&state, request, None).await;
+/// Methods are labels from a fixed set: a client inventing methods must not invent series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "other",
     }
-    let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return graphql_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body could not be read, or is over 2 MiB",
-        );
-    };
-    if let Some(stored) = state.responses.get(&bytes) {
-        return replay(&state, &stored);
-    }
-    extract_and_execute(&state, Request::from_parts(parts, Body::from(bytes.clone())), Some(bytes)).await
 }
 
-/// A query in the URL runs (or is replayed); a browser asking for HTML without one gets
-/// GraphiQL.
-async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
-    let key = request.uri().query().map(|query| Bytes::from(format!("GET?{query}")));
-    if let Some(stored) = key.as_deref().and_then(|key| state.responses.get(key)) {
-        return replay(&state, &stored);
+/// What a response is sent as (GraphQL over HTTP): `application/graphql-response+json` to a
+/// client that accepts it, where a request that could not run (it did not parse or validate)
+/// is a 400; `application/json` otherwise (and to a client that says nothing), always 200.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MediaType {
+    GraphqlResponse,
+    Json,
+}
+
+impl MediaType {
+    fn of(headers: &axum::http::HeaderMap) -> Self {
+        let accepts = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if accepts.contains("application/graphql-response+json") {
+            MediaType::GraphqlResponse
+        } else {
+            MediaType::Json
+        }
     }
+
+    fn header(self) -> HeaderValue {
+        match self {
+            MediaType::GraphqlResponse => HeaderValue::from_static("application/graphql-response+json"),
+            MediaType::Json => HeaderValue::from_static("application/json"),
+        }
+    }
+}
+
+/// Browsers send these content types without a CORS preflight, so a page on any site could
+/// make a dashboard user's browser post one; a query sent so must prove it was not (Apollo
+/// Router's CSRF rule).
+fn is_simple_content_type(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else { return true };
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    matches!(essence.as_str(), "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data")
+}
+
+/// A non-empty `apollo-require-preflight` or `x-apollo-operation-name`: no browser sends a
+/// custom header cross-site without a preflight, which this server does not grant.
+fn is_preflighted(headers: &axum::http::HeaderMap) -> bool {
+    ["apollo-require-preflight", "x-apollo-operation-name"]
+        .iter()
+        .any(|name| headers.get(*name).is_some_and(|value| !value.is_empty()))
+}
+
+const CSRF_REFUSAL: &str = "this request could have been sent by a browser on another site: send it as \
+     application/json, or add a non-empty `apollo-require-preflight` header";
+
+/// Every POST body is read whole up to `GATEWAY_MAX_BODY_BYTES` (413 past it), whatever its
+/// content type; a JSON body answered moments ago with a reusable answer is replayed.
+async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("multipart/")) {
+        return graphql_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "multipart requests (uploads) are not accepted",
+        );
+    }
+    if is_simple_content_type(content_type) && !is_preflighted(&parts.headers) {
+        return graphql_error(StatusCode::BAD_REQUEST, CSRF_REFUSAL);
+    }
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || {
+        graphql_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over {} bytes (GATEWAY_MAX_BODY_BYTES)", state.max_body_bytes),
+        )
+    };
+    if declared.is_some_and(|length| length > state.max_body_bytes as u64) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(error) if is_length_limit(&error) => return too_large(),
+        Err(_) => return graphql_error(StatusCode::BAD_REQUEST, "the request body could not be read"),
+    };
+    let media = MediaType::of(&parts.headers);
+    let is_json = content_type.is_some_and(|t| {
+        let essence = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        essence == "application/json" || essence == "application/graphql-response+json"
+    });
+    if !is_json {
+        return graphql_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a POST to /graphql is a JSON body ({\"query\": …}) sent as application/json",
+        );
+    }
+    if let Some(stored) = state.responses.get(&bytes) {
+        return replay(&state, &stored, media);
+    }
+    match serde_json::from_slice::<async_graphql::Request>(&bytes) {
+        Ok(request) if request.query.trim().is_empty() => {
+            graphql_error(StatusCode::BAD_REQUEST, "the body has no `query`")
+        }
+        Ok(request) => execute(&state, request, Some(bytes), media).await,
+        Err(error) => graphql_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the body is not a GraphQL request ({{\"query\": \"…\", \"variables\": {{…}}}}): {error}"
+            ),
+        ),
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// A query in the URL runs (or is replayed) when the request proves it is no cross-site one;
+/// a browser asking for HTML without one gets GraphiQL, where it is turned on.
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let media = MediaType::of(request.headers());
+    let has_query = request.uri().query().is_some_and(|query| {
+        query.split('&').any(|pair| pair.starts_with("query=") && pair.len() > "query=".len())
+    });
     let wants_html = request
         .headers()
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
-    match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
-        Ok(request) if !request.0.query.trim().is_empty() => execute(&state, request.into_inner(), key).await,
-        _ if wants_html => Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response(),
-        Err(rejection) => rejection.into_response(),
-        Ok(_) => graphql_error(StatusCode::BAD_REQUEST, "GET /graphql needs a `query` parameter"),
+    if !has_query {
+        if wants_html && state.graphiql {
+            return Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response();
+        }
+        return graphql_error(StatusCode::BAD_REQUEST, "GET /graphql needs a `query` parameter");
     }
-}
-
-async fn extract_and_execute(state: &AppState, request: Request, cache_key: Option<Bytes>) -> Response {
-    match GraphQLRequest::<GraphQLRejection>::from_request(request, state).await {
-        Ok(request) => execute(state, request.into_inner(), cache_key).await,
-        Err(rejection) => rejection.into_response(),
+    if !is_preflighted(request.headers()) {
+        return graphql_error(StatusCode::BAD_REQUEST, CSRF_REFUSAL);
+    }
+    let key = request.uri().query().map(|query| Bytes::from(format!("GET?{query}")));
+    if let Some(stored) = key.as_deref().and_then(|key| state.responses.get(key)) {
+        return replay(&state, &stored, media);
+    }
+    match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
+        Ok(request) => execute(&state, request.into_inner(), key, media).await,
+        Err(_) => graphql_error(
+            StatusCode::BAD_REQUEST,
+            "the URL is not a GraphQL request: `query`, and `variables` as JSON if any",
+        ),
     }
 }
 
@@ -357,15 +508,20 @@ async fn execute(
     state: &AppState,
     mut request: async_graphql::Request,
     cache_key: Option<Bytes>,
+    media: MediaType,
 ) -> Response {
     state.documents.prepare(&mut request);
-    let operation = operation_label(&mut request);
+    let operation = state.operations.label(&mut request);
     let scope = RequestScope::default();
     let request = request.data(scope.clone());
     let response = state.schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();
     let reusable_until = scope.reusable_until(response.is_err());
+    // A request that never ran (it did not parse or validate) has only errors without a path.
+    let not_run = response.data == async_graphql::Value::Null
+        && response.is_err()
+        && response.errors.iter().all(|error| error.path.is_empty());
     let body = match serde_json::to_vec(&response) {
         Ok(mut body) => {
             // Kept bodies should cost what they weigh: no spare capacity.
@@ -381,50 +537,34 @@ async fn execute(
         // Own the key exactly: the request's bytes may be a view of a larger read buffer.
         state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), until, operation);
     }
-    graphql_response(body, reusable_until)
+    let mut response = graphql_response(body, reusable_until, media);
+    if not_run && media == MediaType::GraphqlResponse {
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    response
 }
 
-fn replay(state: &AppState, stored: &StoredResponse) -> Response {
+fn replay(state: &AppState, stored: &StoredResponse, media: MediaType) -> Response {
     state.metrics.response_cache_hits.inc();
     state.metrics.graphql_operations.with_label_values(&[stored.operation.as_str(), "ok"]).inc();
-    graphql_response(stored.body.clone(), Some(stored.expires_at))
+    graphql_response(stored.body.clone(), Some(stored.expires_at), media)
 }
 
-fn graphql_response(body: Bytes, reusable_until: Option<Instant>) -> Response {
+fn graphql_response(body: Bytes, reusable_until: Option<Instant>, media: MediaType) -> Response {
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json"));
+    headers.insert(CONTENT_TYPE, media.header());
     if let Ok(value) = HeaderValue::from_str(&cache_control(reusable_until)) {
         headers.insert(CACHE_CONTROL, value);
     }
     response
 }
 
+/// A refusal: a GraphQL-shaped JSON body, never stored by anyone.
 fn graphql_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"errors": [{"message": message}]}))).into_response()
-}
-
-/// The operation's name for metrics: `operationName`, else the name in the document (parsed
-/// once; execution reuses the parse). Names come from clients: keep the label clean.
-fn operation_label(request: &mut async_graphql::Request) -> String {
-    let name = match &request.operation_name {
-        Some(name) => Some(name.clone()),
-        None => match request.parsed_query().map(|doc| &doc.operations) {
-            Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
-                if operations.len() == 1 =>
-            {
-                operations.keys().next().map(|name| name.to_string())
-            }
-            _ => None,
-        },
-    };
-    match name {
-        None => "anonymous".to_owned(),
-        Some(name) if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
-            name
-        }
-        Some(_) => "invalid_name".to_owned(),
-    }
+    let mut response = (status, Json(json!({"errors": [{"message": message}]}))).into_response();
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn livez() -> &'static str {

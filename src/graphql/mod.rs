@@ -57,8 +57,15 @@ fn builder(providers: &[&'static ProviderKind]) -> SchemaBuilder<Query, EmptyMut
     })
 }
 
-pub fn schema(gateway: Gateway, providers: &[&'static ProviderKind]) -> GatewaySchema {
-    builder(providers).data(gateway).finish()
+/// `introspection`: answer `__schema` and `__type` (federation's `_service` is answered
+/// either way: routers compose with it).
+pub fn schema(gateway: Gateway, providers: &[&'static ProviderKind], introspection: bool) -> GatewaySchema {
+    let builder = builder(providers).data(gateway);
+    if introspection {
+        builder.finish()
+    } else {
+        builder.disable_introspection().finish()
+    }
 }
 
 /// The SDL a federation composition is given; `schema.graphql` holds exactly this for the

@@ -103,17 +103,44 @@ async fn a_batch_of_100_is_served_and_101_refused_without_any_upstream_call() {
 
 #[tokio::test]
 async fn get_runs_a_query_and_a_browser_gets_graphiql() {
-    let app = spawn_app(|_| {}).await;
+    let app = spawn_app(|config| config.graphiql = true).await;
     mount_dodo(&app, "cks_get", Some("processing")).await;
     let url = format!("http://{}/graphql", app.addr);
     let query = r#"{ checkoutSession(provider: DODO, id: "cks_get") { ... on CheckoutSession { status } } }"#;
-    let body: Value =
-        app.http.get(&url).query(&[("query", query)]).send().await.unwrap().json().await.unwrap();
+    let body: Value = app
+        .http
+        .get(&url)
+        .query(&[("query", query)])
+        .header("apollo-require-preflight", "true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["data"]["checkoutSession"]["status"], "PROCESSING");
 
     let page = app.http.get(&url).header("accept", "text/html").send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().to_lowercase().contains("graphiql"));
+}
+
+#[tokio::test]
+async fn graphiql_and_introspection_are_off_unless_turned_on() {
+    let app = spawn_app(|_| {}).await;
+    let url = format!("http://{}/graphql", app.addr);
+    let page = app.http.get(&url).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), 400);
+    assert!(!page.text().await.unwrap().to_lowercase().contains("graphiql"));
+    let reply = app.graphql("{ __schema { queryType { name } } }", json!({})).await;
+    assert!(reply.body["data"]["__schema"].is_null(), "no schema shown: {}", reply.body);
+    // Routers compose with `_service`: it stays.
+    let sdl = app.graphql("{ _service { sdl } }", json!({})).await;
+    assert!(sdl.data("_service")["sdl"].as_str().unwrap().contains("CheckoutSession"));
+
+    let app = spawn_app(|config| config.introspection = true).await;
+    let reply = app.graphql("{ __schema { queryType { name } } }", json!({})).await;
+    assert_eq!(reply.data("__schema")["queryType"]["name"], "Query");
 }
 
 #[tokio::test]

@@ -294,3 +294,221 @@ async fn an_open_session_is_never_announced_or_replayed_past_its_expiry() {
     app.graphql(&query, json!({})).await;
     assert_eq!(session_calls(&app.dhmad).await, 2, "after its expiry the session was asked again");
 }
+
+// ---- Clients cannot exhaust it. -----------------------------------------------------------
+
+fn url(app: &crate::helpers::TestApp) -> String {
+    format!("http://{}/graphql", app.addr)
+}
+
+async fn refusal(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let cache =
+        response.headers().get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, cache, body)
+}
+
+#[tokio::test]
+async fn one_body_limit_for_every_content_type() {
+    let app = spawn_app(|config| config.max_body_bytes = 64 * 1024).await;
+    let big = "x".repeat(100 * 1024);
+    let json_body = json!({"query": format!("{{ __typename }} # {big}")}).to_string();
+    for (content_type, body) in [
+        ("application/json", json_body.clone()),
+        ("text/plain", big.clone()),
+        ("application/graphql", big.clone()),
+    ] {
+        let sent = app
+            .http
+            .post(url(&app))
+            .header("content-type", content_type)
+            .header("apollo-require-preflight", "true")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, cache, body) = refusal(sent).await;
+        assert_eq!(status, 413, "{content_type}");
+        assert_eq!(cache, "no-store");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains("GATEWAY_MAX_BODY_BYTES"));
+    }
+    // Without a Content-Length (chunked), the limit holds while reading.
+    let stream = futures::stream::iter(
+        (0..100).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024]))),
+    );
+    let sent = app
+        .http
+        .post(url(&app))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 413);
+    // Multipart (uploads) is refused whatever its size.
+    let sent = app
+        .http
+        .post(url(&app))
+        .header("content-type", "multipart/form-data; boundary=x")
+        .header("apollo-require-preflight", "true")
+        .body("--x--")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 415);
+}
+
+#[tokio::test]
+async fn queries_a_browser_could_send_cross_site_need_a_preflight_header() {
+    let app = spawn_app(|_| {}).await;
+    crate::helpers::mount_dodo(&app, "cks_csrf", Some("succeeded")).await;
+    let query = r#"{ checkoutSession(provider: DODO, id: "cks_csrf") { __typename } }"#;
+    let body = json!({"query": query}).to_string();
+    // A GET, and a POST as text/plain or a form: refused without the header, before any call.
+    let get = app.http.get(url(&app)).query(&[("query", query)]).send().await.unwrap();
+    let (status, cache, refused) = refusal(get).await;
+    assert_eq!((status, cache.as_str()), (400, "no-store"));
+    assert!(refused["errors"][0]["message"].as_str().unwrap().contains("apollo-require-preflight"));
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let post = app
+            .http
+            .post(url(&app))
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 400, "{content_type}");
+    }
+    assert!(app.dodo.received_requests().await.unwrap().is_empty(), "nothing ran");
+    // With a preflight header, or as JSON (which a browser cannot send cross-site without a
+    // preflight), it runs.
+    for header in ["apollo-require-preflight", "x-apollo-operation-name"] {
+        let get =
+            app.http.get(url(&app)).query(&[("query", query)]).header(header, "1").send().await.unwrap();
+        assert_eq!(get.status(), 200, "{header}");
+    }
+    let post =
+        app.http.post(url(&app)).header("content-type", "application/json").body(body).send().await.unwrap();
+    assert_eq!(post.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_requests_get_graphql_errors_with_the_status_their_media_type_calls_for() {
+    let app = spawn_app(|_| {}).await;
+    let post = |body: &'static str, accept: &'static str| {
+        app.http
+            .post(url(&app))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(body)
+            .send()
+    };
+    // The body is not a GraphQL request at all: 400, whatever the client accepts.
+    for body in ["{\"query\": \"{ a\nb }\"}", "{not json", "{\"variables\": {}}", "[]"] {
+        let (status, cache, reply) = refusal(post(body, "application/json").await.unwrap()).await;
+        assert_eq!((status, cache.as_str()), (400, "no-store"), "{body}");
+        let message = reply["errors"][0]["message"].as_str().unwrap();
+        assert!(!message.contains("InvalidRequest("), "no Rust debug text: {message}");
+    }
+    // A document that does not parse or validate: 400 as graphql-response+json, 200 as json.
+    for document in ["{\"query\": \"{ checkoutSession(\"}", "{\"query\": \"{ nope }\"}"] {
+        let strict = post(document, "application/graphql-response+json").await.unwrap();
+        assert_eq!(strict.headers()["content-type"], "application/graphql-response+json");
+        let (status, cache, reply) = refusal(strict).await;
+        assert_eq!((status, cache.as_str()), (400, "no-store"), "{document}");
+        assert!(reply["errors"].is_array());
+        let legacy = post(document, "application/json").await.unwrap();
+        assert_eq!(legacy.headers()["content-type"], "application/json");
+        assert_eq!(legacy.status(), 200, "{document}");
+    }
+    // Any route's refusal is not stored either.
+    let missing = app.http.get(format!("http://{}/nowhere", app.addr)).send().await.unwrap();
+    assert_eq!(missing.headers()["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn metrics_series_stay_fixed_whatever_clients_send() {
+    let app = spawn_app(|_| {}).await;
+    // Warm every series an ordinary request creates, then count.
+    app.graphql("query Warm { __typename }", json!({})).await;
+    let method = |name: &str| reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+    app.http.request(method("XYZ0"), url(&app)).send().await.unwrap();
+    for i in 0..250 {
+        app.graphql(&format!("query Op{i} {{ __typename }}"), json!({})).await;
+    }
+    let series = |metrics: &str| metrics.lines().filter(|l| !l.starts_with('#')).count();
+    app.metrics().await; // A scrape's own series appear after it.
+    let before = series(&app.metrics().await);
+    for i in 1..=5 {
+        app.http.request(method(&format!("XYZ{i}")), url(&app)).send().await.unwrap();
+    }
+    for i in 0..1_000 {
+        app.graphql(&format!("query Junk{i} {{ __typename }}"), json!({})).await;
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(series(&metrics), before, "junk methods and names added series");
+    assert!(metrics.contains(r#"method="other""#));
+    assert!(metrics.contains(r#"operation="other""#));
+}
+
+#[tokio::test]
+async fn a_request_that_takes_too_long_is_cut_off() {
+    let app = spawn_app(|config| {
+        config.request_timeout = Duration::from_millis(300);
+        config.upstream_timeout = Duration::from_secs(5);
+    })
+    .await;
+    Mock::given(path("/checkouts/cks_slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
+        .mount(&app.dodo)
+        .await;
+    let started = Instant::now();
+    let sent = app
+        .http
+        .post(url(&app))
+        .json(&json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_slow") { __typename } }"#}))
+        .send()
+        .await
+        .unwrap();
+    let (status, cache, body) = refusal(sent).await;
+    assert_eq!((status, cache.as_str()), (503, "no-store"));
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("GATEWAY_REQUEST_TIMEOUT"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_connections_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(|config| {
+        config.header_read_timeout = Duration::from_millis(300);
+        config.max_connections = 2;
+    })
+    .await;
+    // A client that never finishes its headers loses its connection.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buffer = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(3), slow.read(&mut buffer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the server closed (or answered 408) within the timeout");
+    drop(slow);
+
+    // Two connections held open: a third is not served until one goes.
+    let livez = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut connection = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        connection.write_all(livez).await.unwrap();
+        let n = connection.read(&mut buffer).await.unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+        held.push(connection);
+    }
+    let mut third = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    third.write_all(livez).await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(150), third.read(&mut buffer)).await;
+    assert!(waiting.is_err(), "a third connection was served while two were open");
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buffer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+}
