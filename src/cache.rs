@@ -33,8 +33,10 @@ pub struct CachePolicy {
     /// How old a session may be and still be served, marked stale, while its provider cannot
     /// answer; zero: never.
     pub stale_if_error: Duration,
-    /// The most entries kept.
+    /// The most entries kept…
     pub max_entries: u64,
+    /// …and the most bytes they may hold, whichever bound is reached first.
+    pub max_bytes: u64,
 }
 
 impl Default for CachePolicy {
@@ -46,6 +48,7 @@ impl Default for CachePolicy {
             not_found: Duration::from_secs(2),
             stale_if_error: Duration::from_secs(3600),
             max_entries: 100_000,
+            max_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -73,6 +76,19 @@ impl CachePolicy {
             Err(FetchError::NotFound) => Some(self.not_found),
             Err(_) => None,
         }
+    }
+}
+
+/// An entry's weight for a cache bounded to `max_bytes`: its bytes (key, bookkeeping,
+/// session), but never less than `max_bytes / max_entries`, so that at most `max_entries`
+/// fit whatever their size.
+fn weigher(policy: &CachePolicy) -> impl Fn(&Key, usize) -> u32 + Clone + Send + Sync + 'static {
+    let floor = policy.max_bytes / policy.max_entries.max(1);
+    move |key: &Key, session_bytes: usize| {
+        // moka's own bookkeeping per entry is about this much.
+        const OVERHEAD: usize = 128;
+        let bytes = (key.0.len() + key.1.len() + OVERHEAD + session_bytes) as u64;
+        u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
     }
 }
 
@@ -126,9 +142,14 @@ pub struct SessionCache {
 impl SessionCache {
     pub fn new(policy: CachePolicy, metrics: Arc<Metrics>) -> Self {
         let evictions = metrics.cache_evictions.clone();
+        let weigh = weigher(&policy);
+        let weigh_stale = weigh.clone();
         let cache = Cache::builder()
             .name("sessions")
-            .max_capacity(policy.max_entries)
+            .max_capacity(policy.max_bytes)
+            .weigher(move |key: &Key, entry: &Entry| {
+                weigh(key, entry.answer.as_ref().map_or(0, |session| session.weight()))
+            })
             .expire_after(ByAnswer)
             .eviction_listener(move |_key, _value, cause| {
                 let cause = match cause {
@@ -143,7 +164,8 @@ impl SessionCache {
         let stale = (!policy.stale_if_error.is_zero()).then(|| {
             Cache::builder()
                 .name("stale sessions")
-                .max_capacity(policy.max_entries)
+                .max_capacity(policy.max_bytes)
+                .weigher(move |key: &Key, session: &Arc<CheckoutSession>| weigh_stale(key, session.weight()))
                 .time_to_live(policy.stale_if_error)
                 .build()
         });

@@ -104,6 +104,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_UPSTREAM_CONCURRENCY", value_name = "N")]
     pub upstream_concurrency: Option<String>,
 
+    /// Bytes the cached sessions may hold, all accounts together (merchant metadata can be
+    /// large); fits the manifests' 512 MiB memory limit [default: 134217728 (128 MiB)].
+    #[arg(long, env = "GATEWAY_CACHE_MAX_BYTES", value_name = "BYTES")]
+    pub cache_max_bytes: Option<String>,
+
     /// Most answers kept in the cache, all accounts together [default: 100000].
     #[arg(long, env = "GATEWAY_CACHE_MAX_ENTRIES", value_name = "N")]
     pub cache_max_entries: Option<String>,
@@ -166,6 +171,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_INTROSPECTION", value_name = "BOOL")]
     pub introspection: Option<String>,
 
+    /// Log lines waiting to be written at most; past it lines are dropped and counted rather
+    /// than slowing requests [default: 65536].
+    #[arg(long, env = "GATEWAY_LOG_QUEUE_LINES", value_name = "N")]
+    pub log_queue_lines: Option<String>,
+
     /// Log format: `text` or `json` [default: text]. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -203,6 +213,7 @@ impl Settings {
             stale_if_error,
             upstream_concurrency,
             cache_max_entries,
+            cache_max_bytes,
             response_cache_bytes,
             cache_ttl_terminal,
             cache_ttl_failed,
@@ -216,6 +227,7 @@ impl Settings {
             max_body_bytes,
             graphiql,
             introspection,
+            log_queue_lines,
             log_format,
             shutdown_delay,
             shutdown_grace,
@@ -462,6 +474,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub graphiql: bool,
     pub introspection: bool,
+    pub log_queue_lines: usize,
     pub log_format: LogFormat,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
@@ -586,6 +599,12 @@ impl Config {
                     100_000,
                     100_000_000,
                 )?,
+                max_bytes: positive(
+                    "cache_max_bytes",
+                    &settings.cache_max_bytes,
+                    128 * 1024 * 1024,
+                    1 << 40,
+                )?,
             },
             response_cache_bytes: whole(
                 "response_cache_bytes",
@@ -607,6 +626,8 @@ impl Config {
                 as usize,
             graphiql: boolean("graphiql", &settings.graphiql, demo)?,
             introspection: boolean("introspection", &settings.introspection, demo)?,
+            log_queue_lines: positive("log_queue_lines", &settings.log_queue_lines, 65_536, 10_000_000)?
+                as usize,
             log_format,
             shutdown_delay: duration("shutdown_delay", &settings.shutdown_delay, "5s")?,
             shutdown_grace: duration("shutdown_grace", &settings.shutdown_grace, "20s")?,

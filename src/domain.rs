@@ -69,9 +69,33 @@ pub fn normalise_status(
 /// What only one provider knows about a session, beyond the common fields: each provider
 /// module defines its own type, and only that module reads it back (by downcasting).
 /// Anything derivable from the common fields is not stored twice: a cache holds many.
-pub trait ProviderDetails: Any + fmt::Debug + Send + Sync {}
+pub trait ProviderDetails: Any + fmt::Debug + Send + Sync {
+    /// Bytes this value holds on the heap beyond its own size, for the cache's byte bound.
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
 
 impl CheckoutSession {
+    /// Roughly what this session costs in memory: the struct and every allocation it owns
+    /// (the cache is bounded by this, since merchant metadata can be large).
+    pub fn weight(&self) -> usize {
+        let text = |s: &Option<Box<str>>| s.as_ref().map_or(0, |s| s.len());
+        let status = match &self.provider_status {
+            Some(Cow::Owned(raw)) => raw.capacity(),
+            _ => 0,
+        };
+        let details = self.details.as_ref().map_or(0, |d| std::mem::size_of_val(&**d) + d.heap_bytes());
+        std::mem::size_of::<Self>()
+            + self.id.len()
+            + status
+            + text(&self.customer_email)
+            + text(&self.customer_name)
+            + text(&self.payment_id)
+            + self.metadata.as_deref().map_or(0, json_weight)
+            + details
+    }
+
     /// The provider-specific details, if they are of type `T`.
     pub fn details<T: ProviderDetails>(&self) -> Option<&T> {
         let details: &dyn Any = self.details.as_deref()?;
@@ -181,6 +205,20 @@ impl FetchError {
             FetchError::UnknownAccount(_) => ErrorCode::UnknownAccount,
             FetchError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
         }
+    }
+}
+
+/// An estimate of a JSON value's memory: each node's size plus its strings.
+fn json_weight(value: &serde_json::Value) -> usize {
+    let node = std::mem::size_of::<serde_json::Value>();
+    match value {
+        serde_json::Value::String(s) => node + s.capacity(),
+        serde_json::Value::Array(items) => node + items.iter().map(json_weight).sum::<usize>(),
+        serde_json::Value::Object(fields) => {
+            // A map entry also holds its key and the map's own bookkeeping.
+            node + fields.iter().map(|(key, value)| key.capacity() + 32 + json_weight(value)).sum::<usize>()
+        }
+        _ => node,
     }
 }
 

@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let telemetry = match telemetry::init(config.log_format) {
+    let telemetry = match telemetry::init(config.log_format, config.log_queue_lines) {
         Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("checkout-gateway: cannot set up logging and tracing: {error:#}");

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub stale_answers: IntCounterVec,
+    pub log_lines_dropped: IntCounter,
     pub response_cache_hits: IntCounter,
 }
 
@@ -114,7 +115,14 @@ impl Metrics {
         )
         .expect("static metric definition");
         registry.register(Box::new(circuit_state.clone())).expect("each metric is registered once");
+        let log_lines_dropped = IntCounter::new(
+            "log_lines_dropped_total",
+            "Log lines dropped because stdout could not keep up (the writer never blocks a request).",
+        )
+        .expect("static metric");
+        registry.register(Box::new(log_lines_dropped.clone())).expect("each metric is registered once");
         Self {
+            log_lines_dropped,
             upstream_retries: counter(
                 "upstream_retries_total",
                 "Attempts made again after a connection error, timeout, 408, 409, 429 or 5xx.",

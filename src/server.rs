@@ -589,6 +589,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // The writer counts; the counter catches up at each scrape.
+    let dropped = telemetry::dropped_log_lines();
+    let counted = state.metrics.log_lines_dropped.get();
+    state.metrics.log_lines_dropped.inc_by(dropped.saturating_sub(counted));
     for account in state.accounts.iter() {
         let value = match account.circuit() {
             CircuitState::Closed => 0,

@@ -33,14 +33,17 @@ pub fn request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-/// Keeps the trace exporter alive; `shutdown` flushes what is buffered.
+/// Keeps the log writer and the trace exporter alive; `shutdown` flushes what is buffered.
 #[derive(Debug)]
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
+    /// Dropping it writes the log lines still queued.
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Telemetry {
-    /// Sends the spans still buffered; call once before the process exits.
+    /// Sends the spans still buffered and writes the queued log lines; call once before the
+    /// process exits.
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider {
             if let Err(error) = provider.shutdown() {
@@ -48,6 +51,14 @@ impl Telemetry {
             }
         }
     }
+}
+
+static DROPPED_LOG_LINES: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped because stdout could not keep up (0 before `init`).
+pub fn dropped_log_lines() -> u64 {
+    DROPPED_LOG_LINES.get().map_or(0, |counter| counter.dropped_lines() as u64)
 }
 
 fn otlp_configured() -> bool {
@@ -58,13 +69,25 @@ fn otlp_configured() -> bool {
 
 /// Installs the global subscriber. Call before the async runtime starts: the OTLP exporter
 /// owns a blocking HTTP client and a thread of its own.
-pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
+/// `queue_lines`: log lines waiting for stdout at most; past it lines are dropped (and
+/// counted) rather than making a request wait on a slow log pipe.
+pub fn init(format: LogFormat, queue_lines: usize) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Lines are formatted on the request path but written by a thread of their own.
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(queue_lines)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
+    let _ = DROPPED_LOG_LINES.set(writer.error_counter());
     let logs = match format {
-        LogFormat::Json => {
-            tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).boxed()
-        }
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
     let tracer_provider = if otlp_configured() {
         crate::net::install_crypto_provider();
@@ -90,5 +113,5 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     if tracer_provider.is_some() {
         tracing::info!("exporting traces over OTLP");
     }
-    Ok(Telemetry { tracer_provider })
+    Ok(Telemetry { tracer_provider, _log_writer: log_writer })
 }

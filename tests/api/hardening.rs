@@ -512,3 +512,34 @@ async fn slow_headers_are_cut_off_and_connections_are_bounded() {
     let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buffer)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn the_session_cache_is_bounded_in_bytes() {
+    // Ten terminal sessions with 40 KiB of metadata each, into a 128 KiB cache: a count bound
+    // alone would keep all ten.
+    let app = spawn_app(|config| {
+        config.cache.max_bytes = 128 * 1024;
+        config.cache.max_entries = 1_000;
+    })
+    .await;
+    let ids: Vec<String> = (0..10).map(|i| format!("550e8400-e29b-41d4-a716-4466554400{i:02}")).collect();
+    for id in &ids {
+        let mut body = dhmad_session(id, "completed");
+        body["session"]["metadata"] = json!({"notes": "n".repeat(40 * 1024)});
+        Mock::given(path(format!("/api/v1/sessions/{id}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&app.dhmad)
+            .await;
+    }
+    for id in &ids {
+        assert_eq!(app.session("DHMAD", id).await["status"], "COMPLETED");
+    }
+    let metrics = app.metrics().await;
+    let entries: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("checkout_gateway_cache_entries "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    assert!((1.0..=3.0).contains(&entries), "{entries} sessions of 40 KiB in a 128 KiB cache");
+    assert!(metrics.contains(r#"checkout_gateway_cache_evictions_total{cause="size"}"#), "{metrics}");
+}

@@ -254,3 +254,50 @@ async fn accounts_from_the_config_file_each_call_with_their_own_key() {
     assert!(!all.contains("key-from-env") && !all.contains("key-from-file"), "a key was logged");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_stalled_log_pipe_never_stalls_requests_and_drops_are_counted() {
+    // Nobody reads the gateway's stdout: the pipe fills after a few hundred lines. A writer on
+    // the request path would then block every request.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"))
+        .arg("--demo")
+        .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("GATEWAY_LOG_QUEUE_LINES", "100")
+        .env("GATEWAY_SHUTDOWN_DELAY", "0s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = crate::helpers::http();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{base}/livez")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    for _ in 0..2_000 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            http.post(format!("{base}/graphql")).json(&json!({"query": "{ __typename }"})).send(),
+        )
+        .await
+        .expect("a request waited on the log pipe")
+        .unwrap();
+        assert_eq!(reply.status(), 200);
+    }
+    let took = started.elapsed();
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("checkout_gateway_log_lines_dropped_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(dropped > 1_000.0, "the queue of 100 lines overflowed and was counted: {dropped}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}

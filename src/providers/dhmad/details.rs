@@ -16,7 +16,11 @@ pub struct DhmadDetails {
     pub action: Option<Box<str>>,
 }
 
-impl ProviderDetails for DhmadDetails {}
+impl ProviderDetails for DhmadDetails {
+    fn heap_bytes(&self) -> usize {
+        self.escrow_id.as_ref().map_or(0, |s| s.len()) + self.action.as_ref().map_or(0, |s| s.len())
+    }
+}
 
 /// The action a DHMAD session asks the person to take.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
