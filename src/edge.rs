@@ -107,8 +107,11 @@ async fn connection(
     );
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router));
     tokio::pin!(conn);
+    // When to ask the connection to finish; `None` until shutdown reaches it.
+    let mut shutdown_at: Option<tokio::time::Instant> = None;
     let mut shutting = false;
     loop {
+        let deadline = shutdown_at;
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(error) = result {
@@ -116,15 +119,26 @@ async fn connection(
                 }
                 return;
             }
-            changed = phase.changed(), if !shutting => {
+            () = async { if let Some(at) = deadline { tokio::time::sleep_until(at).await } else { std::future::pending().await } }, if !shutting => {
+                conn.as_mut().graceful_shutdown();
+                shutting = true;
+            }
+            changed = phase.changed(), if shutdown_at.is_none() => {
                 let now = *phase.borrow();
                 // HTTP/2 clients are told at once (GOAWAY) and open new connections elsewhere;
                 // HTTP/1.1 ones read `Connection: close` on their next response and do the same.
-                if changed.is_err() || now == Phase::Closing || (now == Phase::Draining && is_h2) {
-                    conn.as_mut().graceful_shutdown();
-                    shutting = true;
+                // When the listener closes, an HTTP/1.1 connection still open gets a moment:
+                // a request already on its way is answered, not cut.
+                if changed.is_err() || (now == Phase::Draining && is_h2) {
+                    shutdown_at = Some(tokio::time::Instant::now());
+                } else if now == Phase::Closing {
+                    shutdown_at = Some(tokio::time::Instant::now() + CLOSE_LINGER);
                 }
             }
         }
     }
 }
+
+/// How long an HTTP/1.1 connection left open when the listener closes may still receive the
+/// request a client had already sent.
+const CLOSE_LINGER: Duration = Duration::from_millis(250);

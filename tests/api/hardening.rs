@@ -543,3 +543,58 @@ async fn the_session_cache_is_bounded_in_bytes() {
     assert!((1.0..=3.0).contains(&entries), "{entries} sessions of 40 KiB in a 128 KiB cache");
     assert!(metrics.contains(r#"checkout_gateway_cache_evictions_total{cause="size"}"#), "{metrics}");
 }
+
+/// The 95th percentile of `samples`.
+fn p95(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples[(samples.len() * 95 / 100).min(samples.len() - 1)]
+}
+
+#[tokio::test]
+async fn while_one_provider_hangs_the_other_answers_as_fast_as_before() {
+    let app = std::sync::Arc::new(
+        spawn_app(|config| {
+            config.upstream_timeout = Duration::from_secs(20);
+            config.lookup_deadline = Duration::from_secs(20);
+            // 400 cold lookups in a few seconds: over Dodo's quota, which is not under test.
+            config.upstream_rate_limit =
+                Some(checkout_gateway::providers::guard::RateLimit::parse("off").unwrap());
+        })
+        .await,
+    );
+    crate::helpers::mount_dodo_numbered(&app, "cks_iso_").await;
+    Mock::given(wiremock::matchers::path_regex("/api/v1/sessions/"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(8)))
+        .mount(&app.dhmad)
+        .await;
+    let measure = |from: usize| {
+        let app = app.clone();
+        async move {
+            let mut samples = Vec::new();
+            for i in from..from + 200 {
+                let started = Instant::now();
+                let (status, _) = ask(&app, "DODO", &format!("cks_iso_{i}")).await;
+                assert_eq!(status, "COMPLETED");
+                samples.push(started.elapsed());
+            }
+            p95(samples)
+        }
+    };
+    let before = measure(0).await;
+    // 64 DHMAD lookups hang: more than DHMAD's concurrency bound, so some queue too.
+    let hanging: Vec<_> = (0..64)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                ask(&app, "DHMAD", &format!("550e8400-e29b-41d4-a716-4466554{i:05}")).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = measure(1_000).await;
+    for task in hanging {
+        task.abort();
+    }
+    println!("Dodo p95 before: {before:?}; while DHMAD hangs: {during:?}");
+    assert!(during <= before * 3 + Duration::from_millis(10), "p95 {before:?} -> {during:?}");
+}

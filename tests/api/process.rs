@@ -301,3 +301,68 @@ async fn a_stalled_log_pipe_never_stalls_requests_and_drops_are_counted() {
     assert!(dropped > 1_000.0, "the queue of 100 lines overflowed and was counted: {dropped}");
     assert!(took < Duration::from_secs(30), "{took:?}");
 }
+
+#[tokio::test]
+async fn sigterm_under_keep_alive_load_loses_no_request() {
+    // 16 clients, each with its own pool of keep-alive connections (as a router keeps them),
+    // send queries back to back through a SIGTERM. A client leaves the pod the way a pooled
+    // client does in a cluster: when the pod tells it to (`Connection: close`), it takes its
+    // next request elsewhere (here: it stops). Until then it reuses its connection, and not
+    // one of its requests may be reset or dropped; all must have left before the listener
+    // closes at the end of the shutdown delay.
+    let gateway = Gateway::start(
+        &["--demo"],
+        &[("GATEWAY_SHUTDOWN_DELAY", "1500ms"), ("GATEWAY_SHUTDOWN_GRACE", "5s")],
+    );
+    let url = format!("http://{}/graphql", gateway.addr);
+    let body =
+        json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_demo_succeeded") { __typename } }"#});
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            tokio::spawn(async move {
+                let http = crate::helpers::http();
+                let (mut ok, mut lost, mut left) = (0u32, Vec::new(), None);
+                while Instant::now() < give_up {
+                    match http.post(&url).json(&body).send().await {
+                        Ok(response) if response.status() == 200 => {
+                            ok += 1;
+                            if response.headers().get("connection").is_some_and(|v| v == "close") {
+                                left = Some(Instant::now());
+                                break;
+                            }
+                        }
+                        Ok(response) => lost.push(format!("status {}", response.status())),
+                        Err(error) => lost.push(format!("{error:?}")),
+                    }
+                }
+                (ok, lost, left)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    gateway.signal("TERM");
+    let (mut ok, mut lost, mut last_left) = (0, Vec::new(), signalled);
+    for client in clients {
+        let (o, l, left) = client.await.unwrap();
+        ok += o;
+        lost.extend(l);
+        last_left = last_left.max(left.expect("every client was told to move off"));
+    }
+    let (code, _) = gateway.finish().await;
+    assert_eq!(code, Some(0));
+    assert!(ok > 500, "the load ran: {ok} answered");
+    assert!(
+        lost.is_empty(),
+        "{} of {} requests lost: {:?}",
+        lost.len(),
+        ok as usize + lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        last_left.duration_since(signalled) < Duration::from_millis(1_500),
+        "every client moved off within the shutdown delay"
+    );
+}
