@@ -140,6 +140,22 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_BATCH_MAX", value_name = "N")]
     pub batch_max: Option<String>,
 
+    /// Deepest selection a document may nest [default: 32].
+    #[arg(long, env = "GATEWAY_MAX_DEPTH", value_name = "N")]
+    pub max_depth: Option<String>,
+
+    /// Most complexity (fields selected, lists counted once) a document may have [default: 5000].
+    #[arg(long, env = "GATEWAY_MAX_COMPLEXITY", value_name = "N")]
+    pub max_complexity: Option<String>,
+
+    /// Most aliases in a document [default: 200].
+    #[arg(long, env = "GATEWAY_MAX_ALIASES", value_name = "N")]
+    pub max_aliases: Option<String>,
+
+    /// Most root fields an operation may select [default: 100].
+    #[arg(long, env = "GATEWAY_MAX_ROOT_FIELDS", value_name = "N")]
+    pub max_root_fields: Option<String>,
+
     /// Most representations one request's federation `_entities` may resolve [default: 2000].
     #[arg(long, env = "GATEWAY_ENTITIES_MAX", value_name = "N")]
     pub entities_max: Option<String>,
@@ -221,6 +237,10 @@ impl Settings {
             cache_ttl_not_found,
             batch_max,
             entities_max,
+            max_depth,
+            max_complexity,
+            max_aliases,
+            max_root_fields,
             max_connections,
             header_read_timeout,
             request_timeout,
@@ -468,6 +488,10 @@ pub struct Config {
     pub response_cache_bytes: u64,
     pub batch_max: usize,
     pub entities_max: usize,
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_aliases: usize,
+    pub max_root_fields: usize,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
@@ -614,6 +638,10 @@ impl Config {
             )?,
             batch_max: positive("batch_max", &settings.batch_max, 100, 10_000)? as usize,
             entities_max: positive("entities_max", &settings.entities_max, 2_000, 100_000)? as usize,
+            max_depth: positive("max_depth", &settings.max_depth, 32, 1_000)? as usize,
+            max_complexity: positive("max_complexity", &settings.max_complexity, 5_000, 10_000_000)? as usize,
+            max_aliases: whole("max_aliases", &settings.max_aliases, 200, 0..=100_000)? as usize,
+            max_root_fields: positive("max_root_fields", &settings.max_root_fields, 100, 100_000)? as usize,
             max_connections: positive("max_connections", &settings.max_connections, 4096, 1_000_000)?
                 as usize,
             header_read_timeout: positive_duration(

@@ -34,7 +34,8 @@ use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::domain::Secret;
 use crate::edge::{self, EdgeLimits, Phase};
-use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, RequestScope};
+use crate::graphql::limits::{self, ShapeLimits};
+use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, QueryLimits, RequestScope};
 use crate::metrics::{Metrics, OperationLabels};
 use crate::providers::guard::CircuitState;
 use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
@@ -77,6 +78,7 @@ struct AppState {
     max_body_bytes: usize,
     /// Serve GraphiQL to browsers.
     graphiql: bool,
+    shape_limits: ShapeLimits,
     /// Operation names as metrics labels, from a bounded set.
     operations: Arc<OperationLabels>,
 }
@@ -142,6 +144,7 @@ impl Application {
             },
             &kinds,
             config.introspection,
+            QueryLimits { max_depth: config.max_depth, max_complexity: config.max_complexity },
         );
         let ready = Arc::new(AtomicBool::new(false));
         let router = router(AppState {
@@ -156,6 +159,10 @@ impl Application {
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
             graphiql: config.graphiql,
+            shape_limits: ShapeLimits {
+                max_aliases: config.max_aliases,
+                max_root_fields: config.max_root_fields,
+            },
             operations: Arc::new(OperationLabels::new(OPERATION_LABELS_MAX)),
         });
         let listener = TcpListener::bind(config.listen)
@@ -511,6 +518,11 @@ async fn execute(
     media: MediaType,
 ) -> Response {
     state.documents.prepare(&mut request);
+    if let Ok(document) = request.parsed_query() {
+        if let Err(reason) = limits::check(document, state.shape_limits) {
+            return request_error(&reason, media);
+        }
+    }
     let operation = state.operations.label(&mut request);
     let scope = RequestScope::default();
     let request = request.data(scope.clone());
@@ -557,6 +569,18 @@ fn graphql_response(body: Bytes, reusable_until: Option<Instant>, media: MediaTy
     if let Ok(value) = HeaderValue::from_str(&cache_control(reusable_until)) {
         headers.insert(CACHE_CONTROL, value);
     }
+    response
+}
+
+/// A document refused before it ran, as GraphQL over HTTP says: 400 for a client that accepts
+/// `application/graphql-response+json`, 200 for one that knows only `application/json`.
+fn request_error(message: &str, media: MediaType) -> Response {
+    let status = match media {
+        MediaType::GraphqlResponse => StatusCode::BAD_REQUEST,
+        MediaType::Json => StatusCode::OK,
+    };
+    let mut response = graphql_error(status, message);
+    response.headers_mut().insert(CONTENT_TYPE, media.header());
     response
 }
 

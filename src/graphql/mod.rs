@@ -21,6 +21,7 @@ use crate::providers::ProviderKind;
 use crate::service::{SessionRef, SessionService};
 use crate::view::{self, ProviderName};
 
+pub mod limits;
 mod types;
 
 pub use types::{CheckoutError, CheckoutSessionRef, CheckoutSessionResult, CheckoutSessionView};
@@ -38,29 +39,47 @@ pub struct Gateway {
     pub entities_max: usize,
 }
 
-/// Generous for any real query (ours nest four levels; introspection about a dozen), tight
-/// enough to refuse pathological documents before they run.
-const MAX_DEPTH: usize = 32;
-const MAX_COMPLEXITY: usize = 5_000;
-
 /// The schema for `providers`: they are the values of `Provider` and the members of
 /// `ProviderDetails`.
-fn builder(providers: &[&'static ProviderKind]) -> SchemaBuilder<Query, EmptyMutation, EmptySubscription> {
+fn builder(
+    providers: &[&'static ProviderKind],
+    limits: QueryLimits,
+) -> SchemaBuilder<Query, EmptyMutation, EmptySubscription> {
     view::with_providers(providers.iter().map(|kind| kind.schema()).collect(), || {
         Schema::build(Query, EmptyMutation, EmptySubscription)
             .enable_federation()
             // The interface is reached only through its implementers; register it so it is
             // in the schema for clients to spread on.
             .register_output_type::<CheckoutError>()
-            .limit_depth(MAX_DEPTH)
-            .limit_complexity(MAX_COMPLEXITY)
+            .limit_depth(limits.max_depth)
+            .limit_complexity(limits.max_complexity)
     })
 }
 
 /// `introspection`: answer `__schema` and `__type` (federation's `_service` is answered
 /// either way: routers compose with it).
-pub fn schema(gateway: Gateway, providers: &[&'static ProviderKind], introspection: bool) -> GatewaySchema {
-    let builder = builder(providers).data(gateway);
+/// How large a document may be. The defaults are generous for any real query (ours nest four
+/// levels; introspection about a dozen) and tight enough to refuse pathological documents
+/// before they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self { max_depth: 32, max_complexity: 5_000 }
+    }
+}
+
+pub fn schema(
+    gateway: Gateway,
+    providers: &[&'static ProviderKind],
+    introspection: bool,
+    limits: QueryLimits,
+) -> GatewaySchema {
+    let builder = builder(providers, limits).data(gateway);
     if introspection {
         builder.finish()
     } else {
@@ -71,7 +90,7 @@ pub fn schema(gateway: Gateway, providers: &[&'static ProviderKind], introspecti
 /// The SDL a federation composition is given; `schema.graphql` holds exactly this for the
 /// built-in providers.
 pub fn sdl(providers: &[&'static ProviderKind]) -> String {
-    builder(providers).finish().sdl_with_options(SDLExportOptions::new().federation())
+    builder(providers, QueryLimits::default()).finish().sdl_with_options(SDLExportOptions::new().federation())
 }
 
 /// What one request's resolvers share: how long the response may be reused (for

@@ -598,3 +598,47 @@ async fn while_one_provider_hangs_the_other_answers_as_fast_as_before() {
     println!("Dodo p95 before: {before:?}; while DHMAD hangs: {during:?}");
     assert!(during <= before * 3 + Duration::from_millis(10), "p95 {before:?} -> {during:?}");
 }
+
+#[tokio::test]
+async fn documents_are_bounded_in_depth_complexity_aliases_and_root_fields() {
+    let app = spawn_app(|config| {
+        config.max_aliases = 5;
+        config.max_root_fields = 4;
+        config.max_depth = 6;
+        config.max_complexity = 50;
+    })
+    .await;
+    let send = |query: String| {
+        app.http
+            .post(url(&app))
+            .header("accept", "application/graphql-response+json")
+            .json(&json!({"query": query}))
+            .send()
+    };
+    let six_aliases = (0..6).map(|i| format!("a{i}: sdl")).collect::<Vec<_>>().join(" ");
+    let aliases = format!("{{ _service {{ {six_aliases} }} }}");
+    let via_fragment = format!("query {{ _service {{ ...F }} }} fragment F on _Service {{ {six_aliases} }}");
+    let root = "{ __typename _service { sdl } a: __typename b: __typename c: __typename }".to_owned();
+    let complex = format!(
+        r#"{{ checkoutSessions(refs: []) {{ ... on CheckoutSession {{ {} }} }} }}"#,
+        "provider id status providerStatus createdAt expiresAt completedAt customerEmail customerName paymentId metadata fetchedAt ".repeat(5)
+    );
+    for (name, query, says) in [
+        ("aliases", aliases, "GATEWAY_MAX_ALIASES"),
+        ("aliases in a fragment", via_fragment, "GATEWAY_MAX_ALIASES"),
+        ("root fields", root, "GATEWAY_MAX_ROOT_FIELDS"),
+        ("complexity", complex, "too complex"),
+    ] {
+        let (status, cache, body) = refusal(send(query).await.unwrap()).await;
+        assert_eq!((status, cache.as_str()), (400, "no-store"), "{name}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(says), "{name}: {message}");
+    }
+    let too_deep = "{ checkoutSession(provider: DODO, id: \"x\") { ... on CheckoutSession { details { ... on DodoSessionDetails { paymentId } } } } __schema { types { fields { type { ofType { ofType { name } } } } } } }";
+    let (status, _, body) = refusal(send(too_deep.to_owned()).await.unwrap()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("nested too deep"), "{body}");
+    // Within every bound, it runs.
+    let (status, _, _) = refusal(send("{ a: __typename b: __typename }".to_owned()).await.unwrap()).await;
+    assert_eq!(status, 200);
+}
