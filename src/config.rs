@@ -152,7 +152,7 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_MAX_ALIASES", value_name = "N")]
     pub max_aliases: Option<String>,
 
-    /// Most root fields an operation may select [default: 100].
+    /// Most root fields an operation may select [default: 200].
     #[arg(long, env = "GATEWAY_MAX_ROOT_FIELDS", value_name = "N")]
     pub max_root_fields: Option<String>,
 
@@ -641,7 +641,7 @@ impl Config {
             max_depth: positive("max_depth", &settings.max_depth, 32, 1_000)? as usize,
             max_complexity: positive("max_complexity", &settings.max_complexity, 5_000, 10_000_000)? as usize,
             max_aliases: whole("max_aliases", &settings.max_aliases, 200, 0..=100_000)? as usize,
-            max_root_fields: positive("max_root_fields", &settings.max_root_fields, 100, 100_000)? as usize,
+            max_root_fields: positive("max_root_fields", &settings.max_root_fields, 200, 100_000)? as usize,
             max_connections: positive("max_connections", &settings.max_connections, 4096, 1_000_000)?
                 as usize,
             header_read_timeout: positive_duration(
