@@ -6,7 +6,7 @@
 //! (reuse, entity error placement, the session budget) and the parsed-document cache.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -29,7 +29,7 @@ pub use types::{CheckoutError, CheckoutSessionRef, CheckoutSessionResult, Checko
 pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
 /// What the resolvers need, shared by every request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Gateway {
     pub service: Arc<SessionService>,
     /// Most sessions one request may ask for through `checkoutSession` and
@@ -73,13 +73,19 @@ impl Default for QueryLimits {
     }
 }
 
+/// `fast`: validate only depth and complexity, for documents that passed strict validation
+/// once (see [`Prepared`]).
 pub fn schema(
     gateway: Gateway,
     providers: &[&'static ProviderKind],
     introspection: bool,
     limits: QueryLimits,
+    fast: bool,
 ) -> GatewaySchema {
-    let builder = builder(providers, limits).data(gateway);
+    let mut builder = builder(providers, limits).data(gateway);
+    if fast {
+        builder = builder.validation_mode(async_graphql::ValidationMode::Fast);
+    }
     if introspection {
         builder.finish()
     } else {
@@ -180,7 +186,33 @@ impl RequestScope {
 /// over, and parsing is the largest single cost of a cached answer. Long queries (batches with
 /// their ids written inline, different every time) are not kept: they would only churn it.
 #[derive(Debug)]
-pub struct DocumentCache(moka::sync::Cache<String, Arc<ExecutableDocument>>);
+pub struct DocumentCache(moka::sync::Cache<String, Arc<CachedDocument>>);
+
+/// A parsed document, and whether it has passed strict validation once: then it may run on
+/// the schema that validates only what can change between requests (depth and complexity).
+#[derive(Debug)]
+struct CachedDocument {
+    document: ExecutableDocument,
+    validated: AtomicBool,
+}
+
+/// What [`DocumentCache::prepare`] found out about a request's document.
+#[derive(Clone, Debug, Default)]
+pub struct Prepared(Option<Arc<CachedDocument>>);
+
+impl Prepared {
+    /// The document passed strict validation before: the fast schema may run it.
+    pub fn validated(&self) -> bool {
+        self.0.as_ref().is_some_and(|cached| cached.validated.load(Ordering::Relaxed))
+    }
+
+    /// Remembers that the document passed strict validation.
+    pub fn mark_validated(&self) {
+        if let Some(cached) = &self.0 {
+            cached.validated.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Queries longer than this are parsed every time.
 const MAX_CACHED_QUERY_BYTES: usize = 2048;
@@ -203,15 +235,24 @@ impl DocumentCache {
 
     /// Gives `request` its parsed document: from the cache, or parsed now and kept. A query
     /// that does not parse is left for execution to report.
-    pub fn prepare(&self, request: &mut async_graphql::Request) {
+    pub fn prepare(&self, request: &mut async_graphql::Request) -> Prepared {
         if request.query.len() > MAX_CACHED_QUERY_BYTES {
-            return;
+            return Prepared(None);
         }
-        if let Some(document) = self.0.get(request.query.as_str()) {
-            request.set_parsed_query((*document).clone());
-        } else if let Ok(document) = request.parsed_query() {
-            let document = Arc::new(document.clone());
-            self.0.insert(request.query.clone(), document);
+        if let Some(cached) = self.0.get(request.query.as_str()) {
+            request.set_parsed_query(cached.document.clone());
+            return Prepared(Some(cached));
+        }
+        match request.parsed_query() {
+            Ok(document) => {
+                let cached = Arc::new(CachedDocument {
+                    document: document.clone(),
+                    validated: AtomicBool::new(false),
+                });
+                self.0.insert(request.query.clone(), cached.clone());
+                Prepared(Some(cached))
+            }
+            Err(_) => Prepared(None),
         }
     }
 }

@@ -642,3 +642,21 @@ async fn documents_are_bounded_in_depth_complexity_aliases_and_root_fields() {
     let (status, _, _) = refusal(send("{ a: __typename b: __typename }".to_owned()).await.unwrap()).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_document_is_validated_strictly_until_it_has_passed_once() {
+    let app = spawn_app(|config| config.response_cache_bytes = 0).await;
+    crate::helpers::mount_dodo(&app, "cks_v", Some("succeeded")).await;
+    let valid = r#"query V($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { status } } }"#;
+    let invalid = r#"query I($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { nope } } }"#;
+    for _ in 0..3 {
+        let ok = app.graphql(valid, json!({"id": "cks_v"})).await;
+        assert_eq!(ok.data("checkoutSession")["status"], "COMPLETED");
+        // A valid document with bad variables is still refused, however often it passed.
+        let bad_variable = app.graphql(valid, json!({"id": {"not": "an id"}})).await;
+        assert!(bad_variable.body["errors"].is_array(), "{}", bad_variable.body);
+        // An invalid document never passes, so it is never run on the fast schema.
+        let refused = app.graphql(invalid, json!({"id": "cks_v"})).await;
+        assert!(refused.body["errors"][0]["message"].as_str().unwrap().contains("nope"), "{}", refused.body);
+    }
+}

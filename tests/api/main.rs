@@ -18,4 +18,5 @@ mod graphql;
 mod layers;
 mod ops;
 mod process;
+mod readme;
 mod third_provider;

@@ -1,0 +1,53 @@
+//! Every `curl` in the README runs as written against `--demo`, and answers what the README
+//! shows after it. The commands are taken from the README itself.
+
+use serde_json::Value;
+
+use checkout_gateway::config::Config;
+
+use crate::helpers::start;
+
+/// The README's fenced blocks, in order: (language, text).
+fn blocks(readme: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let Some(language) = line.strip_prefix("```") else { continue };
+        let mut text = String::new();
+        for inner in lines.by_ref() {
+            if inner.starts_with("```") {
+                break;
+            }
+            text.push_str(inner);
+            text.push('\n');
+        }
+        blocks.push((language.trim().to_owned(), text));
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn every_curl_in_the_readme_answers_what_the_readme_shows() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), demo: true, ..Config::default() };
+    let addr = start(config).await;
+    let blocks = blocks(&readme);
+    let mut checked = 0;
+    for (i, (language, command)) in blocks.iter().enumerate() {
+        if language != "sh" || !command.contains("curl ") || !command.contains("127.0.0.1:8080") {
+            continue;
+        }
+        let command = command.replace("127.0.0.1:8080", &addr.to_string());
+        let output = tokio::process::Command::new("bash").arg("-c").arg(&command).output().await.unwrap();
+        assert!(output.status.success(), "{command}\n{}", String::from_utf8_lossy(&output.stderr));
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("{command}\nanswered {}: {e}", String::from_utf8_lossy(&output.stdout))
+        });
+        let (next_language, shown) = blocks.get(i + 1).expect("the answer is shown after the command");
+        assert_eq!(next_language, "json", "the block after {command} shows its answer");
+        let shown: Value = serde_json::from_str(shown).unwrap();
+        assert_eq!(answer, shown, "{command}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} commands found");
+}
