@@ -660,3 +660,54 @@ async fn a_document_is_validated_strictly_until_it_has_passed_once() {
         assert!(refused.body["errors"][0]["message"].as_str().unwrap().contains("nope"), "{}", refused.body);
     }
 }
+
+#[tokio::test]
+async fn from_the_first_moment_of_shutdown_http2_connections_get_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = checkout_gateway::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shutdown_delay: Duration::from_secs(3),
+        ..checkout_gateway::config::Config::default()
+    };
+    let app = checkout_gateway::server::Application::build(config).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    // An HTTP/2 connection with prior knowledge, as routers open them: preface and SETTINGS.
+    let mut connection = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connection
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let n = connection.read(&mut buffer).await.unwrap();
+    frames.extend_from_slice(&buffer[..n]);
+    let signalled = Instant::now();
+    stop.send(()).unwrap();
+    // Frames: 3 bytes length, 1 byte type (7: GOAWAY), 1 byte flags, 4 bytes stream.
+    let has_goaway = |frames: &[u8]| {
+        let mut at = 0;
+        while at + 9 <= frames.len() {
+            let length = usize::from(frames[at]) << 16
+                | usize::from(frames[at + 1]) << 8
+                | usize::from(frames[at + 2]);
+            if frames[at + 3] == 7 {
+                return true;
+            }
+            at += 9 + length;
+        }
+        false
+    };
+    while !has_goaway(&frames) {
+        let n = tokio::time::timeout(Duration::from_secs(2), connection.read(&mut buffer))
+            .await
+            .expect("a GOAWAY within the shutdown delay")
+            .unwrap();
+        assert!(n > 0, "the connection closed without a GOAWAY");
+        frames.extend_from_slice(&buffer[..n]);
+    }
+    assert!(signalled.elapsed() < Duration::from_secs(1), "GOAWAY came at once, not at the end of the delay");
+}
