@@ -140,7 +140,7 @@ pub enum FetchError {
     #[error("invalid checkout session id: {0}")]
     InvalidId(&'static str),
     /// The name the client gave (cut to 64 characters): not a secret, and useful to see.
-    #[error("the account `{0}` is not configured for this lookup")]
+    #[error("the account {0:?} is not configured for this lookup")]
     UnknownAccount(Arc<str>),
     #[error("{}", unavailable_message(*reason, *upstream_status, *retry_after_seconds))]
     Unavailable {

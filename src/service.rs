@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::cache::{Lookup, SessionCache};
-use crate::domain::{CheckoutSession, FetchError, UnavailableReason};
+use crate::domain::{CheckoutSession, FetchError};
 use crate::providers::{Account, ProviderKind};
 use crate::view::DetailsObject;
 
@@ -60,16 +60,23 @@ impl SessionService {
 
     /// The account that answers for `provider` and `account`, or the typed reason none does.
     pub fn account(&self, provider: &str, account: Option<&str>) -> Result<&Arc<Account>, FetchError> {
+        // Only a federation representation (`_Any`) can name a provider the schema does not
+        // have: the `Provider` enum refuses it everywhere else.
         let accounts = self
             .providers
             .get(provider)
-            .ok_or_else(|| FetchError::unavailable(UnavailableReason::NotConfigured))?;
+            .ok_or(FetchError::InvalidId("no such provider; see the Provider enum"))?;
         match account {
             None => Ok(&accounts.default),
             Some(name) => {
                 accounts.by_name.get(name).ok_or_else(|| FetchError::UnknownAccount(Arc::from(bounded(name))))
             }
         }
+    }
+
+    /// Whether `provider` is a provider this gateway has (its schema name).
+    pub fn knows(&self, provider: &str) -> bool {
+        self.providers.contains_key(provider)
     }
 
     /// The provider (schema name) of the account named `account`, if there is one.

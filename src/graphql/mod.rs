@@ -388,7 +388,9 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
     let service = &gateway.service;
     let (lookup, provider) = match (key.provider, key.account) {
         (Some(provider), account) => {
-            (service.get(provider.as_str(), account, key.id).await, Some(provider.clone()))
+            // A name the client made up is not echoed back as a provider.
+            let known = service.knows(provider.as_str()).then(|| provider.clone());
+            (service.get(provider.as_str(), account, key.id).await, known)
         }
         (None, account) => {
             let account = account.unwrap_or_default();

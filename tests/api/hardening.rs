@@ -711,3 +711,18 @@ async fn from_the_first_moment_of_shutdown_http2_connections_get_goaway() {
     }
     assert!(signalled.elapsed() < Duration::from_secs(1), "GOAWAY came at once, not at the end of the delay");
 }
+
+#[tokio::test]
+async fn an_entity_naming_no_provider_of_ours_is_an_invalid_id_and_not_echoed() {
+    let app = spawn_app(|_| {}).await;
+    let reply = app
+        .graphql(
+            ENTITIES,
+            json!({"representations": [{"__typename": "CheckoutSession", "provider": "STRIPE<script>", "id": "cks_x"}]}),
+        )
+        .await;
+    let error = &reply.body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "INVALID_ID", "{}", reply.body);
+    assert!(error["extensions"].get("provider").is_none(), "{}", reply.body);
+    assert_eq!(error["path"], json!(["_entities", 0]));
+}
