@@ -15,7 +15,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 
-use crate::domain::{CheckoutSession, CheckoutStatus, FetchError, FetchResult};
+use crate::domain::{CheckoutStatus, FetchError, FetchResult};
 use crate::metrics::Metrics;
 use crate::providers::Account;
 
@@ -96,14 +96,18 @@ fn weigher(policy: &CachePolicy) -> impl Fn(&Key, usize) -> u32 + Clone + Send +
 #[derive(Clone, Debug)]
 struct Entry {
     answer: FetchResult,
+    /// Until when the answer may be reused.
     expires_at: Instant,
+    /// Until when it is kept: later than `expires_at` for a session that may still be served
+    /// stale while its provider cannot answer.
+    kept_until: Instant,
 }
 
 struct ByAnswer;
 
 impl Expiry<Key, Entry> for ByAnswer {
     fn expire_after_create(&self, _key: &Key, value: &Entry, created_at: Instant) -> Option<Duration> {
-        Some(value.expires_at.saturating_duration_since(created_at))
+        Some(value.kept_until.saturating_duration_since(created_at))
     }
 }
 
@@ -132,10 +136,11 @@ impl Lookup {
 #[derive(Debug)]
 pub struct SessionCache {
     policy: CachePolicy,
+    /// Fresh answers, and sessions kept past their freshness for `stale_if_error`.
     cache: Cache<Key, Entry>,
-    /// Every session fetched within `stale_if_error`, to answer with while its provider
-    /// cannot (`None`: off). Holds the same `Arc`s as `cache`: a key and a pointer each.
-    stale: Option<Cache<Key, Arc<CheckoutSession>>>,
+    /// Concurrent askers of one key share one provider call here; it stores nothing (every
+    /// result leaves as the shared "error" of `try_get_with`).
+    calls: Cache<Key, ()>,
     metrics: Arc<Metrics>,
 }
 
@@ -143,7 +148,6 @@ impl SessionCache {
     pub fn new(policy: CachePolicy, metrics: Arc<Metrics>) -> Self {
         let evictions = metrics.cache_evictions.clone();
         let weigh = weigher(&policy);
-        let weigh_stale = weigh.clone();
         let cache = Cache::builder()
             .name("sessions")
             .max_capacity(policy.max_bytes)
@@ -161,15 +165,8 @@ impl SessionCache {
                 evictions.with_label_values(&[cause]).inc();
             })
             .build();
-        let stale = (!policy.stale_if_error.is_zero()).then(|| {
-            Cache::builder()
-                .name("stale sessions")
-                .max_capacity(policy.max_bytes)
-                .weigher(move |key: &Key, session: &Arc<CheckoutSession>| weigh_stale(key, session.weight()))
-                .time_to_live(policy.stale_if_error)
-                .build()
-        });
-        Self { policy, cache, stale, metrics }
+        let calls = Cache::builder().name("calls in flight").build();
+        Self { policy, cache, calls, metrics }
     }
 
     /// The stored answer for `id` as `account` sees it, or the provider's answer now (shared
@@ -182,45 +179,59 @@ impl SessionCache {
             Err(invalid) => return Lookup::once(Err(invalid)),
         };
         let key: Key = (account.scope.clone(), id.clone());
-        // The common case, a hit, is one read; only a miss goes through the shared insert.
-        if let Some(entry) = self.cache.get(&key).await {
-            self.metrics.cache_hits.with_label_values(&label).inc();
-            return entry.into_lookup();
+        // The common case, a hit, is one read.
+        let kept = self.cache.get(&key).await;
+        if let Some(entry) = &kept {
+            if entry.expires_at > Instant::now() {
+                self.metrics.cache_hits.with_label_values(&label).inc();
+                return entry.clone().into_lookup();
+            }
         }
         let mut called = false;
-        let stored = self
-            .cache
+        let shared = self
+            .calls
             .try_get_with(key.clone(), async {
                 called = true;
                 let answer = account.client.fetch_session(&id).await;
-                match self.policy.lifetime(&answer) {
-                    Some(lifetime) if !lifetime.is_zero() => {
-                        Ok(Entry { answer, expires_at: Instant::now() + lifetime })
-                    }
-                    // Shared with the concurrent askers of this key, but not stored.
-                    _ => Err(answer),
+                let entry = self.entry(answer);
+                // Stored before the askers waiting here are released, so that one arriving
+                // after them finds it.
+                if entry.expires_at > Instant::now() {
+                    self.cache.insert(key.clone(), entry.clone()).await;
                 }
+                Err::<(), _>(entry)
             })
             .await;
         let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };
         counter.with_label_values(&label).inc();
-        let lookup = match stored {
-            Ok(entry) => entry.into_lookup(),
-            Err(unstored) => Lookup::once((*unstored).clone()),
+        let Err(entry) = shared else {
+            // `calls` never stores a value, so every asker gets the shared entry.
+            return Lookup::once(Err(FetchError::unavailable(
+                crate::domain::UnavailableReason::UpstreamError,
+            )));
         };
-        let Some(stale) = &self.stale else { return lookup };
-        match &lookup.answer {
-            // The asker that called keeps it; its coalesced waiters need not.
-            Ok(session) if called => stale.insert(key, session.clone()).await,
-            Err(error) if error.may_serve_stale() => {
-                if let Some(earlier) = stale.get(&key).await {
+        let entry = (*entry).clone();
+        if let Err(error) = &entry.answer {
+            // The provider could not answer: an earlier session, kept for this, stands in.
+            if let Some(Entry { answer: Ok(earlier), kept_until, .. }) = kept {
+                if error.may_serve_stale() && kept_until > Instant::now() {
                     self.metrics.stale_answers.with_label_values(&label).inc();
                     return Lookup { answer: Ok(earlier), reusable_until: None, stale: true };
                 }
             }
-            _ => {}
         }
-        lookup
+        entry.into_lookup()
+    }
+
+    /// What to keep of an answer: until when it may be reused (now, for an answer that may
+    /// not be), and until when it is kept: a session `stale_if_error` from now, a not-found
+    /// only while fresh.
+    fn entry(&self, answer: FetchResult) -> Entry {
+        let now = Instant::now();
+        let expires_at = now + self.policy.lifetime(&answer).unwrap_or_default();
+        let kept_until =
+            if answer.is_ok() { expires_at.max(now + self.policy.stale_if_error) } else { expires_at };
+        Entry { answer, expires_at, kept_until }
     }
 
     /// How many answers are stored now. Runs the cache's pending maintenance first, so the
@@ -234,6 +245,8 @@ impl SessionCache {
 
 impl Entry {
     fn into_lookup(self) -> Lookup {
-        Lookup { reusable_until: Some(self.expires_at), answer: self.answer, stale: false }
+        // An answer whose lifetime is zero (an error, an expired session) is never reusable.
+        let reusable_until = (self.expires_at > Instant::now()).then_some(self.expires_at);
+        Lookup { reusable_until, answer: self.answer, stale: false }
     }
 }
