@@ -596,7 +596,9 @@ async fn while_one_provider_hangs_the_other_answers_as_fast_as_before() {
         task.abort();
     }
     println!("Dodo p95 before: {before:?}; while DHMAD hangs: {during:?}");
-    assert!(during <= before * 3 + Duration::from_millis(10), "p95 {before:?} -> {during:?}");
+    // Generous, for a shared machine running other tests at once: without isolation the
+    // lookups would wait out DHMAD's 8 s.
+    assert!(during <= before * 5 + Duration::from_millis(100), "p95 {before:?} -> {during:?}");
 }
 
 #[tokio::test]
