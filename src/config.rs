@@ -375,7 +375,7 @@ impl Sources {
     }
 
     /// `self` where given, else `other`.
-    fn or(self, other: Sources) -> Sources {
+    pub fn or(self, other: Sources) -> Sources {
         let mut legacy = other.legacy;
         for (slug, given) in self.legacy {
             let merged = given.or(legacy.remove(&slug).unwrap_or_default());
@@ -582,17 +582,13 @@ impl Config {
             });
         }
         for (name, table) in &accounts {
-            let account = resolve_account(name, table)?;
-            if resolved.iter().any(|other| other.name == account.name) {
-                return Err(ConfigError::Invalid {
-                    setting: format!("accounts.{name}"),
-                    reason: format!(
-                        "the account `{name}` is also defined by {} variables; remove one of them",
-                        account.kind.label
-                    ),
-                });
+            // A table named after an account the variables define only tunes it: the
+            // variables keep the key and the URL.
+            if let Some(defined) = resolved.iter_mut().find(|other| *other.name == **name) {
+                tune_account(defined, table)?;
+                continue;
             }
-            resolved.push(account);
+            resolved.push(resolve_account(name, table)?);
         }
         choose_defaults(&mut resolved)?;
         let config = Config {
@@ -695,14 +691,7 @@ fn check_account_name(name: &str) -> Result<(), String> {
 /// One `[accounts.NAME]` table, checked. The key is read now, so that a missing variable or
 /// file stops startup rather than failing every request.
 fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, ConfigError> {
-    let invalid = |field: &str, reason: String| ConfigError::Invalid {
-        setting: if field.is_empty() {
-            format!("[accounts.{name}] in the config file")
-        } else {
-            format!("accounts.{name}.{field} in the config file")
-        },
-        reason,
-    };
+    let invalid = |field: &str, reason: String| account_error(name, field, reason);
     check_account_name(name).map_err(|reason| invalid("", reason))?;
     let slugs = || providers::builtin().iter().map(|k| k.slug).collect::<Vec<_>>().join(", ");
     let slug = table
@@ -754,32 +743,8 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
             return Err(invalid("api_key_env", "an account needs `api_key_env` or `api_key_file`".into()))
         }
     };
-    let default = match table.default.as_deref().map(str::trim) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => return Err(invalid("default", format!("`{other}` is neither true nor false"))),
-    };
-    let upstream_timeout = table
-        .upstream_timeout
-        .as_deref()
-        .map(|raw| match parse_duration(raw) {
-            Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
-            other => other,
-        })
-        .transpose()
-        .map_err(|reason| invalid("upstream_timeout", reason))?;
-    let upstream_concurrency = table
-        .upstream_concurrency
-        .as_deref()
-        .map(|raw| parse_whole(raw, 1..=1024).map(|n| n as usize))
-        .transpose()
-        .map_err(|reason| invalid("upstream_concurrency", reason))?;
-    let rate_limit = table
-        .rate_limit
-        .as_deref()
-        .map(RateLimit::parse)
-        .transpose()
-        .map_err(|reason| invalid("rate_limit", reason))?;
+    let default = parse_default(name, table)?;
+    let (upstream_timeout, upstream_concurrency, rate_limit) = resolve_limits(name, table)?;
     Ok(AccountConfig {
         name: Arc::from(name),
         kind,
@@ -790,6 +755,84 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
         upstream_concurrency,
         rate_limit,
     })
+}
+
+/// Applies a table's limits to `account`, which the provider's single-account variables
+/// define; a table that would also change its provider, URL or key is refused.
+fn tune_account(account: &mut AccountConfig, table: &AccountTable) -> Result<(), ConfigError> {
+    let name = account.name.clone();
+    let owned = [
+        ("environment", table.environment.is_some()),
+        ("base_url", table.base_url.is_some()),
+        ("api_key_env", table.api_key_env.is_some()),
+        ("api_key_file", table.api_key_file.is_some()),
+        ("provider", table.provider.as_deref().is_some_and(|p| p.trim() != account.kind.slug)),
+    ];
+    if let Some((field, _)) = owned.iter().find(|(_, given)| *given) {
+        return Err(account_error(
+            &name,
+            field,
+            format!(
+                "the account `{name}` is defined by {}'s variables ({}, {}); its table may only set \
+                 default, upstream_timeout, upstream_concurrency and rate_limit",
+                account.kind.label, account.kind.key_var, account.kind.base_url_var
+            ),
+        ));
+    }
+    let (timeout, concurrency, rate_limit) = resolve_limits(&name, table)?;
+    account.upstream_timeout = timeout.or(account.upstream_timeout);
+    account.upstream_concurrency = concurrency.or(account.upstream_concurrency);
+    account.rate_limit = rate_limit.or(account.rate_limit.take());
+    if table.default.is_some() {
+        account.default = parse_default(&name, table)?;
+    }
+    Ok(())
+}
+
+/// The error about `field` of `[accounts.NAME]` (`""`: the table itself).
+fn account_error(name: &str, field: &str, reason: String) -> ConfigError {
+    let setting = if field.is_empty() {
+        format!("[accounts.{name}] in the config file")
+    } else {
+        format!("accounts.{name}.{field} in the config file")
+    };
+    ConfigError::Invalid { setting, reason }
+}
+
+fn parse_default(name: &str, table: &AccountTable) -> Result<bool, ConfigError> {
+    match table.default.as_deref().map(str::trim) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(account_error(name, "default", format!("`{other}` is neither true nor false"))),
+    }
+}
+
+/// An account's own limits: timeout, concurrency, quota (`None`: the gateway's).
+type AccountLimits = (Option<Duration>, Option<usize>, Option<RateLimit>);
+
+fn resolve_limits(name: &str, table: &AccountTable) -> Result<AccountLimits, ConfigError> {
+    let upstream_timeout = table
+        .upstream_timeout
+        .as_deref()
+        .map(|raw| match parse_duration(raw) {
+            Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
+            other => other,
+        })
+        .transpose()
+        .map_err(|reason| account_error(name, "upstream_timeout", reason))?;
+    let upstream_concurrency = table
+        .upstream_concurrency
+        .as_deref()
+        .map(|raw| parse_whole(raw, 1..=1024).map(|n| n as usize))
+        .transpose()
+        .map_err(|reason| account_error(name, "upstream_concurrency", reason))?;
+    let rate_limit = table
+        .rate_limit
+        .as_deref()
+        .map(RateLimit::parse)
+        .transpose()
+        .map_err(|reason| account_error(name, "rate_limit", reason))?;
+    Ok((upstream_timeout, upstream_concurrency, rate_limit))
 }
 
 /// Each provider with accounts gets exactly one default: the one marked `default = true`,
@@ -1024,6 +1067,28 @@ mod tests {
         assert_eq!(live.upstream_concurrency, Some(4));
         assert_eq!(live.upstream_timeout, Some(Duration::from_secs(2)));
         assert_eq!(test.upstream_concurrency, None);
+    }
+
+    #[test]
+    fn a_table_named_after_the_variables_account_tunes_it() {
+        let file =
+            TempFile::new("tune", "[accounts.dhmad]\nrate_limit = \"50/min\"\nupstream_concurrency = 4\n");
+        let sources = legacy("dhmad", Some("sk_live_x"), None).or(Sources::from_file(&file.0).unwrap());
+        let config = Config::resolve_sources(sources).unwrap();
+        let [dhmad] = config.accounts.as_slice() else { panic!("{:?}", config.accounts) };
+        assert_eq!(
+            dhmad.api_key.as_ref().map(Secret::expose),
+            Some("sk_live_x"),
+            "the variables keep the key"
+        );
+        assert_eq!(dhmad.rate_limit, Some(RateLimit::parse("50/min").unwrap()));
+        assert_eq!(dhmad.upstream_concurrency, Some(4));
+        assert!(dhmad.default);
+
+        let file = TempFile::new("tune-bad", "[accounts.dhmad]\napi_key_env = \"OTHER\"\n");
+        let sources = legacy("dhmad", Some("sk_live_x"), None).or(Sources::from_file(&file.0).unwrap());
+        let err = Config::resolve_sources(sources).unwrap_err().to_string();
+        assert!(err.contains("accounts.dhmad.api_key_env") && err.contains("DHMAD_API_KEY"), "{err}");
     }
 
     #[test]

@@ -111,10 +111,25 @@ fn the_readme_documents_every_account_key_the_code_has() {
 
 #[test]
 fn the_production_config_file_and_its_account_example_are_valid() {
-    use checkout_gateway::config::{Config, Sources};
+    use checkout_gateway::config::{Config, LegacyAccount, Secret, Sources};
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/overlays/production/gateway.toml");
-    let shipped = Config::resolve_sources(Sources::from_file(std::path::Path::new(path)).unwrap()).unwrap();
-    assert!(shipped.accounts.is_empty(), "the shipped file only explains");
+    // Production sets DHMAD_API_KEY and DODO_PAYMENTS_API_KEY (from the Secret).
+    let variables = Sources {
+        legacy: ["dhmad", "dodo"]
+            .into_iter()
+            .map(|slug| {
+                (slug.to_owned(), LegacyAccount { api_key: Some(Secret::new("key")), base_url: None })
+            })
+            .collect(),
+        ..Sources::default()
+    };
+    let shipped =
+        Config::resolve_sources(variables.or(Sources::from_file(std::path::Path::new(path)).unwrap()))
+            .unwrap();
+    let names: Vec<&str> = shipped.accounts.iter().map(|a| &*a.name).collect();
+    assert_eq!(names, ["dhmad", "dodo"], "the shipped file adds no account");
+    let dhmad = &shipped.accounts[0];
+    assert_eq!(dhmad.rate_limit.as_ref().map(ToString::to_string).as_deref(), Some("10/min"));
 
     // The commented example, uncommented, with its key file where the Secret would be.
     let dir = std::env::temp_dir().join(format!("cg-k8s-{}", std::process::id()));
