@@ -148,6 +148,16 @@ async fn the_quota_holds_under_a_burst() {
     );
 }
 
+/// Dodo answers `cks_flaky` with 503 twice, then with a session.
+async fn mount_flaky(app: &crate::helpers::TestApp) {
+    Mock::given(path("/checkouts/cks_flaky"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .mount(&app.dodo)
+        .await;
+    crate::helpers::mount_dodo(app, "cks_flaky", Some("succeeded")).await;
+}
+
 #[tokio::test]
 async fn retries_back_off_and_stop_at_the_lookup_deadline() {
     let app = spawn_app(|config| {
@@ -157,12 +167,7 @@ async fn retries_back_off_and_stop_at_the_lookup_deadline() {
     .await;
     // Fails twice, then answers: two retries (0.5 s, then 1 s of backoff) fit the deadline?
     // 0.375..0.5 + 0.75..1.0 s: up to 1.5 s, past 1.2 s, so the second retry is not made.
-    Mock::given(path("/checkouts/cks_flaky"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .mount(&app.dodo)
-        .await;
-    crate::helpers::mount_dodo(&app, "cks_flaky", Some("succeeded")).await;
+    mount_flaky(&app).await;
     let started = Instant::now();
     let (reason, _) = ask(&app, "DODO", "cks_flaky").await;
     let took = started.elapsed();
@@ -172,12 +177,7 @@ async fn retries_back_off_and_stop_at_the_lookup_deadline() {
 
     // With room for both retries, the third attempt answers.
     let app = spawn_app(|config| config.upstream_retries = 2).await;
-    Mock::given(path("/checkouts/cks_flaky"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .mount(&app.dodo)
-        .await;
-    crate::helpers::mount_dodo(&app, "cks_flaky", Some("succeeded")).await;
+    mount_flaky(&app).await;
     assert_eq!(ask(&app, "DODO", "cks_flaky").await.0, "COMPLETED");
     assert_eq!(app.dodo.received_requests().await.unwrap().len(), 3);
     assert!(app
