@@ -7,6 +7,7 @@
 //!
 //! Owns: the lifetimes ([`CachePolicy`]) and the one session cache, keyed by account scope and id.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,9 +139,9 @@ pub struct SessionCache {
     policy: CachePolicy,
     /// Fresh answers, and sessions kept past their freshness for `stale_if_error`.
     cache: Cache<Key, Entry>,
-    /// Concurrent askers of one key share one provider call here; it stores nothing (every
-    /// result leaves as the shared "error" of `try_get_with`).
-    calls: Cache<Key, ()>,
+    /// Concurrent askers of one key share one provider call here; it stores nothing: its
+    /// values cannot exist, so every result leaves as the shared "error" of `try_get_with`.
+    calls: Cache<Key, Infallible>,
     metrics: Arc<Metrics>,
 }
 
@@ -199,18 +200,15 @@ impl SessionCache {
                 if entry.expires_at > Instant::now() {
                     self.cache.insert(key.clone(), entry.clone()).await;
                 }
-                Err::<(), _>(entry)
+                Err::<Infallible, _>(entry)
             })
             .await;
         let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };
         counter.with_label_values(&label).inc();
-        let Err(entry) = shared else {
-            // `calls` never stores a value, so every asker gets the shared entry.
-            return Lookup::once(Err(FetchError::unavailable(
-                crate::domain::UnavailableReason::UpstreamError,
-            )));
+        let entry = match shared {
+            Ok(never) => match never {},
+            Err(entry) => (*entry).clone(),
         };
-        let entry = (*entry).clone();
         if let Err(error) = &entry.answer {
             // The provider could not answer: an earlier session, kept for this, stands in.
             if let Some(Entry { answer: Ok(earlier), kept_until, .. }) = kept {

@@ -58,18 +58,17 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let closing = async {
-            let _ = phase.wait_for(|now| *now == Phase::Closing).await;
+        // A free slot first, then a connection: past the bound, new ones wait in the backlog.
+        let next = async {
+            let slot = slots.clone().acquire_owned().await.ok()?;
+            Some(listener.accept().await.map(|(stream, _)| (stream, slot)))
         };
         let accepted = tokio::select! {
             biased;
-            () = closing => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => tokio::select! {
-                    accepted = listener.accept() => accepted.map(|(stream, _)| (stream, slot)),
-                    () = async { let _ = phase.clone().wait_for(|now| *now == Phase::Closing).await; } => break,
-                },
-                Err(_) => break,
+            _ = phase.wait_for(|now| *now == Phase::Closing) => break,
+            next = next => match next {
+                Some(accepted) => accepted,
+                None => break,
             },
         };
         let (stream, slot) = match accepted {

@@ -50,15 +50,8 @@ const OPERATION_LABELS_MAX: usize = 200;
 /// Parsed documents kept (estimated bytes): thousands of distinct dashboard queries.
 const DOCUMENT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// What the startup credential check found, per account (`/readyz` reports it).
-type Credentials = Arc<RwLock<BTreeMap<Arc<str>, AccountReport>>>;
-
-#[derive(Clone, Debug, serde::Serialize)]
-struct AccountReport {
-    provider: &'static str,
-    default: bool,
-    credentials: CredentialStatus,
-}
+/// What the startup credential check found, per account name (`/readyz` reports it).
+type Credentials = Arc<RwLock<BTreeMap<Arc<str>, CredentialStatus>>>;
 
 #[derive(Clone)]
 struct AppState {
@@ -125,17 +118,7 @@ impl Application {
             .map(|account| Account::new(account.clone(), &limits, &http, &metrics).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let credentials: Credentials = Arc::new(RwLock::new(
-            accounts
-                .iter()
-                .map(|account| {
-                    let report = AccountReport {
-                        provider: account.kind().slug,
-                        default: account.config.default,
-                        credentials: CredentialStatus::Checking,
-                    };
-                    (account.name().clone(), report)
-                })
-                .collect(),
+            accounts.iter().map(|account| (account.name().clone(), CredentialStatus::Checking)).collect(),
         ));
         let cache = SessionCache::new(config.cache, metrics.clone());
         let service = Arc::new(SessionService::new(&accounts, cache)?);
@@ -280,9 +263,7 @@ async fn check_credentials(accounts: Vec<Arc<Account>>, credentials: Credentials
             _ => tracing::info!(provider, account = name, status = ?status, "credential check"),
         }
         if let Ok(mut map) = credentials.write() {
-            if let Some(report) = map.get_mut(account.name()) {
-                report.credentials = status;
-            }
+            map.insert(account.name().clone(), status);
         }
     }
 }
@@ -391,6 +372,14 @@ impl MediaType {
         }
     }
 
+    /// The status of a request that could not run (it did not parse or validate).
+    fn not_run_status(self) -> StatusCode {
+        match self {
+            MediaType::GraphqlResponse => StatusCode::BAD_REQUEST,
+            MediaType::Json => StatusCode::OK,
+        }
+    }
+
     fn header(self) -> HeaderValue {
         match self {
             MediaType::GraphqlResponse => HeaderValue::from_static("application/graphql-response+json"),
@@ -399,13 +388,18 @@ impl MediaType {
     }
 }
 
-/// Browsers send these content types without a CORS preflight, so a page on any site could
-/// make a dashboard user's browser post one; a query sent so must prove it was not (Apollo
-/// Router's CSRF rule).
-fn is_simple_content_type(content_type: Option<&str>) -> bool {
-    let Some(content_type) = content_type else { return true };
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    matches!(essence.as_str(), "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data")
+/// The request's media type without parameters, lower case (`application/json`); empty when
+/// it has none.
+fn media_type(headers: &axum::http::HeaderMap) -> String {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Browsers send these content types (or none) without a CORS preflight, so a page on any
+/// site could make a dashboard user's browser post one; a query sent so must prove it was not
+/// (Apollo Router's CSRF rule).
+fn is_simple_content_type(media_type: &str) -> bool {
+    matches!(media_type, "" | "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data")
 }
 
 /// A non-empty `apollo-require-preflight` or `x-apollo-operation-name`: no browser sends a
@@ -423,14 +417,14 @@ const CSRF_REFUSAL: &str = "this request could have been sent by a browser on an
 /// content type; a JSON body answered moments ago with a reusable answer is replayed.
 async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    if content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("multipart/")) {
+    let content_type = media_type(&parts.headers);
+    if content_type.starts_with("multipart/") {
         return graphql_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "multipart requests (uploads) are not accepted",
         );
     }
-    if is_simple_content_type(content_type) && !is_preflighted(&parts.headers) {
+    if is_simple_content_type(&content_type) && !is_preflighted(&parts.headers) {
         return graphql_error(StatusCode::BAD_REQUEST, CSRF_REFUSAL);
     }
     let declared = parts
@@ -452,11 +446,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         Err(_) => return graphql_error(StatusCode::BAD_REQUEST, "the request body could not be read"),
     };
     let media = MediaType::of(&parts.headers);
-    let is_json = content_type.is_some_and(|t| {
-        let essence = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        essence == "application/json" || essence == "application/graphql-response+json"
-    });
-    if !is_json {
+    if !matches!(content_type.as_str(), "application/json" | "application/graphql-response+json") {
         return graphql_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a POST to /graphql is a JSON body ({\"query\": …}) sent as application/json",
@@ -572,8 +562,8 @@ async fn execute(
         state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), until, operation);
     }
     let mut response = graphql_response(body, reusable_until, media);
-    if not_run && media == MediaType::GraphqlResponse {
-        *response.status_mut() = StatusCode::BAD_REQUEST;
+    if not_run {
+        *response.status_mut() = media.not_run_status();
     }
     response
 }
@@ -597,11 +587,7 @@ fn graphql_response(body: Bytes, reusable_until: Option<Instant>, media: MediaTy
 /// A document refused before it ran, as GraphQL over HTTP says: 400 for a client that accepts
 /// `application/graphql-response+json`, 200 for one that knows only `application/json`.
 fn request_error(message: &str, media: MediaType) -> Response {
-    let status = match media {
-        MediaType::GraphqlResponse => StatusCode::BAD_REQUEST,
-        MediaType::Json => StatusCode::OK,
-    };
-    let mut response = graphql_error(status, message);
+    let mut response = graphql_error(media.not_run_status(), message);
     response.headers_mut().insert(CONTENT_TYPE, media.header());
     response
 }
@@ -620,12 +606,21 @@ async fn livez() -> &'static str {
 /// 200 while serving, 503 before and from the start of shutdown. Never calls a provider; the
 /// startup credential check is reported, not waited on.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let mut accounts = state.credentials.read().map(|map| json!(*map)).unwrap_or_default();
-    for account in state.accounts.iter() {
-        if let Some(report) = accounts.get_mut(&**account.name()) {
-            report["circuit"] = json!(account.circuit());
-        }
-    }
+    let checked = state.credentials.read().map(|map| map.clone()).unwrap_or_default();
+    let accounts: serde_json::Map<String, serde_json::Value> = state
+        .accounts
+        .iter()
+        .map(|account| {
+            let credentials = checked.get(account.name()).copied().unwrap_or(CredentialStatus::Checking);
+            let report = json!({
+                "provider": account.kind().slug,
+                "default": account.config.default,
+                "credentials": credentials,
+                "circuit": account.circuit(),
+            });
+            (account.name().to_string(), report)
+        })
+        .collect();
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, Json(json!({"status": "ready", "accounts": accounts}))).into_response()
     } else {

@@ -10,7 +10,7 @@ use futures::future::join_all;
 
 use crate::cache::{Lookup, SessionCache};
 use crate::domain::{CheckoutSession, FetchError};
-use crate::providers::{Account, ProviderKind};
+use crate::providers::Account;
 use crate::view::DetailsObject;
 
 /// One session to look up: the provider's schema name, the account (`None`: the provider's
@@ -19,18 +19,11 @@ pub type SessionRef<'a> = (&'a str, Option<&'a str>, &'a str);
 
 #[derive(Debug)]
 pub struct SessionService {
-    /// By the provider's schema name (`DHMAD`).
-    providers: HashMap<&'static str, ProviderAccounts>,
+    /// Each provider's default account, by the provider's schema name (`DHMAD`).
+    defaults: HashMap<&'static str, Arc<Account>>,
     /// Every account by name: names are unique across providers.
     accounts: HashMap<Arc<str>, Arc<Account>>,
     cache: SessionCache,
-}
-
-#[derive(Debug)]
-struct ProviderAccounts {
-    kind: &'static ProviderKind,
-    default: Arc<Account>,
-    by_name: HashMap<Arc<str>, Arc<Account>>,
 }
 
 impl SessionService {
@@ -43,60 +36,52 @@ impl SessionService {
                 anyhow::bail!("two accounts are named `{}`; account names must be unique", account.name());
             }
         }
-        let mut providers: HashMap<&'static str, ProviderAccounts> = HashMap::new();
+        let mut defaults: HashMap<&'static str, Arc<Account>> = HashMap::new();
         for account in accounts {
-            let entry = providers.entry(account.kind().name).or_insert_with(|| ProviderAccounts {
-                kind: account.kind(),
-                default: account.clone(),
-                by_name: HashMap::new(),
-            });
-            if account.config.default && !entry.default.config.default {
-                entry.default = account.clone();
+            let default = defaults.entry(account.kind().name).or_insert_with(|| account.clone());
+            if account.config.default && !default.config.default {
+                *default = account.clone();
             }
-            entry.by_name.insert(account.name().clone(), account.clone());
         }
-        Ok(Self { providers, accounts: by_name, cache })
+        Ok(Self { defaults, accounts: by_name, cache })
     }
 
     /// The account that answers for `provider` and `account`, or the typed reason none does.
     pub fn account(&self, provider: &str, account: Option<&str>) -> Result<&Arc<Account>, FetchError> {
         // Only a federation representation (`_Any`) can name a provider the schema does not
         // have: the `Provider` enum refuses it everywhere else.
-        let accounts = self
-            .providers
+        let default = self
+            .defaults
             .get(provider)
             .ok_or(FetchError::InvalidId("no such provider; see the Provider enum"))?;
         match account {
-            None => Ok(&accounts.default),
-            Some(name) => {
-                accounts.by_name.get(name).ok_or_else(|| FetchError::UnknownAccount(Arc::from(bounded(name))))
-            }
+            None => Ok(default),
+            Some(name) => self
+                .named(name)
+                .filter(|account| account.kind().name == provider)
+                .ok_or_else(|| unknown(name)),
         }
     }
 
-    /// Whether `provider` is a provider this gateway has (its schema name).
-    pub fn knows(&self, provider: &str) -> bool {
-        self.providers.contains_key(provider)
+    /// The account named `name`, whichever provider it is of.
+    pub fn account_named(&self, name: &str) -> Result<&Arc<Account>, FetchError> {
+        self.named(name).ok_or_else(|| unknown(name))
     }
 
-    /// The provider (schema name) of the account named `account`, if there is one.
-    pub fn provider_of(&self, account: &str) -> Option<&'static str> {
-        self.accounts.get(account).map(|account| account.kind().name)
+    fn named(&self, name: &str) -> Option<&Arc<Account>> {
+        self.accounts.get(name)
     }
 
-    /// A session as the account named `account` sees it, whichever provider holds it.
-    pub async fn get_by_account(&self, account: &str, id: &str) -> Lookup {
-        match self.accounts.get(account) {
-            Some(account) => self.cache.lookup(account, id).await,
-            None => Lookup::once(Err(FetchError::UnknownAccount(Arc::from(bounded(account))))),
+    /// A session as `account` sees it (through the cache).
+    pub async fn lookup(&self, account: Result<&Arc<Account>, FetchError>, id: &str) -> Lookup {
+        match account {
+            Ok(account) => self.cache.lookup(account, id).await,
+            Err(error) => Lookup::once(Err(error)),
         }
     }
 
     pub async fn get(&self, provider: &str, account: Option<&str>, id: &str) -> Lookup {
-        match self.account(provider, account) {
-            Ok(account) => self.cache.lookup(account, id).await,
-            Err(error) => Lookup::once(Err(error)),
-        }
+        self.lookup(self.account(provider, account), id).await
     }
 
     /// Answers in input order; a ref repeated in `refs` (the same account and id) is looked up
@@ -131,12 +116,17 @@ impl SessionService {
 
     /// The GraphQL details object for `session`, from its provider's module.
     pub fn details(&self, session: &Arc<CheckoutSession>) -> Option<Box<dyn DetailsObject>> {
-        self.providers.get(session.provider).map(|accounts| (accounts.kind.details)(session.clone()))
+        self.defaults.get(session.provider).map(|account| (account.kind().details)(session.clone()))
     }
 
     pub fn cache(&self) -> &SessionCache {
         &self.cache
     }
+}
+
+/// The error for an account name the client gave that no account has.
+fn unknown(name: &str) -> FetchError {
+    FetchError::UnknownAccount(Arc::from(bounded(name)))
 }
 
 /// A client-given name, cut short enough to be shown back in an error.

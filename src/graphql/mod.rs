@@ -5,9 +5,9 @@
 //! Owns: the schema (built for a list of providers), the resolvers, the per-request scope
 //! (reuse, entity error placement, the session budget) and the parsed-document cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_graphql::parser::types::ExecutableDocument;
@@ -56,8 +56,6 @@ fn builder(
     })
 }
 
-/// `introspection`: answer `__schema` and `__type` (federation's `_service` is answered
-/// either way: routers compose with it).
 /// How large a document may be. The defaults are generous for any real query (ours nest four
 /// levels; introspection about a dozen) and tight enough to refuse pathological documents
 /// before they run.
@@ -73,8 +71,9 @@ impl Default for QueryLimits {
     }
 }
 
-/// `fast`: validate only depth and complexity, for documents that passed strict validation
-/// once (see [`Prepared`]).
+/// `introspection`: answer `__schema` and `__type` (federation's `_service` is answered
+/// either way: routers compose with it). `fast`: validate only depth and complexity, for
+/// documents that passed strict validation once (see [`Prepared`]).
 pub fn schema(
     gateway: Gateway,
     providers: &[&'static ProviderKind],
@@ -108,18 +107,15 @@ pub struct RequestScope(Arc<ScopeState>);
 #[derive(Debug, Default)]
 struct ScopeState {
     reuse: Mutex<Reuse>,
-    /// Errors already placed per representation key: when a router repeats a
-    /// representation, the n-th failure lands on the n-th copy, so every null gets its own
-    /// error.
-    entity_errors: Mutex<HashMap<OwnedEntityKey, usize>>,
-    /// Where each representation key stands in `_entities(representations:)`, read once per
-    /// request on the first failure (not once per failure: that made `_entities` quadratic).
-    entity_positions: OnceLock<HashMap<OwnedEntityKey, Vec<usize>>>,
-    /// Representations `_entities` has resolved so far.
+    /// Where each representation key stands in `_entities(representations:)` and has no
+    /// error yet: read once per request on the first failure (not once per failure: that made
+    /// `_entities` quadratic). When a router repeats a representation, the n-th failure takes
+    /// the n-th copy, so every null gets its own error.
+    entity_positions: Mutex<Option<HashMap<OwnedEntityKey, VecDeque<usize>>>>,
+    /// Representations `_entities` has resolved so far (bounded by `entities_max`).
     entities: AtomicUsize,
     /// Sessions `checkoutSession` and `checkoutSessions` have asked for, so that aliases
-    /// cannot multiply one request past the batch limit. (`_entities` is not counted: a
-    /// router's fan-out is bounded by the body size and the per-provider concurrency.)
+    /// cannot multiply one request past the batch limit.
     lookups: AtomicUsize,
 }
 
@@ -160,15 +156,9 @@ impl RequestScope {
     /// The index in `representations` of the failing entity `key`: its n-th copy for the
     /// n-th failure with that key.
     fn entity_index(&self, ctx: &Context<'_>, key: &EntityKey<'_>) -> Option<usize> {
-        let key = key.owned();
-        let copy = {
-            let mut placed = locked(&self.0.entity_errors);
-            let slot = placed.entry(key.clone()).or_default();
-            *slot += 1;
-            *slot - 1
-        };
-        let positions = self.0.entity_positions.get_or_init(|| entity_positions(ctx));
-        positions.get(&key).and_then(|indices| indices.get(copy)).copied()
+        let mut positions = locked(&self.0.entity_positions);
+        let positions = positions.get_or_insert_with(|| entity_positions(ctx));
+        positions.get_mut(&key.owned()).and_then(VecDeque::pop_front)
     }
 
     /// Counts one more `_entities` representation; false once past `max`.
@@ -269,14 +259,21 @@ fn spend(ctx: &Context<'_>, lookups: usize) -> async_graphql::Result<()> {
     if asked <= max {
         return Ok(());
     }
-    Err(async_graphql::Error::new(format!(
-        "a request may ask for at most {max} checkout sessions (checkoutSession and checkoutSessions together); \
-         this one asks for more"
+    Err(too_large(
+        format!(
+            "a request may ask for at most {max} checkout sessions (checkoutSession and checkoutSessions \
+             together); this one asks for more"
+        ),
+        max,
     ))
-    .extend_with(|_, ext| {
+}
+
+/// A request asked for more than `max` of something: `BATCH_TOO_LARGE`, with the bound.
+fn too_large(message: String, max: usize) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, ext| {
         ext.set("code", "BATCH_TOO_LARGE");
         ext.set("max", max);
-    }))
+    })
 }
 
 fn observe(ctx: &Context<'_>, lookup: &Lookup) {
@@ -375,29 +372,21 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
     let scope = ctx.data_opt::<RequestScope>();
     if !scope.is_none_or(|scope| scope.ask_entity(gateway.entities_max)) {
         let max = gateway.entities_max;
-        let error = async_graphql::Error::new(format!(
+        let message = format!(
             "one request may resolve at most {max} entities (GATEWAY_ENTITIES_MAX); this one asks for more"
-        ))
-        .extend_with(|_, ext| {
-            ext.set("code", "BATCH_TOO_LARGE");
-            ext.set("max", max);
-        });
-        place_entity_error(ctx, &key, error);
+        );
+        place_entity_error(ctx, &key, too_large(message, max));
         return None;
     }
     let service = &gateway.service;
-    let (lookup, provider) = match (key.provider, key.account) {
-        (Some(provider), account) => {
-            // A name the client made up is not echoed back as a provider.
-            let known = service.knows(provider.as_str()).then(|| provider.clone());
-            (service.get(provider.as_str(), account, key.id).await, known)
-        }
-        (None, account) => {
-            let account = account.unwrap_or_default();
-            let provider = service.provider_of(account).map(ProviderName::new);
-            (service.get_by_account(account, key.id).await, provider)
-        }
+    let account = match key.provider {
+        Some(provider) => service.account(provider.as_str(), key.account),
+        None => service.account_named(key.account.unwrap_or_default()),
     };
+    // The provider of the account that answers; none for a representation naming no account
+    // or provider of ours (a name the client made up is not echoed back as a provider).
+    let provider = account.as_ref().ok().map(|account| ProviderName::new(account.kind().name));
+    let lookup = service.lookup(account, key.id).await;
     observe(ctx, &lookup);
     match lookup.answer {
         Ok(session) => Some(CheckoutSessionView(session, lookup.stale)),
@@ -430,8 +419,8 @@ impl EntityKey<'_> {
 
 /// Every representation's key and its indices, in one pass. A representation's key is the
 /// one async-graphql resolves it by: `provider id` when it has both, else `account id`.
-fn entity_positions(ctx: &Context<'_>) -> HashMap<OwnedEntityKey, Vec<usize>> {
-    let mut positions: HashMap<OwnedEntityKey, Vec<usize>> = HashMap::new();
+fn entity_positions(ctx: &Context<'_>) -> HashMap<OwnedEntityKey, VecDeque<usize>> {
+    let mut positions: HashMap<OwnedEntityKey, VecDeque<usize>> = HashMap::new();
     let Ok((_, representations)) = ctx.param_value::<Vec<async_graphql::Any>>("representations", None) else {
         return positions;
     };
@@ -449,7 +438,7 @@ fn entity_positions(ctx: &Context<'_>) -> HashMap<OwnedEntityKey, Vec<usize>> {
             (None, Some(account)) => (None, Some(account), id),
             (None, None) => continue,
         };
-        positions.entry(key).or_default().push(index);
+        positions.entry(key).or_default().push_back(index);
     }
     positions
 }

@@ -645,6 +645,8 @@ async fn documents_are_bounded_in_depth_complexity_aliases_and_root_fields() {
     assert_eq!(status, 200);
 }
 
+/// The fast-validating schema is a speed-up (measured by `bench/run.sh`, row a′); this guards
+/// what it must not change: what a document answers, however often it ran before.
 #[tokio::test]
 async fn a_document_is_validated_strictly_until_it_has_passed_once() {
     let app = spawn_app(|config| config.response_cache_bytes = 0).await;
