@@ -17,6 +17,7 @@ use moka::notification::RemovalCause;
 use moka::Expiry;
 
 use crate::domain::{CheckoutStatus, FetchError, FetchResult};
+use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::providers::Account;
 
@@ -59,15 +60,12 @@ impl CachePolicy {
     pub fn lifetime(&self, answer: &FetchResult) -> Option<Duration> {
         match answer {
             Ok(session) => {
+                if session.status.is_final() {
+                    return Some(self.terminal);
+                }
                 let by_status = match session.status {
-                    CheckoutStatus::Completed | CheckoutStatus::Cancelled | CheckoutStatus::Expired => {
-                        return Some(self.terminal)
-                    }
                     CheckoutStatus::Failed => self.failed,
-                    CheckoutStatus::Open
-                    | CheckoutStatus::ActionRequired
-                    | CheckoutStatus::Processing
-                    | CheckoutStatus::Unknown => self.open,
+                    _ => self.open,
                 };
                 // A session still in play must not be served as open after it has expired.
                 let until_expiry =
@@ -142,11 +140,13 @@ pub struct SessionCache {
     /// Concurrent askers of one key share one provider call here; it stores nothing: its
     /// values cannot exist, so every result leaves as the shared "error" of `try_get_with`.
     calls: Cache<Key, Infallible>,
+    /// Told every answer a provider gives, so that whoever watches the session hears of it.
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 }
 
 impl SessionCache {
-    pub fn new(policy: CachePolicy, metrics: Arc<Metrics>) -> Self {
+    pub fn new(policy: CachePolicy, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
         let evictions = metrics.cache_evictions.clone();
         let weigh = weigher(&policy);
         let cache = Cache::builder()
@@ -167,7 +167,7 @@ impl SessionCache {
             })
             .build();
         let calls = Cache::builder().name("calls in flight").build();
-        Self { policy, cache, calls, metrics }
+        Self { policy, cache, calls, hub, metrics }
     }
 
     /// The stored answer for `id` as `account` sees it, or the provider's answer now (shared
@@ -188,27 +188,9 @@ impl SessionCache {
                 return entry.clone().into_lookup();
             }
         }
-        let mut called = false;
-        let shared = self
-            .calls
-            .try_get_with(key.clone(), async {
-                called = true;
-                let answer = account.client.fetch_session(&id).await;
-                let entry = self.entry(answer);
-                // Stored before the askers waiting here are released, so that one arriving
-                // after them finds it.
-                if entry.expires_at > Instant::now() {
-                    self.cache.insert(key.clone(), entry.clone()).await;
-                }
-                Err::<Infallible, _>(entry)
-            })
-            .await;
+        let (entry, called) = self.call(account, &key).await;
         let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };
         counter.with_label_values(&label).inc();
-        let entry = match shared {
-            Ok(never) => match never {},
-            Err(entry) => (*entry).clone(),
-        };
         if let Err(error) = &entry.answer {
             // The provider could not answer: an earlier session, kept for this, stands in.
             if let Some(Entry { answer: Ok(earlier), kept_until, .. }) = kept {
@@ -219,6 +201,83 @@ impl SessionCache {
             }
         }
         entry.into_lookup()
+    }
+
+    /// Asks the provider for `key`'s session, or joins the asker already doing so; `true` with
+    /// the answer when this call made the request. What the provider answers is stored (if it
+    /// may be reused) and told to the session's watchers.
+    async fn call(&self, account: &Account, key: &Key) -> (Entry, bool) {
+        let mut called = false;
+        let shared = self
+            .calls
+            .try_get_with(key.clone(), async {
+                called = true;
+                let answer = account.client.fetch_session(&key.1).await;
+                let entry = self.entry(answer);
+                // Stored before the askers waiting here are released, so that one arriving
+                // after them finds it.
+                if entry.expires_at > Instant::now() {
+                    self.cache.insert(key.clone(), entry.clone()).await;
+                }
+                if let Ok(session) = &entry.answer {
+                    let reference =
+                        account.kind().webhooks.and_then(|webhooks| (webhooks.reference)(session));
+                    if let Some(reference) = reference {
+                        self.hub.note_reference(&key.0, reference, &key.1);
+                    }
+                }
+                self.hub.publish(key, &entry.answer);
+                Err::<Infallible, _>(entry)
+            })
+            .await;
+        match shared {
+            Ok(never) => match never {},
+            Err(entry) => ((*entry).clone(), called),
+        }
+    }
+
+    /// Fetches `id` again now, whatever is stored (a webhook said it changed), and replaces
+    /// what is stored. Lookups arriving meanwhile share this call; a call already in flight
+    /// when this one began may predate the change, so after sharing one a fresh call is made.
+    /// Returns `None` for an id that cannot exist at the provider.
+    pub async fn refresh(&self, account: &Account, id: &str) -> Option<Lookup> {
+        let id = account.client.canonical_id(id).ok()?;
+        let key: Key = (account.scope.clone(), id);
+        // What is stored stops being fresh now (it is still kept for stale-if-error), so that
+        // a lookup from here on joins the call below instead of reading it.
+        if let Some(mut entry) = self.cache.get(&key).await {
+            entry.expires_at = Instant::now();
+            self.cache.insert(key.clone(), entry).await;
+        }
+        let label = [account.kind().slug, &**account.name()];
+        self.metrics.cache_refreshes.with_label_values(&label).inc();
+        let (mut entry, called) = self.call(account, &key).await;
+        if !called {
+            entry = self.call(account, &key).await.0;
+        }
+        Some(entry.into_lookup())
+    }
+
+    /// Whether an answer for `id` as `account` sees it is kept (fresh or not).
+    pub fn holds(&self, account: &Account, id: &str) -> bool {
+        account.client.canonical_id(id).is_ok_and(|id| self.cache.contains_key(&(account.scope.clone(), id)))
+    }
+
+    /// The canonical key of `id` for `account`.
+    pub fn key(&self, account: &Account, id: &str) -> Result<(Arc<str>, Arc<str>), FetchError> {
+        Ok((account.scope.clone(), account.client.canonical_id(id)?))
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn policy(&self) -> &CachePolicy {
+        &self.policy
     }
 
     /// What to keep of an answer: until when it may be reused (now, for an answer that may

@@ -205,9 +205,28 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
 
+    /// Subscription connections (WebSocket) and streams (Server-Sent Events) open at once;
+    /// past it a new one gets 503 [default: 2048].
+    #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS", value_name = "N")]
+    pub max_subscription_connections: Option<String>,
+
+    /// Subscriptions one WebSocket connection may run at once [default: 100].
+    #[arg(long, env = "GATEWAY_SUBSCRIPTIONS_PER_CONNECTION", value_name = "N")]
+    pub subscriptions_per_connection: Option<String>,
+
+    /// How often an idle subscription connection is pinged (WebSocket ping, SSE comment), so
+    /// that proxies keep it and a vanished peer is noticed [default: 15s].
+    #[arg(long, env = "GATEWAY_SUBSCRIPTION_PING_INTERVAL", value_name = "DURATION")]
+    pub subscription_ping_interval: Option<String>,
+
     /// With --demo: latency the sandbox providers add to every answer, e.g. `20ms` [default: 0s].
     #[arg(long, env = "GATEWAY_DEMO_LATENCY", value_name = "DURATION")]
     pub demo_latency: Option<String>,
+
+    /// With --demo: how long a `cks_live_…` sandbox session stays in each status (open,
+    /// processing, succeeded), each change announced by a signed webhook [default: 20s].
+    #[arg(long, env = "GATEWAY_DEMO_STEP", value_name = "DURATION")]
+    pub demo_step: Option<String>,
 }
 
 impl Settings {
@@ -251,7 +270,11 @@ impl Settings {
             log_format,
             shutdown_delay,
             shutdown_grace,
+            max_subscription_connections,
+            subscriptions_per_connection,
+            subscription_ping_interval,
             demo_latency,
+            demo_step,
         )
     }
 }
@@ -299,6 +322,12 @@ pub struct AccountTable {
     pub upstream_concurrency: Option<String>,
     /// Overrides the gateway's setting and the provider's documented quota.
     pub rate_limit: Option<String>,
+    /// The name of the environment variable holding the webhook signing secret…
+    pub webhook_secret_env: Option<String>,
+    /// …or the path of a file holding it.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// The provider's id for the account as its events carry it (Dodo: `business_id`).
+    pub business_id: Option<String>,
 }
 
 /// What one source (the file, or flags and environment) says about a provider's default
@@ -307,15 +336,21 @@ pub struct AccountTable {
 pub struct LegacyAccount {
     pub api_key: Option<Secret>,
     pub base_url: Option<String>,
+    /// From the provider's webhook variable (`DODO_PAYMENTS_WEBHOOK_KEY`).
+    pub webhook_secret: Option<Secret>,
 }
 
 impl LegacyAccount {
     fn or(self, other: LegacyAccount) -> LegacyAccount {
-        LegacyAccount { api_key: self.api_key.or(other.api_key), base_url: self.base_url.or(other.base_url) }
+        LegacyAccount {
+            api_key: self.api_key.or(other.api_key),
+            base_url: self.base_url.or(other.base_url),
+            webhook_secret: self.webhook_secret.or(other.webhook_secret),
+        }
     }
 
     fn is_given(&self) -> bool {
-        self.api_key.is_some() || self.base_url.is_some()
+        self.api_key.is_some() || self.base_url.is_some() || self.webhook_secret.is_some()
     }
 }
 
@@ -364,7 +399,14 @@ impl Sources {
         for kind in providers::builtin() {
             let key = table.remove(&format!("{}_api_key", kind.slug)).and_then(as_text);
             let base_url = table.remove(&format!("{}_base_url", kind.slug)).and_then(as_text);
-            let legacy = LegacyAccount { api_key: key.map(Secret::new), base_url };
+            if table.contains_key(&format!("{}_webhook_secret", kind.slug)) {
+                return Err(ConfigError::File(format!(
+                    "{at}a webhook secret is never written in the file; set {} or use an \
+                     [accounts.NAME] table with webhook_secret_env or webhook_secret_file",
+                    kind.webhooks.map_or("its variable", |w| w.secret_var)
+                )));
+            }
+            let legacy = LegacyAccount { api_key: key.map(Secret::new), base_url, webhook_secret: None };
             if legacy.is_given() {
                 sources.legacy.insert(kind.slug.to_owned(), legacy);
             }
@@ -428,6 +470,20 @@ pub fn command() -> clap::Command {
                             .join(", ")
                     )),
             );
+        if let Some(webhooks) = kind.webhooks {
+            command = command.arg(
+                Arg::new(format!("{}_webhook_secret", kind.slug))
+                    .long(format!("{}-webhook-secret", kind.slug))
+                    .env(webhooks.secret_var)
+                    .value_name("SECRET")
+                    .hide_env_values(true)
+                    .help(format!(
+                        "{} webhook signing secret of the default `{}` account; without it POST \
+                         /webhooks/{} answers 404 and its watched sessions are polled",
+                        kind.label, kind.slug, kind.slug
+                    )),
+            );
+        }
     }
     command
 }
@@ -450,6 +506,7 @@ fn from_matches(matches: &ArgMatches) -> Result<(Cli, Sources), clap::Error> {
         let given = LegacyAccount {
             api_key: text(format!("{}_api_key", kind.slug)).map(Secret::new),
             base_url: text(format!("{}_base_url", kind.slug)),
+            webhook_secret: text(format!("{}_webhook_secret", kind.slug)).map(Secret::new),
         };
         if given.is_given() {
             legacy.insert(kind.slug.to_owned(), given);
@@ -502,9 +559,13 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
+    pub max_subscription_connections: usize,
+    pub subscriptions_per_connection: usize,
+    pub subscription_ping_interval: Duration,
     /// Serve against the built-in sandbox providers instead of the configured ones.
     pub demo: bool,
     pub demo_latency: Duration,
+    pub demo_step: Duration,
 }
 
 impl Default for Config {
@@ -578,6 +639,8 @@ impl Config {
             resolved.push(AccountConfig {
                 base_url: parse_base_url(base_url).map_err(|reason| names.invalid(&id, reason))?,
                 api_key: given.api_key.clone().filter(|key| !key.expose().trim().is_empty()),
+                webhook_secret: check_webhook_secret(kind, given.webhook_secret.clone())
+                    .map_err(|reason| names.invalid(&format!("{}_webhook_secret", kind.slug), reason))?,
                 ..AccountConfig::unconfigured(kind)
             });
         }
@@ -655,8 +718,26 @@ impl Config {
             log_format,
             shutdown_delay: duration("shutdown_delay", &settings.shutdown_delay, "5s")?,
             shutdown_grace: duration("shutdown_grace", &settings.shutdown_grace, "20s")?,
+            max_subscription_connections: positive(
+                "max_subscription_connections",
+                &settings.max_subscription_connections,
+                2048,
+                1_000_000,
+            )? as usize,
+            subscriptions_per_connection: positive(
+                "subscriptions_per_connection",
+                &settings.subscriptions_per_connection,
+                100,
+                100_000,
+            )? as usize,
+            subscription_ping_interval: positive_duration(
+                "subscription_ping_interval",
+                &settings.subscription_ping_interval,
+                "15s",
+            )?,
             demo,
             demo_latency: duration("demo_latency", &settings.demo_latency, "0s")?,
+            demo_step: positive_duration("demo_step", &settings.demo_step, "20s")?,
         };
         Ok(config)
     }
@@ -718,31 +799,18 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
         (None, None) => kind.default_base_url(),
     };
     let base_url = parse_base_url(base_url).map_err(|reason| invalid("base_url", reason))?;
-    let api_key = match (&table.api_key_env, &table.api_key_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid("api_key_env", "give `api_key_env` or `api_key_file`, not both".into()))
-        }
-        (Some(var), None) => {
-            let value = std::env::var(var.trim()).unwrap_or_default();
-            if value.trim().is_empty() {
-                return Err(invalid("api_key_env", format!("the environment variable `{var}` is not set")));
-            }
-            Secret::new(value.trim())
-        }
-        (None, Some(path)) => {
-            // The file's content is never shown: only whether it could be read.
-            let value = std::fs::read_to_string(path).map_err(|e| {
-                invalid("api_key_file", format!("cannot read {}: {}", path.display(), e.kind()))
+    let api_key =
+        read_secret(name, ("api_key_env", &table.api_key_env), ("api_key_file", &table.api_key_file))?
+            .ok_or_else(|| {
+                invalid("api_key_env", "an account needs `api_key_env` or `api_key_file`".into())
             })?;
-            if value.trim().is_empty() {
-                return Err(invalid("api_key_file", format!("{} is empty", path.display())));
-            }
-            Secret::new(value.trim())
-        }
-        (None, None) => {
-            return Err(invalid("api_key_env", "an account needs `api_key_env` or `api_key_file`".into()))
-        }
-    };
+    let webhook_secret = read_secret(
+        name,
+        ("webhook_secret_env", &table.webhook_secret_env),
+        ("webhook_secret_file", &table.webhook_secret_file),
+    )?;
+    let webhook_secret =
+        check_webhook_secret(kind, webhook_secret).map_err(|reason| invalid("webhook_secret_env", reason))?;
     let default = parse_default(name, table)?;
     let (upstream_timeout, upstream_concurrency, rate_limit) = resolve_limits(name, table)?;
     Ok(AccountConfig {
@@ -754,7 +822,50 @@ fn resolve_account(name: &str, table: &AccountTable) -> Result<AccountConfig, Co
         upstream_timeout,
         upstream_concurrency,
         rate_limit,
+        webhook_secret,
+        business_id: table.business_id.as_deref().map(str::trim).map(str::to_owned),
     })
+}
+
+/// A secret named by its variable (`…_env`) or its file (`…_file`), read now so that a
+/// missing one stops startup; `None` when neither is given. Its value is never shown.
+fn read_secret(
+    name: &str,
+    (env_field, env): (&str, &Option<String>),
+    (file_field, file): (&str, &Option<PathBuf>),
+) -> Result<Option<Secret>, ConfigError> {
+    let invalid = |field: &str, reason: String| account_error(name, field, reason);
+    match (env, file) {
+        (Some(_), Some(_)) => {
+            Err(invalid(env_field, format!("give `{env_field}` or `{file_field}`, not both")))
+        }
+        (Some(var), None) => {
+            let value = std::env::var(var.trim()).unwrap_or_default();
+            if value.trim().is_empty() {
+                return Err(invalid(env_field, format!("the environment variable `{var}` is not set")));
+            }
+            Ok(Some(Secret::new(value.trim())))
+        }
+        (None, Some(path)) => {
+            let value = std::fs::read_to_string(path)
+                .map_err(|e| invalid(file_field, format!("cannot read {}: {}", path.display(), e.kind())))?;
+            if value.trim().is_empty() {
+                return Err(invalid(file_field, format!("{} is empty", path.display())));
+            }
+            Ok(Some(Secret::new(value.trim())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// A webhook secret, if its provider takes webhooks and its form is right.
+fn check_webhook_secret(kind: &ProviderKind, secret: Option<Secret>) -> Result<Option<Secret>, String> {
+    let Some(secret) = secret.filter(|secret| !secret.expose().trim().is_empty()) else { return Ok(None) };
+    let Some(webhooks) = kind.webhooks else {
+        return Err(format!("{} sends no webhooks", kind.label));
+    };
+    (webhooks.check_secret)(secret.expose().trim())?;
+    Ok(Some(secret))
 }
 
 /// Applies a table's limits to `account`, which the provider's single-account variables
@@ -774,10 +885,23 @@ fn tune_account(account: &mut AccountConfig, table: &AccountTable) -> Result<(),
             field,
             format!(
                 "the account `{name}` is defined by {}'s variables ({}, {}); its table may only set \
-                 default, upstream_timeout, upstream_concurrency and rate_limit",
+                 default, upstream_timeout, upstream_concurrency, rate_limit and business_id",
                 account.kind.label, account.kind.key_var, account.kind.base_url_var
             ),
         ));
+    }
+    if table.webhook_secret_env.is_some() || table.webhook_secret_file.is_some() {
+        return Err(account_error(
+            &name,
+            "webhook_secret_env",
+            format!(
+                "the account `{name}` takes its webhook secret from {}",
+                account.kind.webhooks.map_or("its provider's variable", |w| w.secret_var)
+            ),
+        ));
+    }
+    if let Some(business_id) = &table.business_id {
+        account.business_id = Some(business_id.trim().to_owned());
     }
     let (timeout, concurrency, rate_limit) = resolve_limits(&name, table)?;
     account.upstream_timeout = timeout.or(account.upstream_timeout);
@@ -975,7 +1099,11 @@ mod tests {
     }
 
     fn legacy(slug: &str, key: Option<&str>, base_url: Option<&str>) -> Sources {
-        let given = LegacyAccount { api_key: key.map(Secret::new), base_url: base_url.map(str::to_owned) };
+        let given = LegacyAccount {
+            api_key: key.map(Secret::new),
+            base_url: base_url.map(str::to_owned),
+            webhook_secret: None,
+        };
         Sources { legacy: BTreeMap::from([(slug.to_owned(), given)]), ..Sources::default() }
     }
 

@@ -26,6 +26,13 @@ pub enum CheckoutStatus {
     Unknown,
 }
 
+impl CheckoutStatus {
+    /// `COMPLETED`, `CANCELLED`, `EXPIRED`: the session will not change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, CheckoutStatus::Completed | CheckoutStatus::Cancelled | CheckoutStatus::Expired)
+    }
+}
+
 /// One checkout session as the gateway reports it, whichever provider holds it.
 #[derive(Debug)]
 pub struct CheckoutSession {
@@ -74,6 +81,12 @@ pub trait ProviderDetails: Any + fmt::Debug + Send + Sync {
     fn heap_bytes(&self) -> usize {
         0
     }
+
+    /// Whether `other` says the same (live updates send only changes). Two values that print
+    /// the same are the same; a provider may compare more cheaply.
+    fn same_as(&self, other: &dyn ProviderDetails) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
 }
 
 impl CheckoutSession {
@@ -94,6 +107,28 @@ impl CheckoutSession {
             + text(&self.payment_id)
             + self.metadata.as_deref().map_or(0, json_weight)
             + details
+    }
+
+    /// Whether `other` says the same about the session: every field but when it was fetched.
+    pub fn same_content(&self, other: &CheckoutSession) -> bool {
+        let details = match (&self.details, &other.details) {
+            (Some(a), Some(b)) => a.same_as(&**b),
+            (None, None) => true,
+            _ => false,
+        };
+        details
+            && self.provider == other.provider
+            && self.account == other.account
+            && self.id == other.id
+            && self.status == other.status
+            && self.provider_status == other.provider_status
+            && self.created_at == other.created_at
+            && self.expires_at == other.expires_at
+            && self.completed_at == other.completed_at
+            && self.customer_email == other.customer_email
+            && self.customer_name == other.customer_name
+            && self.payment_id == other.payment_id
+            && self.metadata == other.metadata
     }
 
     /// The provider-specific details, if they are of type `T`.

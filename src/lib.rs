@@ -5,14 +5,19 @@
 //! A request flows top to bottom; each module imports only modules below it (a test fails on
 //! an import circle):
 //!
-//! - [`server`]: axum routes (`/graphql`, `/livez`, `/readyz`, `/metrics`), wiring, `--demo`,
-//!   graceful shutdown.
+//! - [`server`]: axum routes (`/graphql`, `/ws`, `/livez`, `/readyz`, `/metrics`), wiring,
+//!   `--demo`, graceful shutdown; [`streams`]: subscriptions over WebSocket and Server-Sent
+//!   Events.
+//! - [`webhooks`]: `POST /webhooks/{provider}`: verified, de-duplicated, routed to an account,
+//!   acted on after the answer.
 //! - [`response_cache`]: whole answers replayed while everything in them may be reused.
 //! - [`graphql`]: the schema and thin resolvers; answers become members of a result union,
 //!   errors are data with a stable code.
 //! - [`service`]: picks the account, answers batches in order with each session asked once.
 //! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`],
 //!   accounts included.
+//! - [`live`]: who watches which session; changes published to its watchers; the index from
+//!   the payments and escrows webhooks name to sessions.
 //! - [`cache`]: moka in front of every account; lifetime by what the answer says; concurrent
 //!   misses share one upstream call.
 //! - [`providers`]: what a provider is ([`providers::ProviderKind`]), the one list of them
@@ -30,12 +35,16 @@ pub mod config;
 pub mod domain;
 pub mod edge;
 pub mod graphql;
+pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod providers;
+pub mod refusal;
 pub mod response_cache;
 pub mod sandbox;
 pub mod server;
 pub mod service;
+pub mod streams;
 pub mod telemetry;
 pub mod view;
+pub mod webhooks;

@@ -74,6 +74,13 @@ pub struct Metrics {
     pub stale_answers: IntCounterVec,
     pub log_lines_dropped: IntCounter,
     pub response_cache_hits: IntCounter,
+    pub cache_refreshes: IntCounterVec,
+    pub webhooks: IntCounterVec,
+    pub live_sessions: IntGauge,
+    pub live_watchers: IntGauge,
+    pub live_pollers: IntGauge,
+    pub live_updates: IntCounter,
+    pub subscription_connections: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -121,7 +128,48 @@ impl Metrics {
         )
         .expect("static metric");
         registry.register(Box::new(log_lines_dropped.clone())).expect("each metric is registered once");
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("static metric");
+            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+            metric
+        };
+        let live_sessions =
+            gauge("live_sessions_watched", "Sessions someone is subscribed to now (topics in the hub).");
+        let live_watchers = gauge("live_subscriptions", "Subscriptions to sessions open now.");
+        let live_pollers = gauge(
+            "live_pollers",
+            "Watched sessions the gateway polls now (no webhook keeps their account current).",
+        );
+        let live_updates = IntCounter::new(
+            "live_updates_total",
+            "Changes of a session sent to its subscribers (a same-content refetch is not one).",
+        )
+        .expect("static metric");
+        registry.register(Box::new(live_updates.clone())).expect("each metric is registered once");
+        let subscription_connections = IntGaugeVec::new(
+            Opts::new("subscription_connections", "Subscription connections open now, by transport."),
+            &["transport"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(subscription_connections.clone()))
+            .expect("each metric is registered once");
         Self {
+            live_sessions,
+            live_watchers,
+            live_pollers,
+            live_updates,
+            subscription_connections,
+            cache_refreshes: counter(
+                "cache_refreshes_total",
+                "Sessions fetched again because a webhook said they changed.",
+                &["provider", "account"],
+            ),
+            webhooks: counter(
+                "webhooks_total",
+                "Webhook deliveries by provider and outcome (accepted, duplicate, ignored, or why refused).",
+                &["provider", "outcome"],
+            ),
             log_lines_dropped,
             upstream_retries: counter(
                 "upstream_retries_total",

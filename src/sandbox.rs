@@ -23,10 +23,18 @@ use tokio::net::TcpListener;
 /// show the gateway's timeout, and short enough not to pin resources forever.
 pub const SLOW_FIXTURE_DELAY: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct SandboxOptions {
     /// Added to every answer, to stand in for the network and the provider's own work.
     pub latency: Duration,
+    /// How long a live fixture stays in each status.
+    pub step: Duration,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self { latency: Duration::ZERO, step: Duration::from_secs(20) }
+    }
 }
 
 /// How a provider's sandbox is served: its routes and the path its API lives under.
@@ -35,6 +43,31 @@ pub struct SandboxSpec {
     pub router: fn() -> Router<SandboxState>,
     /// Prefix of the base URL (`/api/v1` for DHMAD).
     pub base_path: &'static str,
+    /// Whether its live fixtures announce their changes by webhook.
+    pub sends_webhooks: bool,
+}
+
+/// Where a sandbox sends its webhooks, signed with what.
+#[derive(Clone)]
+pub struct SandboxWebhook {
+    pub url: String,
+    /// A public demo value, not a secret.
+    pub secret: String,
+    /// The provider's account id its events carry.
+    pub business_id: String,
+}
+
+impl std::fmt::Debug for SandboxWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxWebhook").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// The demo's webhook secret for `account`: public, in the Standard Webhooks form (`whsec_`
+/// and base64) that every provider's check accepts.
+pub fn demo_webhook_secret(account: &str) -> String {
+    use base64::Engine;
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(format!("demo-{account}-webhooks")))
 }
 
 /// What the gateway needs to talk to a running sandbox provider.
@@ -58,9 +91,31 @@ pub struct SandboxState {
     pub key: Arc<str>,
     pub latency: Duration,
     pub requests: Arc<AtomicU64>,
+    /// How long a live fixture stays in each status.
+    pub step: Duration,
+    /// Where live fixtures announce their changes; `None`: they do not.
+    pub webhook: Option<Arc<SandboxWebhook>>,
+    /// When each live fixture was first asked for: its clock starts then.
+    pub first_seen: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    /// For sending webhooks.
+    pub http: reqwest::Client,
 }
 
 impl SandboxState {
+    /// Where live fixture `id` stands: its first sight starts its clock (`true` with the
+    /// step then), and the number of whole steps since.
+    pub fn live_step(&self, id: &str) -> (u32, bool) {
+        let mut seen = self.first_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let mut first = false;
+        let since = *seen.entry(id.to_owned()).or_insert_with(|| {
+            first = true;
+            now
+        });
+        let steps = now.duration_since(since).as_nanos() / self.step.as_nanos().max(1);
+        (u32::try_from(steps).unwrap_or(u32::MAX), first)
+    }
+
     /// Whether the request presents the key this sandbox accepts.
     pub fn accepts(&self, headers: &axum::http::HeaderMap) -> bool {
         presented_key(headers) == Some(&*self.key)
@@ -73,6 +128,7 @@ pub async fn serve(
     environment: &'static str,
     key: &str,
     options: SandboxOptions,
+    webhook: Option<SandboxWebhook>,
 ) -> std::io::Result<SandboxEndpoint> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
@@ -83,6 +139,10 @@ pub async fn serve(
         key: Arc::from(key),
         latency: options.latency,
         requests: requests.clone(),
+        step: options.step,
+        webhook: webhook.map(Arc::new),
+        first_seen: Arc::default(),
+        http: crate::net::http_client().map_err(std::io::Error::other)?,
     };
     let app = (spec.router)()
         .route("/_sandbox/stats", get(stats))

@@ -17,14 +17,15 @@ use bytes::Bytes;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::GraphQLRequest;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest};
 use axum::body::Body;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -36,12 +37,16 @@ use crate::domain::Secret;
 use crate::edge::{self, EdgeLimits, Phase};
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, QueryLimits, RequestScope};
+use crate::live::Hub;
 use crate::metrics::{Metrics, OperationLabels};
 use crate::providers::guard::CircuitState;
 use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
+use crate::refusal::graphql_error;
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
-use crate::sandbox::{self, SandboxOptions};
+use crate::sandbox::{self, SandboxOptions, SandboxWebhook};
 use crate::service::SessionService;
+use crate::streams::{self, Guarded, StreamLimits, Streams};
+use crate::webhooks::{self, Webhooks};
 use crate::{net, telemetry};
 
 /// Distinct operation names kept as metrics labels; later ones count as `other`.
@@ -77,6 +82,9 @@ struct AppState {
     shape_limits: ShapeLimits,
     /// Operation names as metrics labels, from a bounded set.
     operations: Arc<OperationLabels>,
+    /// Subscriptions over WebSocket and Server-Sent Events.
+    streams: Streams,
+    webhooks: Arc<Webhooks>,
 }
 
 /// A gateway bound to its port, ready to run.
@@ -88,6 +96,8 @@ pub struct Application {
     config: Config,
     accounts: Vec<Arc<Account>>,
     credentials: Credentials,
+    /// Where a shutdown stands, for connections and streams.
+    phase: tokio::sync::watch::Sender<Phase>,
 }
 
 impl Application {
@@ -101,8 +111,14 @@ impl Application {
     /// [`Self::build`] with the given providers: the schema's `Provider` enum and details
     /// union are theirs, and each gets an unconfigured default account if it has none.
     pub async fn build_with(mut config: Config, kinds: Vec<&'static ProviderKind>) -> anyhow::Result<Self> {
+        // Bound first: the demo's sandboxes send their webhooks to this port.
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (GATEWAY_LISTEN): {e}", config.listen))?;
         if config.demo {
-            config.accounts = demo_accounts(&kinds, SandboxOptions { latency: config.demo_latency }).await?;
+            let gateway = loopback(listener.local_addr()?);
+            let options = SandboxOptions { latency: config.demo_latency, step: config.demo_step };
+            config.accounts = demo_accounts(&kinds, options, gateway).await?;
         }
         for kind in &kinds {
             if !config.accounts.iter().any(|account| std::ptr::eq(account.kind, *kind)) {
@@ -120,7 +136,8 @@ impl Application {
         let credentials: Credentials = Arc::new(RwLock::new(
             accounts.iter().map(|account| (account.name().clone(), CredentialStatus::Checking)).collect(),
         ));
-        let cache = SessionCache::new(config.cache, metrics.clone());
+        let hub = Arc::new(Hub::new(REFERENCES_MAX, REFERENCES_TTL, metrics.clone()));
+        let cache = SessionCache::new(config.cache, hub, metrics.clone());
         let service = Arc::new(SessionService::new(&accounts, cache)?);
         let gateway = Gateway {
             service: service.clone(),
@@ -131,6 +148,20 @@ impl Application {
         let schema = graphql::schema(gateway.clone(), &kinds, config.introspection, limits, false);
         let fast_schema = graphql::schema(gateway, &kinds, config.introspection, limits, true);
         let ready = Arc::new(AtomicBool::new(false));
+        let shape_limits =
+            ShapeLimits { max_aliases: config.max_aliases, max_root_fields: config.max_root_fields };
+        let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
+        let streams = Streams::new(
+            Guarded::new(schema.clone(), shape_limits),
+            StreamLimits {
+                max_connections: config.max_subscription_connections,
+                per_connection: config.subscriptions_per_connection,
+                ping: config.subscription_ping_interval,
+            },
+            phases,
+            metrics.clone(),
+        );
+        let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, metrics.clone()));
         let router = router(AppState {
             schema,
             fast_schema,
@@ -144,16 +175,12 @@ impl Application {
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
             graphiql: config.graphiql,
-            shape_limits: ShapeLimits {
-                max_aliases: config.max_aliases,
-                max_root_fields: config.max_root_fields,
-            },
+            shape_limits,
             operations: Arc::new(OperationLabels::new(OPERATION_LABELS_MAX)),
+            streams,
+            webhooks,
         });
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (GATEWAY_LISTEN): {e}", config.listen))?;
-        Ok(Self { listener, router, ready, config, accounts, credentials })
+        Ok(Self { listener, router, ready, config, accounts, credentials, phase })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -167,9 +194,9 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, router, ready, config, accounts, credentials } = self;
+        let Self { listener, router, ready, config, accounts, credentials, phase } = self;
         tokio::spawn(check_credentials(accounts, credentials));
-        let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
+        let phases = phase.subscribe();
         let limits = EdgeLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
@@ -196,9 +223,25 @@ impl Application {
     }
 }
 
+/// Entries of the index from payment and escrow ids to sessions (webhooks name sessions by
+/// them), and how long each is kept: a provider redelivers for about a day.
+const REFERENCES_MAX: u64 = 200_000;
+const REFERENCES_TTL: Duration = Duration::from_secs(48 * 3600);
+
+/// Where a process on this machine reaches `addr` (a wildcard address is reached on loopback).
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/ws", get(websocket))
+        .route("/webhooks/{provider}", post(webhook))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -213,20 +256,28 @@ fn router(state: AppState) -> Router {
 async fn demo_accounts(
     kinds: &[&'static ProviderKind],
     options: SandboxOptions,
+    gateway: SocketAddr,
 ) -> anyhow::Result<Vec<AccountConfig>> {
     let mut accounts = Vec::new();
     for kind in kinds {
         for (index, (environment, _)) in kind.environments.iter().enumerate() {
             let name = if index == 0 { kind.slug.to_owned() } else { format!("{}_{environment}", kind.slug) };
-            // A public demo value per account, so that each sandbox accepts only its own.
+            // Public demo values per account, so that each sandbox accepts only its own key
+            // and the gateway only its own sandbox's webhooks.
             let key = format!("demo_{name}_key");
-            let endpoint = sandbox::serve(kind.sandbox, environment, &key, options).await?;
+            let webhook = (kind.sandbox.sends_webhooks && kind.webhooks.is_some()).then(|| SandboxWebhook {
+                url: format!("http://{gateway}/webhooks/{}", kind.slug),
+                secret: sandbox::demo_webhook_secret(&name),
+                business_id: format!("demo_{name}"),
+            });
+            let endpoint = sandbox::serve(kind.sandbox, environment, &key, options, webhook.clone()).await?;
             // Its own target, so that a quiet log level can still show where the sandboxes are.
             tracing::info!(
                 target: "checkout_gateway::demo",
                 account = %name,
                 environment,
                 base_url = %endpoint.base_url,
+                webhooks = webhook.is_some(),
                 "demo mode: sandbox provider"
             );
             accounts.push(AccountConfig {
@@ -234,6 +285,8 @@ async fn demo_accounts(
                 base_url: endpoint.base_url,
                 api_key: Some(Secret::new(key)),
                 default: index == 0,
+                webhook_secret: webhook.as_ref().map(|webhook| Secret::new(webhook.secret.clone())),
+                business_id: webhook.map(|webhook| webhook.business_id),
                 ..AccountConfig::unconfigured(kind)
             });
         }
@@ -280,6 +333,8 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
         .map_or_else(new_request_id, str::to_owned);
     let route: &'static str = match request.uri().path() {
         "/graphql" => "/graphql",
+        "/ws" => "/ws",
+        path if path.starts_with("/webhooks/") => "/webhooks",
         "/livez" => "/livez",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
@@ -452,13 +507,17 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             "a POST to /graphql is a JSON body ({\"query\": …}) sent as application/json",
         );
     }
-    if let Some(stored) = state.responses.get(&bytes) {
-        return replay(&state, &stored, media);
+    let sse = streams::wants_sse(&parts.headers);
+    if !sse {
+        if let Some(stored) = state.responses.get(&bytes) {
+            return replay(&state, &stored, media);
+        }
     }
     match serde_json::from_slice::<async_graphql::Request>(&bytes) {
         Ok(request) if request.query.trim().is_empty() => {
             graphql_error(StatusCode::BAD_REQUEST, "the body has no `query`")
         }
+        Ok(request) if sse => state.streams.sse(request),
         Ok(request) => execute(&state, request, Some(bytes), media).await,
         Err(error) => graphql_error(
             StatusCode::BAD_REQUEST,
@@ -481,9 +540,15 @@ fn is_length_limit(error: &axum::Error) -> bool {
 }
 
 /// A query in the URL runs (or is replayed) when the request proves it is no cross-site one;
-/// a browser asking for HTML without one gets GraphiQL, where it is turned on.
+/// a browser asking for HTML without one gets GraphiQL, where it is turned on. A WebSocket
+/// upgrade becomes a subscription connection; `Accept: text/event-stream` streams the result
+/// as Server-Sent Events (how Hive Gateway subscribes).
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    if streams::wants_websocket(request.headers()) {
+        return websocket(State(state), request).await;
+    }
     let media = MediaType::of(request.headers());
+    let sse = streams::wants_sse(request.headers());
     let has_query = request.uri().query().is_some_and(|query| {
         query.split('&').any(|pair| pair.starts_with("query=") && pair.len() > "query=".len())
     });
@@ -494,12 +559,19 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         .is_some_and(|accept| accept.contains("text/html"));
     if !has_query {
         if wants_html && state.graphiql {
-            return Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response();
+            let page = GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/ws").finish();
+            return Html(page).into_response();
         }
         return graphql_error(StatusCode::BAD_REQUEST, "GET /graphql needs a `query` parameter");
     }
     if !is_preflighted(request.headers()) {
         return graphql_error(StatusCode::BAD_REQUEST, CSRF_REFUSAL);
+    }
+    if sse {
+        return match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
+            Ok(request) => state.streams.sse(request.into_inner()),
+            Err(_) => graphql_error(StatusCode::BAD_REQUEST, URL_REFUSAL),
+        };
     }
     let key = request.uri().query().map(|query| Bytes::from(format!("GET?{query}")));
     if let Some(stored) = key.as_deref().and_then(|key| state.responses.get(key)) {
@@ -507,11 +579,42 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     }
     match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
         Ok(request) => execute(&state, request.into_inner(), key, media).await,
-        Err(_) => graphql_error(
+        Err(_) => graphql_error(StatusCode::BAD_REQUEST, URL_REFUSAL),
+    }
+}
+
+const URL_REFUSAL: &str = "the URL is not a GraphQL request: `query`, and `variables` as JSON if any";
+
+/// A WebSocket for subscriptions (`/ws`, Apollo Router's default subgraph path, and
+/// `/graphql`).
+async fn websocket(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
+    let protocol = GraphQLProtocol::from_request_parts(&mut parts, &state).await;
+    match (upgrade, protocol) {
+        (Ok(upgrade), Ok(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol),
+        _ => graphql_error(
             StatusCode::BAD_REQUEST,
-            "the URL is not a GraphQL request: `query`, and `variables` as JSON if any",
+            "a WebSocket upgrade with the `graphql-transport-ws` (or `graphql-ws`) subprotocol is expected here",
         ),
     }
+}
+
+/// A provider's webhook delivery (see `webhooks`): its body is bounded on its own, far below
+/// a GraphQL request's.
+async fn webhook(State(state): State<AppState>, Path(provider): Path<String>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, webhooks::MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(error) if is_length_limit(&error) => {
+            return graphql_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a webhook delivery holds at most {} bytes", webhooks::MAX_BODY_BYTES),
+            )
+        }
+        Err(_) => return graphql_error(StatusCode::BAD_REQUEST, "the request body could not be read"),
+    };
+    state.webhooks.receive(&provider, &parts.headers, &bytes)
 }
 
 /// Runs one GraphQL request; stores the answer under `cache_key` when all of it may be reused.
@@ -592,13 +695,6 @@ fn request_error(message: &str, media: MediaType) -> Response {
     response
 }
 
-/// A refusal: a GraphQL-shaped JSON body, never stored by anyone.
-fn graphql_error(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, Json(json!({"errors": [{"message": message}]}))).into_response();
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 async fn livez() -> &'static str {
     "ok"
 }
@@ -652,7 +748,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"error": "not found", "routes": ["/graphql", "/livez", "/readyz", "/metrics"]})),
+        Json(json!({"error": "not found", "routes": ["/graphql", "/ws", "/webhooks/{provider}", "/livez", "/readyz", "/metrics"]})),
     )
         .into_response()
 }

@@ -1,15 +1,21 @@
 //! The one entry point the GraphQL layer calls.
 //!
-//! Owns: which account answers a request (the named one, or the provider's default), and
-//! batches (input order, each distinct session asked once). Goes through the cache.
+//! Owns: which account answers a request (the named one, or the provider's default), batches
+//! (input order, each distinct session asked once), watching a session (its first answer,
+//! then its changes; polling it while watched where no webhook keeps it current) and what a
+//! webhook event refreshes. Goes through the cache.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::StreamExt;
 
 use crate::cache::{Lookup, SessionCache};
 use crate::domain::{CheckoutSession, FetchError};
+use crate::live::{same_answer, Abandoned};
+use crate::providers::webhook::Target;
 use crate::providers::Account;
 use crate::view::DetailsObject;
 
@@ -136,3 +142,112 @@ fn bounded(name: &str) -> &str {
         None => name,
     }
 }
+
+/// A watched session's answers: the current one, then each change.
+pub type Updates = futures::stream::BoxStream<'static, Lookup>;
+
+impl SessionService {
+    /// The current answer for `id`, then every change to it, until the stream is dropped.
+    /// The first watcher of a session whose account no webhook keeps current starts its one
+    /// poller.
+    pub fn watch(self: &Arc<Self>, account: Result<&Arc<Account>, FetchError>, id: &str) -> Updates {
+        let once = |error: FetchError| futures::stream::once(async { Lookup::once(Err(error)) }).boxed();
+        let account = match account {
+            Ok(account) => account.clone(),
+            Err(error) => return once(error),
+        };
+        let key = match self.cache.key(&account, id) {
+            Ok(key) => key,
+            Err(error) => return once(error),
+        };
+        // Watching starts before the first lookup, so no change between the two is missed.
+        let (mut watch, poll) = self.cache.hub().watch(key.clone());
+        if let Some(abandoned) = poll.filter(|_| !account.has_webhooks()) {
+            tokio::spawn(poll_while_watched(self.clone(), account.clone(), key.1.clone(), abandoned));
+        }
+        let service = self.clone();
+        async_stream::stream! {
+            let first = service.cache.lookup(&account, &key.1).await;
+            let mut last = first.answer.clone();
+            yield first;
+            while let Some(answer) = watch.changed().await {
+                if same_answer(&last, &answer) {
+                    continue;
+                }
+                last = answer.clone();
+                yield Lookup { answer, reusable_until: None, stale: false };
+            }
+        }
+        .boxed()
+    }
+
+    /// Fetches again the sessions a webhook event names, where the gateway holds or watches
+    /// them (a session nobody asked for is not fetched: it would only spend the quota).
+    /// Returns how many were fetched.
+    pub async fn refresh_targets(&self, account: &Arc<Account>, targets: &[Target]) -> usize {
+        let hub = self.cache.hub();
+        let mut ids: Vec<Arc<str>> = Vec::new();
+        for target in targets {
+            match target {
+                Target::Session { id, reference } => {
+                    let Ok((scope, id)) = self.cache.key(account, id) else { continue };
+                    if let Some(reference) = reference {
+                        hub.note_reference(&scope, reference, &id);
+                    }
+                    ids.push(id);
+                }
+                Target::Reference(reference) => {
+                    ids.extend(hub.sessions_of(&account.scope, reference).iter().cloned())
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let known: Vec<Arc<str>> = ids
+            .into_iter()
+            .filter(|id| {
+                self.cache.holds(account, id) || hub.is_watched(&(account.scope.clone(), id.clone()))
+            })
+            .collect();
+        join_all(known.iter().map(|id| self.cache.refresh(account, id))).await;
+        known.len()
+    }
+
+    /// Every configured account.
+    pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.accounts.values()
+    }
+}
+
+/// Keeps one watched session current by asking for it each time its answer stops being
+/// reusable (the cache's lifetimes: an open session every few seconds), until it is final or
+/// nobody watches it any more.
+async fn poll_while_watched(
+    service: Arc<SessionService>,
+    account: Arc<Account>,
+    id: Arc<str>,
+    abandoned: Abandoned,
+) {
+    let metrics = service.cache.metrics().clone();
+    metrics.live_pollers.inc();
+    let open = service.cache.policy().open.max(MIN_POLL_INTERVAL);
+    loop {
+        let lookup = service.cache.lookup(&account, &id).await;
+        if matches!(&lookup.answer, Ok(session) if session.status.is_final()) {
+            break;
+        }
+        let now = Instant::now();
+        let wait = lookup
+            .reusable_until
+            .map_or(open, |until| until.saturating_duration_since(now))
+            .max(MIN_POLL_INTERVAL);
+        tokio::select! {
+            () = abandoned.wait() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    metrics.live_pollers.dec();
+}
+
+/// However short an answer's lifetime, a poller waits at least this long between calls.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);

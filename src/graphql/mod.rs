@@ -12,9 +12,10 @@ use std::time::Instant;
 
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, PathSegment, SDLExportOptions,
-    Schema, SchemaBuilder, Value, ID,
+    Context, EmptyMutation, ErrorExtensions, Object, PathSegment, SDLExportOptions, Schema, SchemaBuilder,
+    Subscription as SubscriptionRoot, Value, ID,
 };
+use futures::{Stream, StreamExt};
 
 use crate::cache::Lookup;
 use crate::providers::ProviderKind;
@@ -26,7 +27,7 @@ mod types;
 
 pub use types::{CheckoutError, CheckoutSessionRef, CheckoutSessionResult, CheckoutSessionView};
 
-pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
+pub type GatewaySchema = Schema<Query, EmptyMutation, Subscription>;
 
 /// What the resolvers need, shared by every request.
 #[derive(Clone, Debug)]
@@ -44,10 +45,13 @@ pub struct Gateway {
 fn builder(
     providers: &[&'static ProviderKind],
     limits: QueryLimits,
-) -> SchemaBuilder<Query, EmptyMutation, EmptySubscription> {
+) -> SchemaBuilder<Query, EmptyMutation, Subscription> {
     view::with_providers(providers.iter().map(|kind| kind.schema()).collect(), || {
-        Schema::build(Query, EmptyMutation, EmptySubscription)
+        Schema::build(Query, EmptyMutation, Subscription)
             .enable_federation()
+            // Without it `_service { sdl }` leaves out the `Subscription` type, and a router
+            // composing this subgraph would not know it can subscribe.
+            .enable_subscription_in_federation()
             // The interface is reached only through its implementers; register it so it is
             // in the schema for clients to spread on.
             .register_output_type::<CheckoutError>()
@@ -357,6 +361,61 @@ impl Query {
         id: ID,
     ) -> Option<CheckoutSessionView> {
         entity(ctx, EntityKey { provider: None, account: Some(&account), id: &id }).await
+    }
+}
+
+/// How many subscriptions one connection may still start; put one in each WebSocket
+/// connection's data.
+#[derive(Clone, Debug)]
+pub struct SubscriptionBudget(Arc<tokio::sync::Semaphore>, usize);
+
+impl SubscriptionBudget {
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(max)), max)
+    }
+
+    fn take(&self) -> async_graphql::Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        match self.0.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(async_graphql::Error::new(format!(
+                "a connection may run at most {} subscriptions at once (GATEWAY_SUBSCRIPTIONS_PER_CONNECTION)",
+                self.1
+            ))
+            .extend_with(|_, ext| {
+                ext.set("code", "TOO_MANY_SUBSCRIPTIONS");
+                ext.set("max", self.1);
+            })),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Subscription;
+
+#[SubscriptionRoot]
+impl Subscription {
+    /// One checkout session as it changes: its current answer first, then a new one each time
+    /// the session changes (a provider's webhook, or the gateway's own polling where no
+    /// webhook is configured); a refetch that finds nothing new sends nothing. `account` as in
+    /// `checkoutSession`.
+    async fn checkout_session_updated(
+        &self,
+        ctx: &Context<'_>,
+        provider: ProviderName,
+        id: ID,
+        account: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = CheckoutSessionResult>> {
+        let permit = match ctx.data_opt::<SubscriptionBudget>() {
+            Some(budget) => budget.take()?,
+            None => None,
+        };
+        let service = &gateway(ctx).service;
+        let updates = service.watch(service.account(provider.as_str(), account.as_deref()), &id);
+        Ok(updates.map(move |lookup| {
+            // Held as long as the subscription runs.
+            let _held = &permit;
+            CheckoutSessionResult::from_lookup(&provider, lookup)
+        }))
     }
 }
 

@@ -22,9 +22,11 @@ pub mod dhmad;
 pub mod dodo;
 pub mod guard;
 pub mod upstream;
+pub mod webhook;
 
 use guard::{CircuitState, Guard, GuardPolicy, RateLimit};
 use upstream::Upstream;
+use webhook::WebhookSpec;
 
 /// The providers this gateway is built with: the one place that lists them.
 pub fn builtin() -> Vec<&'static ProviderKind> {
@@ -67,6 +69,9 @@ pub struct ProviderKind {
     pub register_details: fn(&mut async_graphql::registry::Registry) -> String,
     /// The built-in stand-in for `--demo` and benchmarks.
     pub sandbox: SandboxSpec,
+    /// How its webhooks are checked and read; `None`: it sends none (its watched sessions
+    /// are polled).
+    pub webhooks: Option<&'static WebhookSpec>,
 }
 
 impl ProviderKind {
@@ -105,6 +110,12 @@ pub struct AccountConfig {
     pub upstream_concurrency: Option<usize>,
     /// This account's quota; `None`: the gateway's setting, else the provider's documented one.
     pub rate_limit: Option<RateLimit>,
+    /// The secret its webhook deliveries are signed with; `None`: none are accepted for it,
+    /// and its watched sessions are polled.
+    pub webhook_secret: Option<Secret>,
+    /// The provider's own id for the account, as its events carry it (Dodo's `business_id`):
+    /// with it, an event is acted on only by the account it names.
+    pub business_id: Option<String>,
 }
 
 /// The gateway-wide limits an account uses where it sets none of its own.
@@ -148,6 +159,8 @@ impl AccountConfig {
             upstream_timeout: None,
             upstream_concurrency: None,
             rate_limit: None,
+            webhook_secret: None,
+            business_id: None,
         }
     }
 }
@@ -205,6 +218,12 @@ impl Account {
 
     pub fn kind(&self) -> &'static ProviderKind {
         self.config.kind
+    }
+
+    /// Whether the provider's webhooks keep this account's sessions current (else a watched
+    /// session is polled).
+    pub fn has_webhooks(&self) -> bool {
+        self.config.kind.webhooks.is_some() && self.config.webhook_secret.is_some()
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use checkout_gateway::cache::{CachePolicy, SessionCache};
+use checkout_gateway::live::Hub;
 use checkout_gateway::metrics::Metrics;
 use checkout_gateway::net::http_client;
 use checkout_gateway::providers::{dhmad, Account, Limits};
@@ -155,7 +156,9 @@ async fn the_cache_key_holds_the_credential() {
     let (a, b) = (client("sk_sandbox_a"), client("sk_sandbox_b"));
     assert_ne!(a.scope, b.scope);
     assert!(!a.scope.contains("sk_sandbox_a"), "the key itself is never part of the cache key");
-    let cache = SessionCache::new(CachePolicy::default(), Arc::new(Metrics::new()));
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(1000, Duration::from_secs(60), metrics.clone()));
+    let cache = SessionCache::new(CachePolicy::default(), hub, metrics);
 
     let seen_by_a = cache.lookup(&a, DHMAD_ID).await.answer.unwrap();
     let seen_by_b = cache.lookup(&b, DHMAD_ID).await.answer.unwrap();

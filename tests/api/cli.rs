@@ -118,7 +118,10 @@ fn the_production_config_file_and_its_account_example_are_valid() {
         legacy: ["dhmad", "dodo"]
             .into_iter()
             .map(|slug| {
-                (slug.to_owned(), LegacyAccount { api_key: Some(Secret::new("key")), base_url: None })
+                (
+                    slug.to_owned(),
+                    LegacyAccount { api_key: Some(Secret::new("key")), ..LegacyAccount::default() },
+                )
             })
             .collect(),
         ..Sources::default()

@@ -45,7 +45,8 @@ static ACME: ProviderKind = ProviderKind {
     client: |upstream| Arc::new(AcmeClient { upstream }),
     details: |session| Box::new(AcmeSessionDetails(session)),
     register_details: <AcmeSessionDetails as OutputType>::create_type_info,
-    sandbox: SandboxSpec { router: sandbox, base_path: "" },
+    sandbox: SandboxSpec { router: sandbox, base_path: "", sends_webhooks: false },
+    webhooks: None,
 };
 
 /// The client: `GET {base}/v2/sessions/{id}`.

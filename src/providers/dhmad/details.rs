@@ -8,7 +8,7 @@ use async_graphql::{Enum, Object};
 use crate::domain::{CheckoutSession, ProviderDetails};
 
 /// Stored with each DHMAD session. The target user's email is the common `customerEmail`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct DhmadDetails {
     /// The escrow this session belongs to.
     pub escrow_id: Option<Box<str>>,
@@ -19,6 +19,10 @@ pub struct DhmadDetails {
 impl ProviderDetails for DhmadDetails {
     fn heap_bytes(&self) -> usize {
         self.escrow_id.as_ref().map_or(0, |s| s.len()) + self.action.as_ref().map_or(0, |s| s.len())
+    }
+
+    fn same_as(&self, other: &dyn ProviderDetails) -> bool {
+        (other as &dyn std::any::Any).downcast_ref::<Self>() == Some(self)
     }
 }
 

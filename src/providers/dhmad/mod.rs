@@ -17,6 +17,7 @@ use crate::sandbox::SandboxSpec;
 
 pub mod details;
 pub mod sandbox;
+pub mod webhook;
 
 use details::{DhmadDetails, DhmadSessionDetails};
 
@@ -34,7 +35,8 @@ pub static KIND: ProviderKind = ProviderKind {
     client: |upstream| Arc::new(DhmadClient { upstream }),
     details: |session| Box::new(DhmadSessionDetails(session)),
     register_details: <DhmadSessionDetails as async_graphql::OutputType>::create_type_info,
-    sandbox: SandboxSpec { router: sandbox::router, base_path: "/api/v1" },
+    sandbox: SandboxSpec { router: sandbox::router, base_path: "/api/v1", sends_webhooks: false },
+    webhooks: Some(&webhook::WEBHOOKS),
 };
 
 #[derive(Debug)]

@@ -17,6 +17,7 @@ use crate::sandbox::SandboxSpec;
 
 pub mod details;
 pub mod sandbox;
+pub mod webhook;
 
 use details::DodoSessionDetails;
 
@@ -36,7 +37,8 @@ pub static KIND: ProviderKind = ProviderKind {
     client: |upstream| Arc::new(DodoClient { upstream }),
     details: |session| Box::new(DodoSessionDetails(session)),
     register_details: <DodoSessionDetails as async_graphql::OutputType>::create_type_info,
-    sandbox: SandboxSpec { router: sandbox::router, base_path: "" },
+    sandbox: SandboxSpec { router: sandbox::router, base_path: "", sends_webhooks: true },
+    webhooks: Some(&webhook::WEBHOOKS),
 };
 
 /// Far longer than any id Dodo issues (`cks_` and a short token); a bound keeps junk out of

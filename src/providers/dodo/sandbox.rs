@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use chrono::Duration;
 use serde_json::json;
 
-use crate::sandbox::{SandboxState, SLOW_FIXTURE_DELAY};
+use crate::sandbox::{SandboxState, SandboxWebhook, SLOW_FIXTURE_DELAY};
 
 /// Every documented `payment_status`; `cks_demo_<status>` holds a session in that status.
 pub const PAYMENT_STATUSES: [&str; 11] = [
@@ -27,6 +27,12 @@ pub const PAYMENT_STATUSES: [&str; 11] = [
 ];
 /// `cks_bench_<anything>`: a completed session under any id, for benchmarks.
 pub const BENCH_PREFIX: &str = "cks_bench_";
+/// `cks_live_<anything>`: a session that moves on its own from its first read: open, then
+/// processing after one step, then succeeded after two; each change is announced by a signed
+/// `payment.*` webhook when the sandbox has somewhere to send it.
+pub const LIVE_PREFIX: &str = "cks_live_";
+/// A live session's `payment_status` at each step (none while open).
+const LIVE_STATUSES: [Option<&str>; 3] = [None, Some("processing"), Some("succeeded")];
 /// Payment not started yet (`payment_status` null).
 pub const OPEN: &str = "cks_demo_open";
 /// A `payment_status` this gateway does not know.
@@ -68,6 +74,21 @@ async fn checkout(State(state): State<SandboxState>, Path(id): Path<String>, hea
     if let Some(status) = id.strip_prefix("cks_demo_").filter(|s| PAYMENT_STATUSES.contains(s)) {
         return session(Some(status));
     }
+    if let Some(name) = id.strip_prefix(LIVE_PREFIX) {
+        let (step, first) = state.live_step(&id);
+        if first {
+            if let Some(webhook) = state.webhook.clone() {
+                tokio::spawn(announce(state.clone(), webhook, id.clone()));
+            }
+        }
+        let status = LIVE_STATUSES[(step as usize).min(LIVE_STATUSES.len() - 1)];
+        return Json(json!({
+            "id": id, "created_at": (state.started - Duration::minutes(1)).to_rfc3339(),
+            "customer_email": "ana@example.com", "customer_name": "Ana",
+            "payment_id": status.map(|_| format!("pay_live_{name}")), "payment_status": status
+        }))
+        .into_response();
+    }
     // Benchmarks need as many distinct sessions as they like: cold misses, cache filling.
     if id.starts_with(BENCH_PREFIX) {
         return session(Some("succeeded"));
@@ -98,5 +119,47 @@ async fn checkout(State(state): State<SandboxState>, Path(id): Path<String>, hea
             session(None)
         }
         _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("Item not found")),
+    }
+}
+
+/// Sends the `payment.*` webhook of each step of live session `id` as it happens, signed as
+/// Dodo signs them (Standard Webhooks).
+async fn announce(state: SandboxState, webhook: std::sync::Arc<SandboxWebhook>, id: String) {
+    let started = tokio::time::Instant::now();
+    let name = id.strip_prefix(LIVE_PREFIX).unwrap_or_default();
+    for (step, status) in LIVE_STATUSES.iter().enumerate().skip(1) {
+        let Some(status) = status else { continue };
+        // A moment after the change, so that the gateway's refetch sees it.
+        let at = started + state.step * step as u32 + std::time::Duration::from_millis(10);
+        tokio::time::sleep_until(at).await;
+        let body = json!({
+            "business_id": webhook.business_id,
+            "type": format!("payment.{status}"),
+            "timestamp": chrono::Utc::now().to_rfc3339(),
+            "data": {
+                "payload_type": "Payment", "payment_id": format!("pay_live_{name}"),
+                "checkout_session_id": id, "status": status, "business_id": webhook.business_id,
+            }
+        })
+        .to_string();
+        let delivery = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let timestamp = chrono::Utc::now().timestamp();
+        let Some(signature) = super::webhook::sign(&webhook.secret, &delivery, timestamp, body.as_bytes())
+        else {
+            return;
+        };
+        let sent = state
+            .http
+            .post(&webhook.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &delivery)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        if let Err(error) = sent {
+            tracing::warn!(%error, "the sandbox could not deliver a webhook");
+        }
     }
 }

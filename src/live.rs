@@ -1,0 +1,178 @@
+//! Live sessions: who watches which session, and telling them when its answer changes.
+//!
+//! Owns: one topic per watched session (account view and id), created by its first watcher
+//! and dropped with its last, so that a session nobody watches costs nothing here; publishing
+//! an answer to a topic (only a change wakes anyone); and the index from the ids a provider's
+//! webhooks name (a payment, an escrow) to the sessions the gateway has seen under them.
+//! Knows nothing of how answers are fetched: the cache publishes what providers answer, the
+//! service polls, webhooks refresh.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::FetchResult;
+use crate::metrics::Metrics;
+
+/// Whose view (an account's scope) and which session (its canonical id).
+pub type TopicKey = (Arc<str>, Arc<str>);
+
+/// The latest answer a topic has published; `None` until the first.
+type Latest = Option<FetchResult>;
+
+/// Sessions one provider reference (a payment id, an escrow id) may name; a reference with
+/// more (an escrow with many sessions) keeps the latest ones.
+const SESSIONS_PER_REFERENCE: usize = 64;
+
+#[derive(Debug)]
+pub struct Hub {
+    topics: Mutex<HashMap<TopicKey, watch::Sender<Latest>>>,
+    /// (scope, reference) → session ids, for webhooks that name a payment or an escrow
+    /// (keyed like a topic: whose view, and the provider's id).
+    references: moka::sync::Cache<TopicKey, Arc<[Arc<str>]>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// `references_max`: entries of the reference index; each is kept `references_ttl` (a
+    /// provider may redeliver an event for about a day).
+    pub fn new(references_max: u64, references_ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            topics: Mutex::default(),
+            references: moka::sync::Cache::builder()
+                .max_capacity(references_max)
+                .time_to_live(references_ttl)
+                .build(),
+            metrics,
+        }
+    }
+
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, watch::Sender<Latest>>> {
+        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts watching `key`. The watcher that creates the topic also gets its [`Abandoned`]
+    /// (the caller then decides whether something must poll it while anyone watches).
+    pub fn watch(self: &Arc<Self>, key: TopicKey) -> (Watch, Option<Abandoned>) {
+        let mut topics = self.topics();
+        let (receiver, created) = match topics.get(&key) {
+            Some(sender) => (sender.subscribe(), None),
+            None => {
+                let (sender, receiver) = watch::channel(None);
+                topics.insert(key.clone(), sender.clone());
+                self.metrics.live_sessions.inc();
+                (receiver, Some(Abandoned(sender)))
+            }
+        };
+        self.metrics.live_watchers.inc();
+        (Watch { hub: self.clone(), key, receiver: Some(receiver) }, created)
+    }
+
+    /// Whether anyone watches `key`.
+    pub fn is_watched(&self, key: &TopicKey) -> bool {
+        self.topics().contains_key(key)
+    }
+
+    /// Tells `key`'s watchers about `answer`, if anyone watches and it differs from the last
+    /// one published. A passing failure (the provider unreachable, a quota) is not news: the
+    /// watchers keep the last answer rather than flapping to an error and back.
+    pub fn publish(&self, key: &TopicKey, answer: &FetchResult) {
+        if matches!(answer, Err(error) if error.may_serve_stale()) {
+            return;
+        }
+        let topics = self.topics();
+        let Some(sender) = topics.get(key) else { return };
+        let changed = sender.send_if_modified(|latest| {
+            if latest.as_ref().is_some_and(|latest| same_answer(latest, answer)) {
+                return false;
+            }
+            *latest = Some(answer.clone());
+            true
+        });
+        if changed {
+            self.metrics.live_updates.inc();
+        }
+    }
+
+    /// Remembers that `reference` (a provider's id for a payment or an escrow) names session
+    /// `id` in `scope`.
+    pub fn note_reference(&self, scope: &Arc<str>, reference: &str, id: &Arc<str>) {
+        let key = (scope.clone(), Arc::from(reference));
+        self.references.entry(key).and_upsert_with(|known| match known {
+            Some(entry) if entry.value().contains(id) => entry.into_value(),
+            Some(entry) => {
+                let known = entry.into_value();
+                let skip = (known.len() + 1).saturating_sub(SESSIONS_PER_REFERENCE);
+                known.iter().skip(skip).cloned().chain([id.clone()]).collect()
+            }
+            None => Arc::from([id.clone()]),
+        });
+    }
+
+    /// The sessions seen under `reference` in `scope`.
+    pub fn sessions_of(&self, scope: &Arc<str>, reference: &str) -> Arc<[Arc<str>]> {
+        self.references.get(&(scope.clone(), Arc::from(reference))).unwrap_or_else(|| Arc::from([]))
+    }
+
+    /// Topics open now (sessions watched by anyone).
+    pub fn watched(&self) -> usize {
+        self.topics().len()
+    }
+}
+
+/// Resolves once nobody watches a topic any more (its last watcher left), even if a new
+/// topic for the same session has been opened since.
+#[derive(Debug)]
+pub struct Abandoned(watch::Sender<Latest>);
+
+impl Abandoned {
+    pub async fn wait(&self) {
+        self.0.closed().await;
+    }
+}
+
+/// Whether two answers say the same thing: the same session content (when it was fetched
+/// aside), or the same error.
+pub fn same_answer(a: &FetchResult, b: &FetchResult) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a.same_content(b),
+        (Err(a), Err(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// One watcher of one topic; dropping it leaves, and the last to leave drops the topic.
+#[derive(Debug)]
+pub struct Watch {
+    hub: Arc<Hub>,
+    key: TopicKey,
+    receiver: Option<watch::Receiver<Latest>>,
+}
+
+impl Watch {
+    /// The next answer published after the last one this watcher saw.
+    pub async fn changed(&mut self) -> Option<FetchResult> {
+        let receiver = self.receiver.as_mut()?;
+        receiver.changed().await.ok()?;
+        receiver.borrow_and_update().clone()
+    }
+
+    pub fn key(&self) -> &TopicKey {
+        &self.key
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // Dropped first, so that the count below no longer includes this watcher.
+        self.receiver.take();
+        self.hub.metrics.live_watchers.dec();
+        let mut topics = self.hub.topics();
+        if topics.get(&self.key).is_some_and(|sender| sender.receiver_count() == 0) {
+            topics.remove(&self.key);
+            self.hub.metrics.live_sessions.dec();
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Subscriptions (and any operation a client wants streamed): over WebSocket on `/graphql` and
+//! `/ws` (`graphql-transport-ws` and the older `graphql-ws`, as Apollo Router and graphql-ws
+//! clients speak them), and over Server-Sent Events on `/graphql` (GraphQL over SSE, distinct
+//! connections: Hive Gateway's default for subgraphs).
+//!
+//! Owns: how many stream connections are open at once, how many subscriptions one WebSocket
+//! may run, the idle ping, closing streams at shutdown (so clients reconnect to another
+//! replica), and the checks every streamed operation goes through (the document's shape, the
+//! per-operation session budget) like one sent over HTTP.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::{Data, Executor};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{SinkExt, StreamExt};
+use prometheus::IntGauge;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::edge::Phase;
+use crate::graphql::limits::{self, ShapeLimits};
+use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
+use crate::metrics::Metrics;
+use crate::refusal::graphql_error;
+
+/// The schema as streams run it: each operation gets its own request scope (so aliases cannot
+/// multiply the session budget) and the shape checks HTTP requests get.
+#[derive(Clone)]
+pub struct Guarded {
+    schema: GatewaySchema,
+    shape: ShapeLimits,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded").field("shape", &self.shape).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams")
+            .field("max_connections", &self.max_connections)
+            .field("per_connection", &self.per_connection)
+            .field("ping", &self.ping)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guarded {
+    pub fn new(schema: GatewaySchema, shape: ShapeLimits) -> Self {
+        Self { schema, shape }
+    }
+
+    fn prepare(
+        &self,
+        mut request: async_graphql::Request,
+    ) -> Result<async_graphql::Request, async_graphql::Response> {
+        if let Ok(document) = request.parsed_query() {
+            if let Err(reason) = limits::check(document, self.shape) {
+                return Err(async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(
+                    reason, None,
+                )]));
+            }
+        }
+        Ok(request.data(RequestScope::default()))
+    }
+}
+
+impl Executor for Guarded {
+    async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
+        match self.prepare(request) {
+            Ok(request) => self.schema.execute(request).await,
+            Err(reason) => refused(reason),
+        }
+    }
+
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, async_graphql::Response> {
+        match self.prepare(request) {
+            Ok(request) => Executor::execute_stream(&self.schema, request, session_data),
+            Err(reason) => futures::stream::once(async { refused(reason) }).boxed(),
+        }
+    }
+}
+
+fn refused(reason: String) -> async_graphql::Response {
+    async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(reason, None)])
+}
+
+/// What stream connections share.
+#[derive(Clone)]
+pub struct Streams {
+    pub executor: Guarded,
+    /// One permit per open WebSocket connection or SSE stream.
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    per_connection: usize,
+    ping: Duration,
+    phase: watch::Receiver<Phase>,
+    metrics: Arc<Metrics>,
+}
+
+/// Stream limits, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    pub max_connections: usize,
+    pub per_connection: usize,
+    pub ping: Duration,
+}
+
+impl Streams {
+    pub fn new(
+        executor: Guarded,
+        limits: StreamLimits,
+        phase: watch::Receiver<Phase>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            executor,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            max_connections: limits.max_connections,
+            per_connection: limits.per_connection,
+            ping: limits.ping,
+            phase,
+            metrics,
+        }
+    }
+
+    /// A connection slot, counted in `/metrics` while held; `None` when all are taken.
+    fn open(&self, transport: &str) -> Option<Slot> {
+        let permit = self.connections.clone().try_acquire_owned().ok()?;
+        let gauge = self.metrics.subscription_connections.with_label_values(&[transport]);
+        gauge.inc();
+        Some(Slot { _permit: permit, gauge })
+    }
+
+    fn full(&self) -> Response {
+        graphql_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{} subscription connections are open, the most this gateway serves \
+                 (GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS); try another replica or later",
+                self.max_connections
+            ),
+        )
+    }
+
+    /// Resolves when the server stops serving: streams end so clients move to another replica.
+    fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut phase = self.phase.clone();
+        async move {
+            let _ = phase.wait_for(|now| *now == Phase::Closing).await;
+        }
+    }
+
+    /// Upgrades to a WebSocket speaking whichever GraphQL protocol the client asked for.
+    /// A browser page from another site may open a WebSocket here (browsers apply no CORS to
+    /// them): a request whose `Origin` is not this host is refused.
+    pub fn websocket(
+        &self,
+        headers: &HeaderMap,
+        upgrade: WebSocketUpgrade,
+        protocol: GraphQLProtocol,
+    ) -> Response {
+        if !same_origin(headers) {
+            return graphql_error(
+                StatusCode::FORBIDDEN,
+                "a WebSocket from a page of another site is not accepted",
+            );
+        }
+        let Some(slot) = self.open("websocket") else { return self.full() };
+        let (executor, per_connection, ping) = (self.executor.clone(), self.per_connection, self.ping);
+        let closing = self.closing();
+        upgrade
+            .protocols(ALL_WEBSOCKET_PROTOCOLS)
+            .on_upgrade(move |socket| async move {
+                let _slot = slot;
+                let (mut sink, incoming) = socket.split();
+                // The protocol writes into a channel; one loop writes it and the pings out.
+                let (outgoing, mut queued) = futures::channel::mpsc::channel::<Message>(32);
+                let serve = GraphQLWebSocket::new_with_pair(outgoing, incoming, executor, protocol)
+                    .on_connection_init(move |_| async move {
+                        let mut data = Data::default();
+                        data.insert(SubscriptionBudget::new(per_connection));
+                        Ok(data)
+                    })
+                    .serve();
+                let write = async move {
+                    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+                    tokio::pin!(closing);
+                    loop {
+                        tokio::select! {
+                            message = queued.next() => match message {
+                                Some(message) => if sink.send(message).await.is_err() { return },
+                                None => break,
+                            },
+                            _ = pings.tick() => if sink.send(Message::Ping(Bytes::new())).await.is_err() { return },
+                            () = &mut closing => {
+                                // 1001 "going away": clients reconnect, to another replica.
+                                let frame = CloseFrame { code: 1001, reason: "the server is shutting down".into() };
+                                let _ = sink.send(Message::Close(Some(frame))).await;
+                                return;
+                            }
+                        }
+                    }
+                    let _ = sink.close().await;
+                };
+                tokio::pin!(serve, write);
+                tokio::select! {
+                    // The protocol is done: what it queued is still written.
+                    () = &mut serve => write.await,
+                    () = &mut write => {}
+                }
+            })
+    }
+
+    /// Runs `request` as a stream of Server-Sent Events: `next` per result, then `complete`.
+    pub fn sse(&self, request: async_graphql::Request) -> Response {
+        let Some(slot) = self.open("sse") else { return self.full() };
+        let results = self.executor.execute_stream(request, None).map(|response| {
+            let event = Event::default().event("next");
+            Ok::<_, Infallible>(event.json_data(&response).unwrap_or_else(|_| {
+                Event::default()
+                    .event("next")
+                    .data(r#"{"errors":[{"message":"the result could not be serialised"}]}"#)
+            }))
+        });
+        let complete = futures::stream::once(async { Ok(Event::default().event("complete").data("")) });
+        let events = results.chain(complete).take_until(self.closing()).map(move |event| {
+            // Held while the stream is open.
+            let _held = &slot;
+            event
+        });
+        Sse::new(events).keep_alive(KeepAlive::new().interval(self.ping).text("ping")).into_response()
+    }
+}
+
+/// A stream connection's place among the open ones.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// No `Origin` (not a browser), or one naming the host the request was sent to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    !host.is_empty() && authority.eq_ignore_ascii_case(host)
+}
+
+/// Whether a request asks for Server-Sent Events.
+pub fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"))
+}
+
+/// Whether a request asks to become a WebSocket.
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|upgrade| upgrade.eq_ignore_ascii_case("websocket"))
+}

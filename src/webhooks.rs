@@ -1,0 +1,172 @@
+//! `POST /webhooks/{provider}`: provider webhooks in. A delivery is verified with the secret
+//! of each of the provider's accounts that has one, read by the provider's module, routed to
+//! the account it belongs to (the secret that signs it, and the provider's account id where
+//! the event carries one), de-duplicated by its id, answered at once, and acted on after the
+//! answer: the sessions it names are fetched again through the same guarded path as a query
+//! (quota, breaker), their cache entries replaced and their subscribers told.
+//!
+//! Owns: the route's answers and outcomes (each counted and logged, never the body), and the
+//! ids of deliveries already processed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::providers::webhook::{Refusal, WebhookEvent};
+use crate::providers::{Account, ProviderKind};
+use crate::service::SessionService;
+
+/// The most a delivery may hold: Dodo's payment events are a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a delivery's id is remembered: providers redeliver for about a day (Dodo: 8
+/// attempts over about 28 hours), so twice that.
+const SEEN_FOR: Duration = Duration::from_secs(48 * 3600);
+/// Delivery ids remembered at most (about 100 bytes each).
+const SEEN_MAX: u64 = 1_000_000;
+
+#[derive(Debug)]
+pub struct Webhooks {
+    service: Arc<SessionService>,
+    kinds: Vec<&'static ProviderKind>,
+    /// (provider, delivery id) of deliveries already taken.
+    seen: moka::sync::Cache<(&'static str, Box<str>), ()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Webhooks {
+    pub fn new(service: Arc<SessionService>, kinds: &[&'static ProviderKind], metrics: Arc<Metrics>) -> Self {
+        let seen = moka::sync::Cache::builder().max_capacity(SEEN_MAX).time_to_live(SEEN_FOR).build();
+        Self { service, kinds: kinds.to_vec(), seen, metrics }
+    }
+
+    /// The provider slugs that take deliveries here: those with an account holding a secret.
+    pub fn routes(&self) -> Vec<&'static str> {
+        self.kinds.iter().filter(|kind| !self.accounts_of(kind).is_empty()).map(|kind| kind.slug).collect()
+    }
+
+    fn accounts_of(&self, kind: &ProviderKind) -> Vec<&Arc<Account>> {
+        self.service
+            .accounts()
+            .filter(|account| std::ptr::eq(account.kind(), kind) && account.has_webhooks())
+            .collect()
+    }
+
+    /// Answers one delivery for the provider whose slug is `slug`.
+    pub fn receive(&self, slug: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+        let Some(kind) = self.kinds.iter().copied().find(|kind| kind.slug == slug) else {
+            return not_configured();
+        };
+        let (Some(spec), accounts) = (kind.webhooks, self.accounts_of(kind)) else { return not_configured() };
+        if accounts.is_empty() {
+            return not_configured();
+        }
+        let mut refusal = Refusal::BadSignature;
+        let mut signed_by = Vec::new();
+        for account in accounts {
+            let Some(secret) = &account.config.webhook_secret else { continue };
+            match (spec.verify)(secret, headers, body) {
+                Ok(()) => signed_by.push(account),
+                // Any reason but the signature says more (a header missing, the clock).
+                Err(other) if other != Refusal::BadSignature => refusal = other,
+                Err(_) => {}
+            }
+        }
+        if signed_by.is_empty() {
+            return self.refuse(kind, refusal);
+        }
+        let event = match (spec.parse)(headers, body) {
+            Ok(event) => event,
+            Err(refusal) => return self.refuse(kind, refusal),
+        };
+        let accounts: Vec<Arc<Account>> = signed_by
+            .into_iter()
+            .filter(|account| match (&account.config.business_id, &event.business_id) {
+                (Some(ours), Some(theirs)) => ours == theirs,
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        if accounts.is_empty() {
+            tracing::warn!(
+                provider = kind.slug,
+                delivery = %event.id,
+                event = %event.kind,
+                "a signed delivery names a business_id no account has: set `business_id` on the account"
+            );
+            return self.answer(
+                kind,
+                "unknown_account",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no account has this business_id",
+            );
+        }
+        let first = self.seen.entry((kind.slug, Box::from(event.id.as_str()))).or_insert(()).is_fresh();
+        if !first {
+            return self.answer(kind, "duplicate", StatusCode::OK, "already processed");
+        }
+        if event.targets.is_empty() {
+            self.log(kind, &event, &accounts, "ignored");
+            return self.answer(kind, "ignored", StatusCode::OK, "nothing to do for this event");
+        }
+        self.log(kind, &event, &accounts, "accepted");
+        // Acted on after the answer: a slow provider must not make the delivery time out.
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            for account in &accounts {
+                let refreshed = service.refresh_targets(account, &event.targets).await;
+                tracing::debug!(account = %account.name(), delivery = %event.id, refreshed, "webhook acted on");
+            }
+        });
+        self.answer(kind, "accepted", StatusCode::OK, "accepted")
+    }
+
+    fn log(&self, kind: &ProviderKind, event: &WebhookEvent, accounts: &[Arc<Account>], outcome: &str) {
+        // Ids and the event type only: the body holds customers' personal data.
+        let names: Vec<&str> = accounts.iter().map(|account| &**account.name()).collect();
+        tracing::info!(
+            provider = kind.slug,
+            delivery = %event.id,
+            event = %event.kind,
+            accounts = ?names,
+            targets = event.targets.len(),
+            outcome,
+            "webhook"
+        );
+    }
+
+    fn refuse(&self, kind: &ProviderKind, refusal: Refusal) -> Response {
+        let (status, message) = match refusal {
+            Refusal::Malformed(what) => (StatusCode::BAD_REQUEST, format!("missing or unreadable: {what}")),
+            Refusal::BadSignature => {
+                (StatusCode::UNAUTHORIZED, "no configured webhook secret signs this delivery".to_owned())
+            }
+            Refusal::Stale => (
+                StatusCode::BAD_REQUEST,
+                "the delivery's timestamp is more than 5 minutes from now".to_owned(),
+            ),
+            Refusal::UnknownEvent => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "not an event type this provider documents".to_owned())
+            }
+        };
+        tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook refused");
+        self.answer(kind, refusal.outcome(), status, &message)
+    }
+
+    fn answer(&self, kind: &ProviderKind, outcome: &str, status: StatusCode, message: &str) -> Response {
+        self.metrics.webhooks.with_label_values(&[kind.slug, outcome]).inc();
+        let body = if status.is_success() { json!({"status": message}) } else { json!({"error": message}) };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The same answer as any unknown route: without a secret nothing is accepted.
+fn not_configured() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": "no webhook secret is configured for this provider"})))
+        .into_response()
+}
