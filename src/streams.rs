@@ -60,16 +60,10 @@ impl Guarded {
         Self { schema, shape }
     }
 
-    fn prepare(
-        &self,
-        mut request: async_graphql::Request,
-    ) -> Result<async_graphql::Request, async_graphql::Response> {
+    /// The request with its own scope, or the reason its document is refused.
+    fn prepare(&self, mut request: async_graphql::Request) -> Result<async_graphql::Request, String> {
         if let Ok(document) = request.parsed_query() {
-            if let Err(reason) = limits::check(document, self.shape) {
-                return Err(async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(
-                    reason, None,
-                )]));
-            }
+            limits::check(document, self.shape)?;
         }
         Ok(request.data(RequestScope::default()))
     }
