@@ -100,6 +100,9 @@ struct Entry {
     /// Until when it is kept: later than `expires_at` for a session that may still be served
     /// stale while its provider cannot answer.
     kept_until: Instant,
+    /// When the call that got it was made: a refresh must not take an answer asked for
+    /// before the change it was told of.
+    asked_at: Instant,
 }
 
 struct ByAnswer;
@@ -212,8 +215,9 @@ impl SessionCache {
             .calls
             .try_get_with(key.clone(), async {
                 called = true;
+                let asked_at = Instant::now();
                 let answer = account.client.fetch_session(&key.1).await;
-                let entry = self.entry(answer);
+                let entry = self.entry(answer, asked_at);
                 // Stored before the askers waiting here are released, so that one arriving
                 // after them finds it.
                 if entry.expires_at > Instant::now() {
@@ -236,26 +240,28 @@ impl SessionCache {
         }
     }
 
-    /// Fetches `id` again now, whatever is stored (a webhook said it changed), and replaces
-    /// what is stored. Lookups arriving meanwhile share this call; a call already in flight
-    /// when this one began may predate the change, so after sharing one a fresh call is made.
-    /// Returns `None` for an id that cannot exist at the provider.
-    pub async fn refresh(&self, account: &Account, id: &str) -> Option<Lookup> {
-        let id = account.client.canonical_id(id).ok()?;
-        let key: Key = (account.scope.clone(), id);
-        // What is stored stops being fresh now (it is still kept for stale-if-error), so that
-        // a lookup from here on joins the call below instead of reading it.
-        if let Some(mut entry) = self.cache.get(&key).await {
-            entry.expires_at = Instant::now();
-            self.cache.insert(key.clone(), entry).await;
-        }
+    /// Stops what is stored for `id` from being fresh (a webhook said it changed); it is still
+    /// kept for stale-if-error. A lookup from now on asks the provider (and a [`Self::refresh`]
+    /// joins it). Returns the canonical id when something was stored.
+    pub async fn invalidate(&self, account: &Account, id: &str) -> Option<Arc<str>> {
+        let key: Key = (account.scope.clone(), account.client.canonical_id(id).ok()?);
+        let mut entry = self.cache.get(&key).await?;
+        entry.expires_at = Instant::now();
+        self.cache.insert(key.clone(), entry).await;
+        Some(key.1)
+    }
+
+    /// Asks the provider for `id` again and stores the answer, sharing a call in flight only
+    /// if it was made at or after `since` (the moment a webhook said the session changed); an
+    /// earlier one may predate the change, so then a call of its own is made.
+    pub async fn refresh(&self, account: &Account, id: &Arc<str>, since: Instant) {
+        let key: Key = (account.scope.clone(), id.clone());
         let label = [account.kind().slug, &**account.name()];
         self.metrics.cache_refreshes.with_label_values(&label).inc();
-        let (mut entry, called) = self.call(account, &key).await;
-        if !called {
-            entry = self.call(account, &key).await.0;
+        let (entry, called) = self.call(account, &key).await;
+        if !called && entry.asked_at < since {
+            self.call(account, &key).await;
         }
-        Some(entry.into_lookup())
     }
 
     /// Whether an answer for `id` as `account` sees it is kept (fresh or not).
@@ -283,12 +289,12 @@ impl SessionCache {
     /// What to keep of an answer: until when it may be reused (now, for an answer that may
     /// not be), and until when it is kept: a session `stale_if_error` from now, a not-found
     /// only while fresh.
-    fn entry(&self, answer: FetchResult) -> Entry {
+    fn entry(&self, answer: FetchResult, asked_at: Instant) -> Entry {
         let now = Instant::now();
         let expires_at = now + self.policy.lifetime(&answer).unwrap_or_default();
         let kept_until =
             if answer.is_ok() { expires_at.max(now + self.policy.stale_if_error) } else { expires_at };
-        Entry { answer, expires_at, kept_until }
+        Entry { answer, expires_at, kept_until, asked_at }
     }
 
     /// How many answers are stored now. Runs the cache's pending maintenance first, so the

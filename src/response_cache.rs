@@ -59,6 +59,14 @@ impl ResponseCache {
         self.0.as_ref()?.get(key)
     }
 
+    /// Forgets every stored answer: a webhook changed a session that some may hold, sooner
+    /// than their lifetimes said.
+    pub fn clear(&self) {
+        if let Some(cache) = &self.0 {
+            cache.invalidate_all();
+        }
+    }
+
     /// Keeps `body` until `until` (nothing is kept for less than a second: not worth it).
     pub fn insert(&self, key: Bytes, body: Bytes, until: Instant, operation: String) {
         if let Some(cache) = &self.0 {

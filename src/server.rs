@@ -161,12 +161,13 @@ impl Application {
             phases,
             metrics.clone(),
         );
-        let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, metrics.clone()));
+        let responses = Arc::new(ResponseCache::new(config.response_cache_bytes));
+        let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, responses.clone(), metrics.clone()));
         let router = router(AppState {
             schema,
             fast_schema,
             documents: Arc::new(DocumentCache::new(DOCUMENT_CACHE_BYTES)),
-            responses: Arc::new(ResponseCache::new(config.response_cache_bytes)),
+            responses,
             service,
             metrics,
             ready: ready.clone(),
@@ -614,7 +615,7 @@ async fn webhook(State(state): State<AppState>, Path(provider): Path<String>, re
         }
         Err(_) => return graphql_error(StatusCode::BAD_REQUEST, "the request body could not be read"),
     };
-    state.webhooks.receive(&provider, &parts.headers, &bytes)
+    state.webhooks.receive(&provider, &parts.headers, &bytes).await
 }
 
 /// Runs one GraphQL request; stores the answer under `cache_key` when all of it may be reused.

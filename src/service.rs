@@ -181,10 +181,11 @@ impl SessionService {
         .boxed()
     }
 
-    /// Fetches again the sessions a webhook event names, where the gateway holds or watches
-    /// them (a session nobody asked for is not fetched: it would only spend the quota).
-    /// Returns how many were fetched.
-    pub async fn refresh_targets(&self, account: &Arc<Account>, targets: &[Target]) -> usize {
+    /// The sessions a webhook event names that the gateway holds or watches (a session nobody
+    /// asked for is not fetched: it would only spend the quota), each made stale at once so
+    /// that no lookup from now on reads the old answer. Returns their canonical ids, for
+    /// [`Self::refresh`].
+    pub async fn invalidate_targets(&self, account: &Arc<Account>, targets: &[Target]) -> Vec<Arc<str>> {
         let hub = self.cache.hub();
         let mut ids: Vec<Arc<str>> = Vec::new();
         for target in targets {
@@ -203,14 +204,20 @@ impl SessionService {
         }
         ids.sort();
         ids.dedup();
-        let known: Vec<Arc<str>> = ids
-            .into_iter()
-            .filter(|id| {
-                self.cache.holds(account, id) || hub.is_watched(&(account.scope.clone(), id.clone()))
-            })
-            .collect();
-        join_all(known.iter().map(|id| self.cache.refresh(account, id))).await;
-        known.len()
+        let mut known = Vec::with_capacity(ids.len());
+        for id in ids {
+            let held = self.cache.invalidate(account, &id).await.is_some();
+            if held || hub.is_watched(&(account.scope.clone(), id.clone())) {
+                known.push(id);
+            }
+        }
+        known
+    }
+
+    /// Fetches `ids` again (see [`SessionCache::refresh`]): their cache entries are replaced
+    /// and their watchers told.
+    pub async fn refresh(&self, account: &Arc<Account>, ids: &[Arc<str>], since: Instant) {
+        join_all(ids.iter().map(|id| self.cache.refresh(account, id, since))).await;
     }
 
     /// Every configured account.

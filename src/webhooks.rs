@@ -9,7 +9,7 @@
 //! ids of deliveries already processed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::metrics::Metrics;
 use crate::providers::webhook::{Refusal, WebhookEvent};
 use crate::providers::{Account, ProviderKind};
+use crate::response_cache::ResponseCache;
 use crate::service::SessionService;
 
 /// The most a delivery may hold: Dodo's payment events are a few kilobytes.
@@ -36,13 +37,20 @@ pub struct Webhooks {
     kinds: Vec<&'static ProviderKind>,
     /// (provider, delivery id) of deliveries already taken.
     seen: moka::sync::Cache<(&'static str, Box<str>), ()>,
+    /// Replayed answers may hold a session an event changed: forgotten when one does.
+    responses: Arc<ResponseCache>,
     metrics: Arc<Metrics>,
 }
 
 impl Webhooks {
-    pub fn new(service: Arc<SessionService>, kinds: &[&'static ProviderKind], metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        service: Arc<SessionService>,
+        kinds: &[&'static ProviderKind],
+        responses: Arc<ResponseCache>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let seen = moka::sync::Cache::builder().max_capacity(SEEN_MAX).time_to_live(SEEN_FOR).build();
-        Self { service, kinds: kinds.to_vec(), seen, metrics }
+        Self { service, kinds: kinds.to_vec(), seen, responses, metrics }
     }
 
     /// The provider slugs that take deliveries here: those with an account holding a secret.
@@ -58,7 +66,7 @@ impl Webhooks {
     }
 
     /// Answers one delivery for the provider whose slug is `slug`.
-    pub fn receive(&self, slug: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+    pub async fn receive(&self, slug: &str, headers: &HeaderMap, body: &Bytes) -> Response {
         let Some(kind) = self.kinds.iter().copied().find(|kind| kind.slug == slug) else {
             return not_configured();
         };
@@ -115,12 +123,25 @@ impl Webhooks {
             return self.answer(kind, "ignored", StatusCode::OK, "nothing to do for this event");
         }
         self.log(kind, &event, &accounts, "accepted");
-        // Acted on after the answer: a slow provider must not make the delivery time out.
+        // Before the answer, the old state stops being served (cheap: no provider call)…
+        let since = Instant::now();
+        let mut work = Vec::new();
+        for account in accounts {
+            let ids = self.service.invalidate_targets(&account, &event.targets).await;
+            if !ids.is_empty() {
+                work.push((account, ids));
+            }
+        }
+        if !work.is_empty() {
+            // Replayed answers may hold one of these sessions.
+            self.responses.clear();
+        }
+        // …and after it, the new state is fetched: a slow provider must not make the delivery
+        // time out.
         let service = self.service.clone();
         tokio::spawn(async move {
-            for account in &accounts {
-                let refreshed = service.refresh_targets(account, &event.targets).await;
-                tracing::debug!(account = %account.name(), delivery = %event.id, refreshed, "webhook acted on");
+            for (account, ids) in &work {
+                service.refresh(account, ids, since).await;
             }
         });
         self.answer(kind, "accepted", StatusCode::OK, "accepted")

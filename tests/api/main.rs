@@ -16,6 +16,7 @@ mod dodo;
 mod federation;
 mod graphql;
 mod layers;
+mod live;
 mod ops;
 mod process;
 mod readme;

@@ -1,0 +1,695 @@
+//! Live sessions: provider webhooks refresh the cache and reach subscribers over WebSocket and
+//! Server-Sent Events; without webhooks one poller per watched session.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use checkout_gateway::config::{Config, Secret};
+use checkout_gateway::providers::{dhmad, dodo};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use wiremock::matchers::path;
+use wiremock::{Mock, Request, Respond, ResponseTemplate};
+
+use crate::helpers::{account_mut, dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
+
+/// A Standard Webhooks secret, as Dodo's dashboard shows one.
+const DODO_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const DHMAD_SECRET: &str = "dhmad_webhook_secret_for_tests";
+
+/// What a provider answers for one session, changed by the test while the gateway runs.
+#[derive(Clone)]
+struct Upstream {
+    body: Arc<Mutex<Value>>,
+    delay: Duration,
+}
+
+impl Respond for Upstream {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(self.body.lock().unwrap().clone()).set_delay(self.delay)
+    }
+}
+
+impl Upstream {
+    fn set(&self, body: Value) {
+        *self.body.lock().unwrap() = body;
+    }
+}
+
+/// Dodo answers `id` from a body the test can change.
+async fn dodo_upstream(app: &TestApp, id: &str, status: Option<&str>, delay: Duration) -> Upstream {
+    let upstream = Upstream { body: Arc::new(Mutex::new(dodo_session(id, status))), delay };
+    Mock::given(path(format!("/checkouts/{id}"))).respond_with(upstream.clone()).mount(&app.dodo).await;
+    upstream
+}
+
+async fn calls(app: &TestApp, id: &str) -> usize {
+    let requests = app.dodo.received_requests().await.unwrap();
+    requests.iter().filter(|r| r.url.path() == format!("/checkouts/{id}")).count()
+}
+
+fn with_dodo_secret(config: &mut Config) {
+    account_mut(config, "dodo").webhook_secret = Some(Secret::new(DODO_SECRET));
+}
+
+/// A delivery: its headers and its body.
+type Delivery = (Vec<(String, String)>, String);
+
+/// A Dodo `payment.*` delivery for session `id`, signed with `secret` at `timestamp`.
+fn dodo_delivery(secret: &str, delivery: &str, timestamp: i64, kind: &str, data: Value) -> Delivery {
+    let body =
+        json!({"business_id": "bus_test", "type": kind, "timestamp": "2025-06-01T12:00:00Z", "data": data})
+            .to_string();
+    let signature = dodo::webhook::sign(secret, delivery, timestamp, body.as_bytes()).unwrap();
+    let headers = vec![
+        ("webhook-id".to_owned(), delivery.to_owned()),
+        ("webhook-timestamp".to_owned(), timestamp.to_string()),
+        ("webhook-signature".to_owned(), signature),
+    ];
+    (headers, body)
+}
+
+fn payment(id: &str, status: &str) -> Value {
+    json!({"payment_id": "pay_9Qz", "checkout_session_id": id, "status": status})
+}
+
+async fn deliver(app: &TestApp, provider: &str, headers: &[(String, String)], body: String) -> (u16, Value) {
+    let mut request = app.http.post(format!("http://{}/webhooks/{provider}", app.addr)).body(body);
+    request = request.header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends a signed `payment.<status>` delivery for `id`; returns the HTTP status.
+async fn send_payment_event(app: &TestApp, id: &str, status: &str) -> u16 {
+    let delivery = format!("msg_{}", uuid_like());
+    let (headers, body) =
+        dodo_delivery(DODO_SECRET, &delivery, now(), &format!("payment.{status}"), payment(id, status));
+    deliver(app, "dodo", &headers, body).await.0
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+const UPDATED: &str = "subscription($p: Provider!, $id: ID!) {
+    checkoutSessionUpdated(provider: $p, id: $id) {
+        __typename
+        ... on CheckoutSession { id status providerStatus }
+        ... on CheckoutError { code }
+    }
+}";
+
+/// A `graphql-transport-ws` client on one WebSocket.
+struct Socket {
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl Socket {
+    async fn open(app: &TestApp, route: &str, protocol: &str) -> Socket {
+        let mut request = format!("ws://{}{route}", app.addr).into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
+        let (stream, response) =
+            tokio_tungstenite::connect_async(request).await.expect("the upgrade is accepted");
+        assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+        let mut socket = Socket { stream };
+        socket.send(json!({"type": "connection_init", "payload": {}})).await;
+        assert_eq!(socket.next().await["type"], "connection_ack");
+        socket
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.stream.send(Message::Text(message.to_string().into())).await.unwrap();
+    }
+
+    /// The next protocol message (pings answered by the library are skipped).
+    async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
+                .await
+                .expect("a message within 5 s")
+                .expect("the socket is open")
+                .unwrap();
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Close(frame) => return json!({"type": "closed", "frame": format!("{frame:?}")}),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, id: &str, provider: &str, session: &str) {
+        let payload = json!({"query": UPDATED, "variables": {"p": provider, "id": session}});
+        self.send(json!({"id": id, "type": "subscribe", "payload": payload})).await;
+    }
+
+    /// The next `next` payload's session status (or error code), with its subscription id.
+    async fn update(&mut self) -> (String, String) {
+        let message = self.next().await;
+        assert_eq!(message["type"], "next", "{message}");
+        let result = &message["payload"]["data"]["checkoutSessionUpdated"];
+        let what = result.get("status").or(result.get("code")).and_then(Value::as_str).unwrap_or_default();
+        (message["id"].as_str().unwrap_or_default().to_owned(), what.to_owned())
+    }
+}
+
+#[tokio::test]
+async fn a_signed_payment_event_refreshes_the_cache_and_reaches_the_subscriber_at_once() {
+    let app = spawn_app(with_dodo_secret).await;
+    let upstream = dodo_upstream(&app, "cks_live", None, Duration::ZERO).await;
+    let mut socket = Socket::open(&app, "/graphql", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", "cks_live").await;
+    assert_eq!(socket.update().await, ("1".into(), "OPEN".into()), "the current answer comes first");
+
+    upstream.set(dodo_session("cks_live", Some("succeeded")));
+    let sent = Instant::now();
+    assert_eq!(send_payment_event(&app, "cks_live", "succeeded").await, 200);
+    assert_eq!(socket.update().await.1, "COMPLETED");
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(1), "the update took {took:?}");
+    // The cache entry was replaced: a query sees the new state without another call.
+    assert_eq!(app.session("DODO", "cks_live").await["status"], "COMPLETED");
+    assert_eq!(calls(&app, "cks_live").await, 2, "the first lookup and one refetch");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"checkout_gateway_webhooks_total{outcome="accepted",provider="dodo"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("checkout_gateway_live_pollers 0"), "a webhook keeps it current: no poller");
+}
+
+#[tokio::test]
+async fn refused_deliveries_change_nothing() {
+    // No secret: the route does not exist.
+    let app = spawn_app(|_| {}).await;
+    let (headers, body) =
+        dodo_delivery(DODO_SECRET, "msg_1", now(), "payment.succeeded", payment("cks_r", "succeeded"));
+    assert_eq!(deliver(&app, "dodo", &headers, body).await.0, 404);
+
+    let app = spawn_app(with_dodo_secret).await;
+    dodo_upstream(&app, "cks_r", None, Duration::ZERO).await;
+    app.session("DODO", "cks_r").await;
+    let event = |secret: &str, id: &str, at: i64, kind: &str| {
+        dodo_delivery(secret, id, at, kind, payment("cks_r", "succeeded"))
+    };
+    let other_secret = "whsec_b3RoZXItc2VjcmV0LW9mLXRoZS1zYW1lLWZvcm0=";
+    let cases: Vec<(&str, Delivery, u16, &str)> = vec![
+        ("another secret", event(other_secret, "msg_a", now(), "payment.succeeded"), 401, "bad_signature"),
+        (
+            "six minutes old",
+            event(DODO_SECRET, "msg_b", now() - 360, "payment.succeeded"),
+            400,
+            "stale_timestamp",
+        ),
+        (
+            "six minutes ahead",
+            event(DODO_SECRET, "msg_c", now() + 360, "payment.succeeded"),
+            400,
+            "stale_timestamp",
+        ),
+        (
+            "an unknown event",
+            event(DODO_SECRET, "msg_d", now(), "payment_link.made_up"),
+            422,
+            "unknown_event",
+        ),
+        (
+            "no signature",
+            {
+                let (mut headers, body) = event(DODO_SECRET, "msg_e", now(), "payment.succeeded");
+                headers.retain(|(name, _)| name != "webhook-signature");
+                (headers, body)
+            },
+            400,
+            "malformed",
+        ),
+        (
+            "a changed body",
+            {
+                let (headers, body) = event(DODO_SECRET, "msg_f", now(), "payment.succeeded");
+                (headers, body.replace("succeeded", "failed"))
+            },
+            401,
+            "bad_signature",
+        ),
+        (
+            "a signed body that is not JSON",
+            {
+                let signature = dodo::webhook::sign(DODO_SECRET, "msg_g", now(), b"not json").unwrap();
+                (
+                    vec![
+                        ("webhook-id".into(), "msg_g".into()),
+                        ("webhook-timestamp".into(), now().to_string()),
+                        ("webhook-signature".into(), signature),
+                    ],
+                    "not json".into(),
+                )
+            },
+            400,
+            "malformed",
+        ),
+    ];
+    for (what, (headers, body), status, outcome) in cases {
+        let (got, answer) = deliver(&app, "dodo", &headers, body).await;
+        assert_eq!(got, status, "{what}: {answer}");
+        assert!(answer["error"].is_string(), "{what}: {answer}");
+        let metrics = app.metrics().await;
+        assert!(
+            metrics.contains(&format!(
+                r#"checkout_gateway_webhooks_total{{outcome="{outcome}",provider="dodo"}}"#
+            )),
+            "{what}"
+        );
+    }
+    // Bounded: a megabyte and more is refused before it is read whole.
+    let (headers, _) = event(DODO_SECRET, "msg_h", now(), "payment.succeeded");
+    let (got, _) = deliver(&app, "dodo", &headers, "x".repeat(2 * 1024 * 1024)).await;
+    assert_eq!(got, 413);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(calls(&app, "cks_r").await, 1, "no refused delivery fetched anything");
+}
+
+#[tokio::test]
+async fn a_redelivery_is_acknowledged_and_not_processed_twice() {
+    let app = spawn_app(with_dodo_secret).await;
+    dodo_upstream(&app, "cks_dup", None, Duration::ZERO).await;
+    app.session("DODO", "cks_dup").await;
+    let (headers, body) =
+        dodo_delivery(DODO_SECRET, "msg_dup", now(), "payment.processing", payment("cks_dup", "processing"));
+    let first = deliver(&app, "dodo", &headers, body.clone()).await;
+    let again = deliver(&app, "dodo", &headers, body).await;
+    assert_eq!((first.0, again.0), (200, 200));
+    assert_eq!(again.1["status"], "already processed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls(&app, "cks_dup").await, 2, "one lookup, one refetch");
+    assert!(app
+        .metrics()
+        .await
+        .contains(r#"checkout_gateway_webhooks_total{outcome="duplicate",provider="dodo"} 1"#));
+}
+
+#[tokio::test]
+async fn events_out_of_order_leave_the_providers_latest_state() {
+    let app = spawn_app(with_dodo_secret).await;
+    let upstream = dodo_upstream(&app, "cks_order", None, Duration::ZERO).await;
+    app.session("DODO", "cks_order").await;
+    upstream.set(dodo_session("cks_order", Some("succeeded")));
+    // The succeeded event arrives first, the processing one (sent earlier) late.
+    assert_eq!(send_payment_event(&app, "cks_order", "succeeded").await, 200);
+    assert_eq!(send_payment_event(&app, "cks_order", "processing").await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.session("DODO", "cks_order").await["status"],
+        "COMPLETED",
+        "the event's own state is not taken"
+    );
+}
+
+#[tokio::test]
+async fn refunds_and_disputes_reach_the_session_through_its_payment() {
+    let app = spawn_app(with_dodo_secret).await;
+    dodo_upstream(&app, "cks_paid", Some("succeeded"), Duration::ZERO).await;
+    // The session's payment (pay_9Qz) comes from the fetched session itself.
+    app.session("DODO", "cks_paid").await;
+    for (delivery, kind) in [("msg_refund", "refund.succeeded"), ("msg_dispute", "dispute.opened")] {
+        let (headers, body) =
+            dodo_delivery(DODO_SECRET, delivery, now(), kind, json!({"payment_id": "pay_9Qz"}));
+        assert_eq!(deliver(&app, "dodo", &headers, body).await.0, 200);
+    }
+    // A payment the gateway never saw reaches nothing (and costs no call).
+    let (headers, body) = dodo_delivery(
+        DODO_SECRET,
+        "msg_other",
+        now(),
+        "refund.succeeded",
+        json!({"payment_id": "pay_other"}),
+    );
+    assert_eq!(deliver(&app, "dodo", &headers, body).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls(&app, "cks_paid").await, 3, "the lookup, then one refetch per event");
+    assert!(app
+        .metrics()
+        .await
+        .contains(r#"checkout_gateway_cache_refreshes_total{account="dodo",provider="dodo"} 2"#));
+}
+
+#[tokio::test]
+async fn the_refetch_is_shared_with_concurrent_queries_and_the_answer_does_not_wait_for_it() {
+    let app = Arc::new(spawn_app(with_dodo_secret).await);
+    let upstream = dodo_upstream(&app, "cks_slow", None, Duration::from_millis(600)).await;
+    app.session("DODO", "cks_slow").await;
+    upstream.set(dodo_session("cks_slow", Some("succeeded")));
+    let sent = Instant::now();
+    assert_eq!(send_payment_event(&app, "cks_slow", "succeeded").await, 200);
+    assert!(sent.elapsed() < Duration::from_millis(500), "the delivery is answered before the refetch ends");
+    // Queries arriving while the refetch is in flight wait for it rather than read the old
+    // answer or call again.
+    let answers = crate::helpers::concurrently(&app, 20, "DODO", "cks_slow").await;
+    assert!(answers.iter().all(|answer| answer["status"] == "COMPLETED"), "{answers:?}");
+    assert_eq!(calls(&app, "cks_slow").await, 2, "the first lookup and the one shared refetch");
+}
+
+#[tokio::test]
+async fn a_hundred_subscribers_cost_one_refetch_per_webhook() {
+    let app = spawn_app(with_dodo_secret).await;
+    let upstream = dodo_upstream(&app, "cks_many", None, Duration::ZERO).await;
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    for n in 0..100 {
+        socket.subscribe(&n.to_string(), "DODO", "cks_many").await;
+    }
+    for _ in 0..100 {
+        assert_eq!(socket.update().await.1, "OPEN");
+    }
+    assert!(app.metrics().await.contains("checkout_gateway_live_sessions_watched 1"));
+    upstream.set(dodo_session("cks_many", Some("processing")));
+    assert_eq!(send_payment_event(&app, "cks_many", "processing").await, 200);
+    let mut told = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let (id, status) = socket.update().await;
+        assert_eq!(status, "PROCESSING");
+        told.insert(id);
+    }
+    assert_eq!(told.len(), 100, "every subscriber is told once");
+    assert_eq!(calls(&app, "cks_many").await, 2, "one lookup shared by all, one refetch");
+}
+
+#[tokio::test]
+async fn without_webhooks_one_poller_per_session_while_anyone_watches() {
+    let app = spawn_app(|config| config.cache.open = Duration::from_millis(300)).await;
+    let upstream = dodo_upstream(&app, "cks_polled", None, Duration::ZERO).await;
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+        for n in 0..25 {
+            socket.subscribe(&n.to_string(), "DODO", "cks_polled").await;
+        }
+        for _ in 0..25 {
+            assert_eq!(socket.update().await.1, "OPEN");
+        }
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let polled = calls(&app, "cks_polled").await;
+    // One poller: about one call per 300 ms, however many watch.
+    assert!((3..=8).contains(&polled), "{polled} calls in 1.5 s");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("checkout_gateway_live_pollers 1"), "{metrics}");
+    assert!(metrics.contains("checkout_gateway_live_subscriptions 100"), "{metrics}");
+
+    // A change found by polling reaches every subscriber; a same-content poll sends nothing.
+    upstream.set(dodo_session("cks_polled", Some("requires_customer_action")));
+    for socket in &mut sockets {
+        for _ in 0..25 {
+            assert_eq!(socket.update().await.1, "ACTION_REQUIRED");
+        }
+    }
+
+    // Everyone leaves: the poller stops and the hub forgets the session.
+    drop(sockets);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let after_leaving = calls(&app, "cks_polled").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(calls(&app, "cks_polled").await, after_leaving, "no call once nobody watches");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("checkout_gateway_live_pollers 0"), "{metrics}");
+    assert!(metrics.contains("checkout_gateway_live_sessions_watched 0"), "{metrics}");
+    assert!(metrics.contains("checkout_gateway_live_subscriptions 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_poller_stops_at_a_final_status() {
+    let app = spawn_app(|config| config.cache.open = Duration::from_millis(200)).await;
+    let upstream = dodo_upstream(&app, "cks_final", None, Duration::ZERO).await;
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", "cks_final").await;
+    assert_eq!(socket.update().await.1, "OPEN");
+    upstream.set(dodo_session("cks_final", Some("succeeded")));
+    assert_eq!(socket.update().await.1, "COMPLETED");
+    let at_final = calls(&app, "cks_final").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(calls(&app, "cks_final").await, at_final, "a completed session is not polled");
+    assert!(app.metrics().await.contains("checkout_gateway_live_pollers 0"));
+}
+
+/// Reads Server-Sent Events until `count` `next` events; their statuses.
+async fn sse_statuses(response: reqwest::Response, count: usize) -> Vec<String> {
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let mut statuses = Vec::new();
+    while statuses.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if event.contains("event: next") {
+                let data = event.lines().find_map(|line| line.strip_prefix("data: ")).unwrap();
+                let value: Value = serde_json::from_str(data).unwrap();
+                statuses.push(
+                    value["data"]["checkoutSessionUpdated"]["status"].as_str().unwrap_or_default().to_owned(),
+                );
+            }
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn server_sent_events_carry_updates_for_get_and_post() {
+    let app = spawn_app(with_dodo_secret).await;
+    let upstream = dodo_upstream(&app, "cks_sse", None, Duration::ZERO).await;
+    let variables = json!({"p": "DODO", "id": "cks_sse"}).to_string();
+    let url = format!("http://{}/graphql", app.addr);
+    let get = app
+        .http
+        .get(&url)
+        .query(&[("query", UPDATED), ("variables", &variables)])
+        .header("accept", "text/event-stream")
+        .header("apollo-require-preflight", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    assert!(get.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let post = app
+        .http
+        .post(&url)
+        .header("accept", "text/event-stream")
+        .json(&json!({"query": UPDATED, "variables": {"p": "DODO", "id": "cks_sse"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    let get = tokio::spawn(sse_statuses(get, 2));
+    let post = tokio::spawn(sse_statuses(post, 2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    upstream.set(dodo_session("cks_sse", Some("succeeded")));
+    assert_eq!(send_payment_event(&app, "cks_sse", "succeeded").await, 200);
+    assert_eq!(get.await.unwrap(), ["OPEN", "COMPLETED"]);
+    assert_eq!(post.await.unwrap(), ["OPEN", "COMPLETED"]);
+
+    // A browser's EventSource sends no custom header: refused like any cross-site GET.
+    let bare = app
+        .http
+        .get(&url)
+        .query(&[("query", UPDATED), ("variables", &variables)])
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 400);
+}
+
+#[tokio::test]
+async fn the_older_graphql_ws_protocol_is_spoken_too() {
+    let app = spawn_app(|_| {}).await;
+    crate::helpers::mount_dodo(&app, "cks_legacy", Some("processing")).await;
+    let mut socket = Socket::open(&app, "/ws", "graphql-ws").await;
+    let payload = json!({"query": UPDATED, "variables": {"p": "DODO", "id": "cks_legacy"}});
+    socket.send(json!({"id": "1", "type": "start", "payload": payload})).await;
+    let message = socket.next().await;
+    assert_eq!(message["type"], "data", "{message}");
+    assert_eq!(message["payload"]["data"]["checkoutSessionUpdated"]["status"], "PROCESSING");
+}
+
+#[tokio::test]
+async fn connections_and_subscriptions_are_bounded() {
+    let app = spawn_app(|config| {
+        config.subscriptions_per_connection = 2;
+        config.max_subscription_connections = 1;
+    })
+    .await;
+    crate::helpers::mount_dodo(&app, "cks_b", None).await;
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    for n in ["1", "2"] {
+        socket.subscribe(n, "DODO", "cks_b").await;
+        assert_eq!(socket.update().await.1, "OPEN");
+    }
+    socket.subscribe("3", "DODO", "cks_b").await;
+    let refused = socket.next().await;
+    assert_eq!(refused["id"], "3", "{refused}");
+    assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "TOO_MANY_SUBSCRIPTIONS", "{refused}");
+    assert_eq!(socket.next().await["type"], "complete");
+
+    // The one connection allowed is taken.
+    let mut request = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // Stopping a subscription frees its place.
+    socket.send(json!({"id": "1", "type": "complete"})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    socket.subscribe("4", "DODO", "cks_b").await;
+    let mut message = socket.next().await;
+    while message["type"] == "complete" {
+        message = socket.next().await;
+    }
+    assert_eq!((&message["id"], &message["type"]), (&json!("4"), &json!("next")), "{message}");
+}
+
+#[tokio::test]
+async fn a_websocket_from_another_sites_page_is_refused() {
+    let app = spawn_app(|_| {}).await;
+    let mut request = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    // The gateway's own page (same origin) may.
+    let mut request = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    request.headers_mut().insert("origin", format!("http://{}", app.addr).parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_dhmad_escrow_event_refreshes_every_session_of_the_escrow() {
+    let app =
+        spawn_app(|config| account_mut(config, "dhmad").webhook_secret = Some(Secret::new(DHMAD_SECRET)))
+            .await;
+    let other = "6ba7b810-9dad-41d1-80b4-00c04fd430c8";
+    for id in [DHMAD_ID, other] {
+        Mock::given(path(format!("/api/v1/sessions/{id}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(dhmad_session(id, "pending")))
+            .mount(&app.dhmad)
+            .await;
+    }
+    app.session("DHMAD", DHMAD_ID).await;
+    app.session("DHMAD", other).await;
+    let dhmad_calls = || async {
+        let requests = app.dhmad.received_requests().await.unwrap();
+        requests.iter().filter(|r| r.url.path().starts_with("/api/v1/sessions/")).count()
+    };
+    assert_eq!(dhmad_calls().await, 2);
+    let body = json!({"event": "escrow.status.updated", "data": {"escrowId": "507f1f77bcf86cd799439011", "status": "funded"}}).to_string();
+    // The signature in each documented form, and the timestamp as seconds and as RFC 3339.
+    let signature = dhmad::webhook::sign(DHMAD_SECRET, body.as_bytes());
+    let bare = signature.trim_start_matches("sha256=").to_owned();
+    let forms = [(signature.clone(), now().to_string()), (bare.clone(), chrono::Utc::now().to_rfc3339())];
+    for (n, (signature, timestamp)) in forms.into_iter().enumerate() {
+        let headers = vec![
+            ("x-webhook-id".to_owned(), format!("evt_{n}")),
+            ("x-webhook-event".to_owned(), "escrow.status.updated".to_owned()),
+            ("x-webhook-timestamp".to_owned(), timestamp),
+            ("x-webhook-signature".to_owned(), signature),
+        ];
+        let (status, answer) = deliver(&app, "dhmad", &headers, body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dhmad_calls().await, 6, "both sessions of the escrow, once per event");
+
+    let stale = vec![
+        ("x-webhook-id".to_owned(), "evt_old".to_owned()),
+        ("x-webhook-event".to_owned(), "escrow.status.updated".to_owned()),
+        ("x-webhook-timestamp".to_owned(), (now() - 600).to_string()),
+        ("x-webhook-signature".to_owned(), signature.clone()),
+    ];
+    assert_eq!(deliver(&app, "dhmad", &stale, body.clone()).await.0, 400);
+    let forged = vec![
+        ("x-webhook-id".to_owned(), "evt_forged".to_owned()),
+        ("x-webhook-event".to_owned(), "escrow.status.updated".to_owned()),
+        ("x-webhook-timestamp".to_owned(), now().to_string()),
+        ("x-webhook-signature".to_owned(), dhmad::webhook::sign("not the secret", body.as_bytes())),
+    ];
+    assert_eq!(deliver(&app, "dhmad", &forged, body.clone()).await.0, 401);
+    let unknown = vec![
+        ("x-webhook-id".to_owned(), "evt_unknown".to_owned()),
+        ("x-webhook-event".to_owned(), "escrow.teleported".to_owned()),
+        ("x-webhook-timestamp".to_owned(), now().to_string()),
+        ("x-webhook-signature".to_owned(), signature),
+    ];
+    assert_eq!(deliver(&app, "dhmad", &unknown, body).await.0, 422);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(dhmad_calls().await, 6, "refused deliveries fetch nothing");
+}
+
+#[tokio::test]
+async fn an_event_goes_to_the_account_whose_business_it_names() {
+    let app = spawn_app(|config| {
+        let live = account_mut(config, "dodo");
+        live.webhook_secret = Some(Secret::new(DODO_SECRET));
+        live.business_id = Some("bus_live".into());
+    })
+    .await;
+    dodo_upstream(&app, "cks_biz", None, Duration::ZERO).await;
+    app.session("DODO", "cks_biz").await;
+    let body = json!({"business_id": "bus_other", "type": "payment.succeeded", "data": payment("cks_biz", "succeeded")}).to_string();
+    let signature = dodo::webhook::sign(DODO_SECRET, "msg_biz", now(), body.as_bytes()).unwrap();
+    let headers = vec![
+        ("webhook-id".to_owned(), "msg_biz".to_owned()),
+        ("webhook-timestamp".to_owned(), now().to_string()),
+        ("webhook-signature".to_owned(), signature),
+    ];
+    assert_eq!(deliver(&app, "dodo", &headers, body).await.0, 422, "no account has bus_other");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(calls(&app, "cks_biz").await, 1);
+}
+
+#[tokio::test]
+async fn demo_sessions_move_and_their_webhooks_reach_a_subscriber() {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        demo: true,
+        demo_step: Duration::from_millis(400),
+        shutdown_delay: Duration::ZERO,
+        ..Config::default()
+    };
+    let addr = crate::helpers::start(config).await;
+    let app = TestApp {
+        addr,
+        http: crate::helpers::http(),
+        dhmad: wiremock::MockServer::start().await,
+        dodo: wiremock::MockServer::start().await,
+    };
+    let mut socket = Socket::open(&app, "/graphql", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", "cks_live_test").await;
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("COMPLETED") {
+        seen.push(socket.update().await.1);
+    }
+    assert_eq!(seen, ["OPEN", "PROCESSING", "COMPLETED"]);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"checkout_gateway_webhooks_total{outcome="accepted",provider="dodo"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("checkout_gateway_live_pollers 0"), "the demo's Dodo accounts take webhooks");
+}
