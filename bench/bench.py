@@ -31,8 +31,10 @@ LATENCY_MS = int(os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "20"))
 GATEWAY_CPU = os.environ.get("BENCH_GATEWAY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 FILL = int(os.environ.get("BENCH_FILL_SESSIONS", "100000"))
-# Sections to run: any of "abc", "de", "f", "g" (comma-separated); all by default.
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g").split(",")))
+# Sections to run: any of "abc", "de", "f", "g", "h" (comma-separated); all by default.
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h").split(",")))
+SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "1000"))
+WEBHOOK_ROUNDS = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", "20"))
 
 
 def log(message):
@@ -42,7 +44,7 @@ def log(message):
 class Gateway:
     """The release binary in --demo mode on a free port, pinned to GATEWAY_CPU."""
 
-    def __init__(self, latency_ms=0, extra_env=None):
+    def __init__(self, latency_ms=0, extra_env=None, demo=True):
         env = dict(os.environ)
         env.update({
             "GATEWAY_LISTEN": "127.0.0.1:0",
@@ -61,7 +63,7 @@ class Gateway:
         env.update(extra_env or {})
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            ["taskset", "-c", GATEWAY_CPU, BINARY, "--demo"], env=env,
+            ["taskset", "-c", GATEWAY_CPU, BINARY] + (["--demo"] if demo else []), env=env,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.addr = None
         self.sandbox = {}
@@ -274,6 +276,8 @@ def main():
         rows += section_f()
     if "g" in ONLY:
         rows += section_g()
+    if "h" in ONLY:
+        rows += section_h()
     print_table(commit, dirty, cpu, rows)
 
 
@@ -422,6 +426,135 @@ def section_g():
     rows.append(("(g) process start to `/readyz` 200", f"{ms(median(starts))} (per run: {', '.join(ms(s) for s in starts)})",
                  f"≤ 100 ms: {'met' if median(starts) <= 0.1 else 'missed'}"))
     return rows
+
+
+class FakeDodo:
+    """Dodo's `GET /checkouts/{id}` on 127.0.0.1, answering with `self.status` (changed between
+    webhooks, so that each refetch finds a change to send)."""
+
+    def __init__(self):
+        import http.server
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps({"id": self.path.rsplit("/", 1)[-1], "created_at": "2025-06-01T12:00:00Z",
+                                   "payment_id": "pay_bench", "payment_status": fake.status}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.status = "processing"
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+WEBHOOK_SECRET_BYTES = b"bench-webhook-secret"
+
+
+def signed_webhook(session, status):
+    """A Dodo `payment.*` delivery, signed as Standard Webhooks says."""
+    import base64
+    import hashlib
+    import hmac
+    import uuid
+    delivery, timestamp = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
+    body = json.dumps({"business_id": "bus_bench", "type": f"payment.{status}", "timestamp": "2025-06-01T12:00:00Z",
+                       "data": {"payment_id": "pay_bench", "checkout_session_id": session, "status": status}})
+    signature = base64.b64encode(hmac.new(WEBHOOK_SECRET_BYTES, f"{delivery}.{timestamp}.{body}".encode(),
+                                          hashlib.sha256).digest()).decode()
+    headers = {"content-type": "application/json", "webhook-id": delivery, "webhook-timestamp": timestamp,
+               "webhook-signature": f"v1,{signature}"}
+    return headers, body.encode()
+
+
+async def sse_subscriber(host, port, session, arrivals, ready):
+    """One subscription over Server-Sent Events; appends (time, status) for each update."""
+    import urllib.parse
+    query = ("subscription($id: ID!) { checkoutSessionUpdated(provider: DODO, id: $id) "
+             "{ ... on CheckoutSession { status } } }")
+    params = urllib.parse.urlencode({"query": query, "variables": json.dumps({"id": session})})
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write((f"GET /graphql?{params} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+                  "apollo-require-preflight: true\r\n\r\n").encode())
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    first = True
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        if line.startswith(b"data: {"):
+            status = json.loads(line[6:])["data"]["checkoutSessionUpdated"]["status"]
+            if first:
+                first = False
+                ready.release()
+            else:
+                arrivals.append((time.perf_counter(), status))
+
+
+async def webhook_latencies(gateway, session):
+    host, port = host_port(gateway)
+    arrivals, ready = [], asyncio.Semaphore(0)
+    tasks = [asyncio.create_task(sse_subscriber(host, port, session, arrivals, ready)) for _ in range(SUBSCRIBERS)]
+    for _ in range(SUBSCRIBERS):
+        await asyncio.wait_for(ready.acquire(), 30)
+    latencies = []
+    statuses = ["requires_customer_action", "processing"]
+    for round_ in range(WEBHOOK_ROUNDS):
+        status = statuses[round_ % 2]
+        gateway.fake.status = status
+        arrivals.clear()
+        headers, body = signed_webhook(session, "processing")
+        sent = time.perf_counter()
+        reader, writer = await asyncio.open_connection(host, port)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write((f"POST /webhooks/dodo HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n"
+                      "Connection: close\r\n\r\n").encode() + body)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        if b" 200 " not in answer.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"webhook refused: {answer[:200]!r}")
+        deadline = time.perf_counter() + 10
+        while len(arrivals) < SUBSCRIBERS and time.perf_counter() < deadline:
+            await asyncio.sleep(0.001)
+        if len(arrivals) < SUBSCRIBERS:
+            raise RuntimeError(f"round {round_}: {len(arrivals)} of {SUBSCRIBERS} subscribers were told")
+        latencies += [at - sent for at, _ in arrivals]
+        await asyncio.sleep(0.05)
+    for task in tasks:
+        task.cancel()
+    return latencies
+
+
+def section_h():
+    """(h): a webhook's change reaching 1,000 subscribers (SSE), production log settings."""
+    log(f"(h): {WEBHOOK_ROUNDS} webhooks to {SUBSCRIBERS} subscribers of one session")
+    fake = FakeDodo()
+    import base64
+    gateway = Gateway(demo=False, extra_env={
+        "DODO_PAYMENTS_API_KEY": "bench_key",
+        "DODO_PAYMENTS_BASE_URL": fake.url,
+        "DODO_PAYMENTS_WEBHOOK_KEY": "whsec_" + base64.b64encode(WEBHOOK_SECRET_BYTES).decode(),
+    })
+    gateway.fake = fake
+    gateway.wait_ready()
+    latencies = sorted(asyncio.run(webhook_latencies(gateway, "cks_bench_live")))
+    gateway.stop()
+    fake.server.shutdown()
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return [(f"(h) webhook to subscriber, {SUBSCRIBERS:,} SSE subscribers of one session",
+             f"p50 {ms(p50)}, p99 {ms(p99)}, max {ms(latencies[-1])} ({WEBHOOK_ROUNDS} webhooks, "
+             f"{len(latencies):,} deliveries; includes the subscribers' own reading in one Python process)",
+             f"p99 < 1 s: {'met' if p99 < 1 else 'missed'}")]
 
 
 def print_table(commit, dirty, cpu, rows):
