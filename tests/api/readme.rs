@@ -38,11 +38,15 @@ async fn every_curl_in_the_readme_answers_what_the_readme_shows() {
             continue;
         }
         let command = command.replace("127.0.0.1:8080", &addr.to_string());
-        let output = tokio::process::Command::new("bash").arg("-c").arg(&command).output().await.unwrap();
-        assert!(output.status.success(), "{command}\n{}", String::from_utf8_lossy(&output.stderr));
-        let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!("{command}\nanswered {}: {e}", String::from_utf8_lossy(&output.stdout))
-        });
+        let stdout = if command.contains("text/event-stream") {
+            first_event(&command).await
+        } else {
+            let output = tokio::process::Command::new("bash").arg("-c").arg(&command).output().await.unwrap();
+            assert!(output.status.success(), "{command}\n{}", String::from_utf8_lossy(&output.stderr));
+            output.stdout
+        };
+        let answer: Value = serde_json::from_slice(&stdout)
+            .unwrap_or_else(|e| panic!("{command}\nanswered {}: {e}", String::from_utf8_lossy(&stdout)));
         let (next_language, shown) = blocks.get(i + 1).expect("the answer is shown after the command");
         assert_eq!(next_language, "json", "the block after {command} shows its answer");
         let shown: Value = serde_json::from_str(shown).unwrap();
@@ -50,4 +54,29 @@ async fn every_curl_in_the_readme_answers_what_the_readme_shows() {
         checked += 1;
     }
     assert!(checked >= 2, "only {checked} commands found");
+}
+
+/// A streaming command (Server-Sent Events) runs until its first event; that event's data.
+async fn first_event(command: &str) -> Vec<u8> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(command)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(data) = line.strip_prefix("data: ") {
+                return data.as_bytes().to_vec();
+            }
+        }
+        panic!("{command}: the stream ended without an event");
+    };
+    let data =
+        tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("an event within 10 s");
+    child.kill().await.unwrap();
+    data
 }
