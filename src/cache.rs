@@ -223,7 +223,8 @@ impl SessionCache {
                 if entry.expires_at > Instant::now() {
                     self.cache.insert(key.clone(), entry.clone()).await;
                 }
-                if let Ok(session) = &entry.answer {
+                // Only an account that takes webhooks needs its sessions found by what they name.
+                if let (Ok(session), true) = (&entry.answer, account.has_webhooks()) {
                     let reference =
                         account.kind().webhooks.and_then(|webhooks| (webhooks.reference)(session));
                     if let Some(reference) = reference {
