@@ -16,10 +16,12 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 
+use crate::domain::CheckoutSession;
 use crate::domain::{CheckoutStatus, FetchError, FetchResult};
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::providers::Account;
+use crate::shared::Shared;
 
 /// Lifetimes per kind of answer; each is a setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +118,160 @@ impl Expiry<Key, Entry> for ByAnswer {
 /// Whose view (account, provider, environment, credential fingerprint) and which session.
 type Key = (Arc<str>, Arc<str>);
 
+/// How long a replica's lock on asking a provider lasts at most (a replica that dies holding
+/// it blocks nobody longer), how long the others wait for its answer before asking
+/// themselves, and how often they look.
+const LOCK_TTL: Duration = Duration::from_secs(10);
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_POLL: Duration = Duration::from_millis(20);
+/// How long a payment or escrow id keeps naming its sessions: providers redeliver for a day.
+pub const REFERENCE_TTL: Duration = Duration::from_secs(48 * 3600);
+
+/// The version of what this gateway writes to the shared tier; an entry of any other version
+/// is skipped (and overwritten), never misread, during a rolling upgrade.
+pub const SHARED_FORMAT: u32 = 1;
+
+/// What replicas say to each other over pub/sub.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct Message {
+    /// `invalidate` (a webhook came: drop your copy) or `update` (the new answer is shared).
+    pub kind: String,
+    pub scope: String,
+    pub id: String,
+    /// The replica that sent it (it ignores its own).
+    pub from: String,
+}
+
+impl Message {
+    fn encode(kind: &str, key: &Key, from: &str) -> Vec<u8> {
+        let message = Message {
+            kind: kind.to_owned(),
+            scope: key.0.to_string(),
+            id: key.1.to_string(),
+            from: from.to_owned(),
+        };
+        serde_json::to_vec(&message).unwrap_or_default()
+    }
+}
+
+/// An entry as the shared tier holds it. Moments are Unix milliseconds: replicas share no
+/// monotonic clock.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedEntry {
+    v: u32,
+    expires_at: i64,
+    kept_until: i64,
+    asked_at: i64,
+    answer: SharedAnswer,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum SharedAnswer {
+    Session(Box<SessionRecord>),
+    NotFound,
+}
+
+/// A session without what the reader knows already (provider, account, id).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionRecord {
+    status: CheckoutStatus,
+    provider_status: Option<String>,
+    created_at: chrono::DateTime<Utc>,
+    expires_at: Option<chrono::DateTime<Utc>>,
+    completed_at: Option<chrono::DateTime<Utc>>,
+    customer_email: Option<Box<str>>,
+    customer_name: Option<Box<str>>,
+    payment_id: Option<Box<str>>,
+    metadata: Option<serde_json::Value>,
+    fetched_at: chrono::DateTime<Utc>,
+    details: Option<serde_json::Value>,
+}
+
+/// An instant as Unix milliseconds, and back, through the wall clock now.
+fn to_unix_ms(at: Instant) -> i64 {
+    let now = Utc::now().timestamp_millis();
+    let delta = i64::try_from(at.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(i64::MAX);
+    let behind = i64::try_from(Instant::now().saturating_duration_since(at).as_millis()).unwrap_or(i64::MAX);
+    now.saturating_add(delta).saturating_sub(behind)
+}
+
+fn from_unix_ms(ms: i64) -> Instant {
+    let now = Utc::now().timestamp_millis();
+    let base = Instant::now();
+    if ms >= now {
+        base + Duration::from_millis(u64::try_from(ms - now).unwrap_or(0))
+    } else {
+        base.checked_sub(Duration::from_millis(u64::try_from(now - ms).unwrap_or(0))).unwrap_or(base)
+    }
+}
+
+/// `None` for what is never shared (errors).
+fn encode(entry: &Entry) -> Option<Vec<u8>> {
+    let answer = match &entry.answer {
+        Ok(session) => SharedAnswer::Session(Box::new(SessionRecord {
+            status: session.status,
+            provider_status: session.provider_status.as_ref().map(|s| s.to_string()),
+            created_at: session.created_at,
+            expires_at: session.expires_at,
+            completed_at: session.completed_at,
+            customer_email: session.customer_email.clone(),
+            customer_name: session.customer_name.clone(),
+            payment_id: session.payment_id.clone(),
+            metadata: session.metadata.as_deref().cloned(),
+            fetched_at: session.fetched_at,
+            details: session.details.as_ref().and_then(|details| details.to_json()),
+        })),
+        Err(FetchError::NotFound) => SharedAnswer::NotFound,
+        Err(_) => return None,
+    };
+    let shared = SharedEntry {
+        v: SHARED_FORMAT,
+        expires_at: to_unix_ms(entry.expires_at),
+        kept_until: to_unix_ms(entry.kept_until),
+        asked_at: to_unix_ms(entry.asked_at),
+        answer,
+    };
+    serde_json::to_vec(&shared).ok()
+}
+
+/// An entry another replica shared, if it is of this format.
+fn decode(bytes: &[u8], account: &Account, id: &Arc<str>) -> Option<Entry> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    if serde_json::from_slice::<Version>(bytes).ok()?.v != SHARED_FORMAT {
+        return None;
+    }
+    let shared: SharedEntry = serde_json::from_slice(bytes).ok()?;
+    let answer = match shared.answer {
+        SharedAnswer::NotFound => Err(FetchError::NotFound),
+        SharedAnswer::Session(record) => Ok(Arc::new(CheckoutSession {
+            provider: account.kind().name,
+            account: account.name().clone(),
+            id: id.clone(),
+            status: record.status,
+            provider_status: record.provider_status.map(std::borrow::Cow::Owned),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            completed_at: record.completed_at,
+            customer_email: record.customer_email,
+            customer_name: record.customer_name,
+            payment_id: record.payment_id,
+            metadata: record.metadata.map(Box::new),
+            fetched_at: record.fetched_at,
+            details: record.details.as_ref().and_then(account.kind().details_from_json),
+        })),
+    };
+    Some(Entry {
+        answer,
+        expires_at: from_unix_ms(shared.expires_at),
+        kept_until: from_unix_ms(shared.kept_until),
+        asked_at: from_unix_ms(shared.asked_at),
+    })
+}
+
 /// An answer and until when a client may reuse it (`None`: not at all). The moment is
 /// absolute, so that whatever happens after the lookup (a slow sibling in a batch,
 /// serialising, replay) nothing is announced or replayed past it.
@@ -145,6 +301,8 @@ pub struct SessionCache {
     calls: Cache<Key, Infallible>,
     /// Told every answer a provider gives, so that whoever watches the session hears of it.
     hub: Arc<Hub>,
+    /// The tier replicas share, between this cache and the providers; `None`: alone.
+    shared: Option<Arc<Shared>>,
     metrics: Arc<Metrics>,
 }
 
@@ -170,7 +328,17 @@ impl SessionCache {
             })
             .build();
         let calls = Cache::builder().name("calls in flight").build();
-        Self { policy, cache, calls, hub, metrics }
+        Self { policy, cache, calls, hub, shared: None, metrics }
+    }
+
+    /// Puts the shared tier between this cache and the providers.
+    pub fn with_shared(mut self, shared: Arc<Shared>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
     }
 
     /// The stored answer for `id` as `account` sees it, or the provider's answer now (shared
@@ -191,7 +359,7 @@ impl SessionCache {
                 return entry.clone().into_lookup();
             }
         }
-        let (entry, called) = self.call(account, &key).await;
+        let (entry, called) = self.call(account, &key, false).await;
         let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };
         counter.with_label_values(&label).inc();
         if let Err(error) = &entry.answer {
@@ -209,15 +377,17 @@ impl SessionCache {
     /// Asks the provider for `key`'s session, or joins the asker already doing so; `true` with
     /// the answer when this call made the request. What the provider answers is stored (if it
     /// may be reused) and told to the session's watchers.
-    async fn call(&self, account: &Account, key: &Key) -> (Entry, bool) {
+    async fn call(&self, account: &Account, key: &Key, fresh: bool) -> (Entry, bool) {
         let mut called = false;
         let shared = self
             .calls
             .try_get_with(key.clone(), async {
                 called = true;
                 let asked_at = Instant::now();
-                let answer = account.client.fetch_session(&key.1).await;
-                let entry = self.entry(answer, asked_at);
+                let entry = match &self.shared {
+                    Some(shared) => self.through_shared(shared, account, key, fresh, asked_at).await,
+                    None => self.entry(account.client.fetch_session(&key.1).await, asked_at),
+                };
                 // Stored before the askers waiting here are released, so that one arriving
                 // after them finds it.
                 if entry.expires_at > Instant::now() {
@@ -229,6 +399,9 @@ impl SessionCache {
                         account.kind().webhooks.and_then(|webhooks| (webhooks.reference)(session));
                     if let Some(reference) = reference {
                         self.hub.note_reference(&key.0, reference, &key.1);
+                        if let Some(shared) = &self.shared {
+                            shared.add_reference(&key.0, reference, &key.1, REFERENCE_TTL).await;
+                        }
                     }
                 }
                 self.hub.publish(key, &entry.answer);
@@ -246,10 +419,23 @@ impl SessionCache {
     /// joins it). Returns the canonical id when something was stored.
     pub async fn invalidate(&self, account: &Account, id: &str) -> Option<Arc<str>> {
         let key: Key = (account.scope.clone(), account.client.canonical_id(id).ok()?);
-        let mut entry = self.cache.get(&key).await?;
+        let mut shared_held = false;
+        if let Some(shared) = &self.shared {
+            // Every replica's copy goes too: the shared one now, the local ones by message.
+            shared_held = shared.delete(&key.0, &key.1).await;
+            shared.publish(&Message::encode("invalidate", &key, &shared.replica)).await;
+        }
+        let held = self.demote(&key).await;
+        (held || shared_held).then_some(key.1)
+    }
+
+    /// What is stored for `key` stops being fresh (kept for stale-if-error); `false` when
+    /// nothing was stored.
+    async fn demote(&self, key: &Key) -> bool {
+        let Some(mut entry) = self.cache.get(key).await else { return false };
         entry.expires_at = Instant::now();
         self.cache.insert(key.clone(), entry).await;
-        Some(key.1)
+        true
     }
 
     /// Asks the provider for `id` again and stores the answer, sharing a call in flight only
@@ -259,10 +445,86 @@ impl SessionCache {
         let key: Key = (account.scope.clone(), id.clone());
         let label = [account.kind().slug, &**account.name()];
         self.metrics.cache_refreshes.with_label_values(&label).inc();
-        let (entry, called) = self.call(account, &key).await;
+        let (entry, called) = self.call(account, &key, true).await;
         if !called && entry.asked_at < since {
-            self.call(account, &key).await;
+            self.call(account, &key, true).await;
         }
+        if let Some(shared) = &self.shared {
+            // The other replicas take the new answer from the shared tier.
+            shared.publish(&Message::encode("update", &key, &shared.replica)).await;
+        }
+    }
+
+    /// Between the local cache and the provider: a fresh answer another replica shared; else
+    /// the lock on asking the provider (waiting a bounded while for the replica that holds it
+    /// to share its answer); else, or after, the provider, whose answer is shared. `fresh`:
+    /// a webhook said the session changed, so nothing shared before may be taken.
+    async fn through_shared(
+        &self,
+        shared: &Shared,
+        account: &Account,
+        key: &Key,
+        fresh: bool,
+        asked_at: Instant,
+    ) -> Entry {
+        let label = [account.kind().slug, &**account.name()];
+        if !fresh {
+            if let Some(entry) = self.read_shared(shared, account, key).await {
+                self.metrics.shared_hits.with_label_values(&label).inc();
+                return entry;
+            }
+        }
+        let locked = shared.lock(&key.0, &key.1, LOCK_TTL).await;
+        if locked == Some(false) && !fresh {
+            let until = Instant::now() + LOCK_WAIT;
+            while Instant::now() < until {
+                tokio::time::sleep(LOCK_POLL).await;
+                if let Some(entry) = self.read_shared(shared, account, key).await {
+                    self.metrics.shared_hits.with_label_values(&label).inc();
+                    return entry;
+                }
+            }
+        }
+        let entry = self.entry(account.client.fetch_session(&key.1).await, asked_at);
+        let now = Instant::now();
+        if entry.expires_at > now {
+            if let Some(value) = encode(&entry) {
+                shared.put(&key.0, &key.1, &value, entry.kept_until.saturating_duration_since(now)).await;
+            }
+        }
+        if locked == Some(true) {
+            shared.unlock(&key.0, &key.1).await;
+        }
+        entry
+    }
+
+    /// The answer another replica shared for `key`, if it is of this format and still fresh.
+    async fn read_shared(&self, shared: &Shared, account: &Account, key: &Key) -> Option<Entry> {
+        let bytes = shared.get(&key.0, &key.1).await?;
+        let entry = decode(&bytes, account, &key.1)?;
+        (entry.expires_at > Instant::now()).then_some(entry)
+    }
+
+    /// Another replica changed `id`'s answer in the shared tier (or says it is about to): the
+    /// local copy is dropped or replaced, and watchers here are told. `update`: read the new
+    /// one now, where this replica holds or watches the session.
+    pub async fn adopt(&self, account: &Account, id: &str, update: bool) {
+        let Ok(canonical) = account.client.canonical_id(id) else { return };
+        let key: Key = (account.scope.clone(), canonical);
+        let held = self.demote(&key).await;
+        if !update || !(held || self.hub.is_watched(&key)) {
+            return;
+        }
+        let Some(shared) = &self.shared else { return };
+        if let Some(entry) = self.read_shared(shared, account, &key).await {
+            self.cache.insert(key.clone(), entry.clone()).await;
+            self.hub.publish(&key, &entry.answer);
+        }
+    }
+
+    /// Drops every local answer: pub/sub reconnected, and messages may have been missed.
+    pub fn clear_local(&self) {
+        self.cache.invalidate_all();
     }
 
     /// Whether an answer for `id` as `account` sees it is kept (fresh or not).

@@ -21,6 +21,7 @@ use crate::cache::CachePolicy;
 pub use crate::domain::Secret;
 use crate::providers::guard::RateLimit;
 use crate::providers::{self, AccountConfig, Limits, ProviderKind};
+use crate::shared::SharedConfig;
 pub use crate::telemetry::LogFormat;
 
 /// checkout-gateway: one GraphQL view of checkout sessions held by several payment providers.
@@ -219,6 +220,21 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_SUBSCRIPTION_PING_INTERVAL", value_name = "DURATION")]
     pub subscription_ping_interval: Option<String>,
 
+    /// The shared tier replicas use together: `redis://[user:password@]host:port[/db]` or
+    /// `rediss://…` (TLS); unset, each replica works alone [default: none].
+    #[arg(long, env = "GATEWAY_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Put before every Redis key and channel, so deployments can share a Redis
+    /// [default: checkout-gateway:].
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+
+    /// The longest one Redis operation may take; past it the replica works without Redis for a
+    /// moment [default: 100ms].
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
+
     /// With --demo: latency the sandbox providers add to every answer, e.g. `20ms` [default: 0s].
     #[arg(long, env = "GATEWAY_DEMO_LATENCY", value_name = "DURATION")]
     pub demo_latency: Option<String>,
@@ -273,6 +289,9 @@ impl Settings {
             max_subscription_connections,
             subscriptions_per_connection,
             subscription_ping_interval,
+            redis_url,
+            redis_prefix,
+            redis_timeout,
             demo_latency,
             demo_step,
         )
@@ -562,6 +581,8 @@ pub struct Config {
     pub max_subscription_connections: usize,
     pub subscriptions_per_connection: usize,
     pub subscription_ping_interval: Duration,
+    /// The shared tier; `None`: each replica works alone.
+    pub redis: Option<SharedConfig>,
     /// Serve against the built-in sandbox providers instead of the configured ones.
     pub demo: bool,
     pub demo_latency: Duration,
@@ -735,6 +756,22 @@ impl Config {
                 &settings.subscription_ping_interval,
                 "15s",
             )?,
+            redis: match settings.redis_url.as_ref().filter(|url| !url.expose().trim().is_empty()) {
+                None => None,
+                Some(url) => {
+                    let scheme = url.expose().trim().split("://").next().unwrap_or("");
+                    if !matches!(scheme, "redis" | "rediss") {
+                        return Err(
+                            names.invalid("redis_url", "must start with redis:// or rediss://".into())
+                        );
+                    }
+                    Some(SharedConfig {
+                        url: Secret::new(url.expose().trim()),
+                        prefix: settings.redis_prefix.clone().unwrap_or_else(|| "checkout-gateway:".into()),
+                        timeout: positive_duration("redis_timeout", &settings.redis_timeout, "100ms")?,
+                    })
+                }
+            },
             demo,
             demo_latency: duration("demo_latency", &settings.demo_latency, "0s")?,
             demo_step: positive_duration("demo_step", &settings.demo_step, "20s")?,
@@ -754,6 +791,8 @@ impl Config {
             retries: self.upstream_retries,
             breaker_failures: self.breaker_failures,
             breaker_cooldown: self.breaker_cooldown,
+            // The application adds the shared tier's, when it has one.
+            shared_quota: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 /// The provider-independent state of a session (see PROVIDERS.md for the mapping). Each
 /// value is described where clients see it: `graphql::types::CheckoutStatus` mirrors this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CheckoutStatus {
     Open,
     ActionRequired,
@@ -80,6 +80,12 @@ pub trait ProviderDetails: Any + fmt::Debug + Send + Sync {
     /// Bytes this value holds on the heap beyond its own size, for the cache's byte bound.
     fn heap_bytes(&self) -> usize {
         0
+    }
+
+    /// This value as JSON, for replicas sharing answers (read back by the provider's
+    /// `details_from_json`); `None`: nothing worth keeping.
+    fn to_json(&self) -> Option<serde_json::Value> {
+        None
     }
 
     /// Whether `other` says the same (live updates send only changes). Two values that print

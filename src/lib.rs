@@ -18,6 +18,7 @@
 //!   accounts included.
 //! - [`live`]: who watches which session; changes published to its watchers; the index from
 //!   the payments and escrows webhooks name to sessions.
+//! - [`shared`]: the Redis tier replicas share (answers, locks, pub/sub, quotas), optional.
 //! - [`cache`]: moka in front of every account; lifetime by what the answer says; concurrent
 //!   misses share one upstream call.
 //! - [`providers`]: what a provider is ([`providers::ProviderKind`]), the one list of them
@@ -44,6 +45,7 @@ pub mod response_cache;
 pub mod sandbox;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod streams;
 pub mod telemetry;
 pub mod view;

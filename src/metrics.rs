@@ -81,6 +81,9 @@ pub struct Metrics {
     pub live_pollers: IntGauge,
     pub live_updates: IntCounter,
     pub subscription_connections: IntGaugeVec,
+    pub redis_operations: IntCounterVec,
+    pub redis_up: IntGauge,
+    pub shared_hits: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -154,7 +157,20 @@ impl Metrics {
         registry
             .register(Box::new(subscription_connections.clone()))
             .expect("each metric is registered once");
+        let redis_up =
+            gauge("redis_up", "1 while the shared tier (Redis) answers, 0 while its breaker is open.");
         Self {
+            redis_up,
+            redis_operations: counter(
+                "redis_operations_total",
+                "Operations on the shared tier by kind and outcome (ok, error, timeout, skipped: breaker open).",
+                &["op", "outcome"],
+            ),
+            shared_hits: counter(
+                "shared_cache_hits_total",
+                "Lookups answered from the shared tier (another replica's answer), no provider call.",
+                &["provider", "account"],
+            ),
             live_sessions,
             live_watchers,
             live_pollers,

@@ -40,11 +40,13 @@ use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, QueryLimits, R
 use crate::live::Hub;
 use crate::metrics::{Metrics, OperationLabels};
 use crate::providers::guard::CircuitState;
+use crate::providers::guard::SharedQuota;
 use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
 use crate::refusal::graphql_error;
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
 use crate::sandbox::{self, SandboxOptions, SandboxWebhook};
 use crate::service::SessionService;
+use crate::shared::Shared;
 use crate::streams::{self, Guarded, StreamLimits, Streams};
 use crate::webhooks::{self, Webhooks};
 use crate::{net, telemetry};
@@ -127,7 +129,9 @@ impl Application {
         }
         let metrics = Arc::new(Metrics::new());
         let http = net::http_client()?;
-        let limits = config.limits();
+        let shared = config.redis.as_ref().map(|redis| Shared::new(redis, metrics.clone())).transpose()?;
+        let mut limits = config.limits();
+        limits.shared_quota = shared.clone().map(|shared| shared as Arc<dyn SharedQuota>);
         let accounts = config
             .accounts
             .iter()
@@ -137,8 +141,15 @@ impl Application {
             accounts.iter().map(|account| (account.name().clone(), CredentialStatus::Checking)).collect(),
         ));
         let hub = Arc::new(Hub::new(REFERENCES_MAX, REFERENCES_TTL, metrics.clone()));
-        let cache = SessionCache::new(config.cache, hub, metrics.clone());
+        let mut cache = SessionCache::new(config.cache, hub, metrics.clone());
+        if let Some(shared) = &shared {
+            cache = cache.with_shared(shared.clone());
+        }
         let service = Arc::new(SessionService::new(&accounts, cache)?);
+        let responses = Arc::new(ResponseCache::new(config.response_cache_bytes));
+        let replayed = responses.clone();
+        // Another replica's webhook changed a session: replayed answers may hold it.
+        service.listen_to_replicas(move || replayed.clear());
         let gateway = Gateway {
             service: service.clone(),
             batch_max: config.batch_max,
@@ -161,7 +172,6 @@ impl Application {
             phases,
             metrics.clone(),
         );
-        let responses = Arc::new(ResponseCache::new(config.response_cache_bytes));
         let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, responses.clone(), metrics.clone()));
         let router = router(AppState {
             schema,
@@ -718,10 +728,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
             (account.name().to_string(), report)
         })
         .collect();
+    // Redis trouble is reported, never made a reason to be unready: the replica works alone.
+    let shared = match state.service.cache().shared() {
+        None => json!({"configured": false}),
+        Some(shared) => json!({"configured": true, "state": shared.state(), "pubsub": shared.is_listening()}),
+    };
     if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, Json(json!({"status": "ready", "accounts": accounts}))).into_response()
+        (StatusCode::OK, Json(json!({"status": "ready", "accounts": accounts, "shared": shared})))
+            .into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "accounts": accounts})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "accounts": accounts, "shared": shared})),
+        )
             .into_response()
     }
 }

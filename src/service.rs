@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use futures::StreamExt;
 
-use crate::cache::{Lookup, SessionCache};
+use crate::cache::{Lookup, Message, SessionCache};
 use crate::domain::{CheckoutSession, FetchError};
 use crate::live::{same_answer, Abandoned};
 use crate::providers::webhook::Target;
@@ -194,11 +194,19 @@ impl SessionService {
                     let Ok((scope, id)) = self.cache.key(account, id) else { continue };
                     if let Some(reference) = reference {
                         hub.note_reference(&scope, reference, &id);
+                        if let Some(shared) = self.cache.shared() {
+                            shared.add_reference(&scope, reference, &id, crate::cache::REFERENCE_TTL).await;
+                        }
                     }
                     ids.push(id);
                 }
                 Target::Reference(reference) => {
-                    ids.extend(hub.sessions_of(&account.scope, reference).iter().cloned())
+                    ids.extend(hub.sessions_of(&account.scope, reference).iter().cloned());
+                    if let Some(shared) = self.cache.shared() {
+                        ids.extend(
+                            shared.references(&account.scope, reference).await.into_iter().map(Arc::from),
+                        );
+                    }
                 }
             }
         }
@@ -223,6 +231,39 @@ impl SessionService {
     /// Every configured account.
     pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.accounts.values()
+    }
+
+    /// Acts on what other replicas say over the shared tier: a webhook came to one of them
+    /// (drop the local copy), or its new answer is shared (take it where held or watched).
+    /// After a reconnection every local answer is dropped: messages may have been missed.
+    /// `changed` runs on each message (what else this replica keeps of answers must go too).
+    pub fn listen_to_replicas(self: &Arc<Self>, changed: impl Fn() + Send + Sync + 'static) {
+        let changed = Arc::new(changed);
+        let on_resubscribed = changed.clone();
+        let Some(shared) = self.cache.shared().cloned() else { return };
+        let (service, cleared) = (self.clone(), self.clone());
+        let replica = shared.replica.clone();
+        shared.listen(
+            move |bytes| {
+                let Ok(message) = serde_json::from_slice::<Message>(&bytes) else { return };
+                if message.from == replica {
+                    return;
+                }
+                let Some(account) = service.accounts.values().find(|a| *a.scope == *message.scope).cloned()
+                else {
+                    return;
+                };
+                changed();
+                let service = service.clone();
+                tokio::spawn(async move {
+                    service.cache.adopt(&account, &message.id, message.kind == "update").await;
+                });
+            },
+            move || {
+                cleared.cache.clear_local();
+                on_resubscribed();
+            },
+        );
     }
 }
 

@@ -122,9 +122,40 @@ impl Window {
     }
 }
 
+/// A quota counted for every replica at once (the shared tier). Each call returns `None`
+/// when the store cannot answer: the guard then counts locally.
+pub trait SharedQuota: Send + Sync + fmt::Debug {
+    /// Takes one call of `scope`'s quota (`windows`: at most `count` per `period`).
+    fn take<'a>(
+        &'a self,
+        scope: &'a str,
+        windows: &'a [(u32, Duration)],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Taken>> + Send + 'a>>;
+
+    /// Holds every replica's calls of `scope` for `wait` (a 429 asked it).
+    fn hold<'a>(
+        &'a self,
+        scope: &'a str,
+        wait: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+/// What a shared quota says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A call may be made now (and was counted).
+    Now,
+    /// The quota has room again after this long.
+    After(Duration),
+    /// A 429's hold lasts this much longer.
+    Held(Duration),
+}
+
 /// The guard of one account.
 pub struct Guard {
     policy: GuardPolicy,
+    /// The shared quota and the account's scope in it, when replicas share one.
+    shared: std::sync::OnceLock<(std::sync::Arc<dyn SharedQuota>, std::sync::Arc<str>)>,
     windows: Vec<Window>,
     /// Until when a 429 asked us not to call.
     held_until: Mutex<Option<Instant>>,
@@ -181,10 +212,16 @@ impl Guard {
             .collect();
         Self {
             policy,
+            shared: std::sync::OnceLock::new(),
             windows,
             held_until: Mutex::new(None),
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
         }
+    }
+
+    /// Counts this account's quota and 429 holds in `quota`, under `scope`, for every replica.
+    pub fn share(&self, quota: std::sync::Arc<dyn SharedQuota>, scope: std::sync::Arc<str>) {
+        let _ = self.shared.set((quota, scope));
     }
 
     pub fn circuit(&self) -> CircuitState {
@@ -207,6 +244,26 @@ impl Guard {
             }
         }
         self.admit_breaker()?;
+        if let Some((quota, scope)) = self.shared.get() {
+            loop {
+                match quota.take(scope, &self.policy.rate_limit.0).await {
+                    Some(Taken::Now) => return Ok(()),
+                    Some(Taken::Held(wait)) => {
+                        self.release_trial();
+                        return Err(refused(UnavailableReason::RateLimited, wait));
+                    }
+                    Some(Taken::After(wait)) => {
+                        if Instant::now() + wait >= deadline {
+                            self.release_trial();
+                            return Err(refused(UnavailableReason::RateLimited, wait));
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                    // The shared store cannot answer: this replica counts alone.
+                    None => break,
+                }
+            }
+        }
         for window in &self.windows {
             loop {
                 match window.take() {
@@ -258,7 +315,12 @@ impl Guard {
     /// the circuit, anything else resets it.
     pub fn record(&self, outcome: Outcome) {
         if let Outcome::RateLimited(wait) = outcome {
-            let until = Instant::now() + wait.unwrap_or(DEFAULT_HOLD);
+            let wait = wait.unwrap_or(DEFAULT_HOLD);
+            if let Some((quota, scope)) = self.shared.get() {
+                let (quota, scope) = (quota.clone(), scope.clone());
+                tokio::spawn(async move { quota.hold(&scope, wait).await });
+            }
+            let until = Instant::now() + wait;
             let mut held = locked(&self.held_until);
             *held = Some(held.map_or(until, |current| current.max(until)));
         }

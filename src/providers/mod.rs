@@ -24,7 +24,7 @@ pub mod guard;
 pub mod upstream;
 pub mod webhook;
 
-use guard::{CircuitState, Guard, GuardPolicy, RateLimit};
+use guard::{CircuitState, Guard, GuardPolicy, RateLimit, SharedQuota};
 use upstream::Upstream;
 use webhook::WebhookSpec;
 
@@ -72,6 +72,8 @@ pub struct ProviderKind {
     /// How its webhooks are checked and read; `None`: it sends none (its watched sessions
     /// are polled).
     pub webhooks: Option<&'static WebhookSpec>,
+    /// Reads back a session's details as another replica shared them.
+    pub details_from_json: fn(&serde_json::Value) -> Option<Box<dyn crate::domain::ProviderDetails>>,
 }
 
 impl ProviderKind {
@@ -130,6 +132,9 @@ pub struct Limits {
     pub retries: u32,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    /// Where every replica's calls are counted together (the shared tier); `None`: each
+    /// replica counts its own.
+    pub shared_quota: Option<Arc<dyn SharedQuota>>,
 }
 
 impl Default for Limits {
@@ -142,6 +147,7 @@ impl Default for Limits {
             retries: 2,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
+            shared_quota: None,
         }
     }
 }
@@ -204,6 +210,9 @@ impl Account {
         };
         let upstream = Upstream::new(&config, limits, guard.clone(), http.clone(), metrics.clone())?;
         let scope = upstream.scope().clone();
+        if let Some(quota) = &defaults.shared_quota {
+            guard.share(quota.clone(), scope.clone());
+        }
         let client = (config.kind.client)(upstream);
         Ok(Self { config, scope, client, guard })
     }

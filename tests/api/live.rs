@@ -21,9 +21,9 @@ const DHMAD_SECRET: &str = "dhmad_webhook_secret_for_tests";
 
 /// What a provider answers for one session, changed by the test while the gateway runs.
 #[derive(Clone)]
-struct Upstream {
-    body: Arc<Mutex<Value>>,
-    delay: Duration,
+pub struct Upstream {
+    pub body: Arc<Mutex<Value>>,
+    pub delay: Duration,
 }
 
 impl Respond for Upstream {
@@ -33,7 +33,7 @@ impl Respond for Upstream {
 }
 
 impl Upstream {
-    fn set(&self, body: Value) {
+    pub fn set(&self, body: Value) {
         *self.body.lock().unwrap() = body;
     }
 }
@@ -50,6 +50,8 @@ async fn calls(app: &TestApp, id: &str) -> usize {
     requests.iter().filter(|r| r.url.path() == format!("/checkouts/{id}")).count()
 }
 
+pub const WEBHOOK_SECRET: &str = DODO_SECRET;
+
 fn with_dodo_secret(config: &mut Config) {
     account_mut(config, "dodo").webhook_secret = Some(Secret::new(DODO_SECRET));
 }
@@ -58,7 +60,7 @@ fn with_dodo_secret(config: &mut Config) {
 type Delivery = (Vec<(String, String)>, String);
 
 /// A Dodo `payment.*` delivery for session `id`, signed with `secret` at `timestamp`.
-fn dodo_delivery(secret: &str, delivery: &str, timestamp: i64, kind: &str, data: Value) -> Delivery {
+pub fn dodo_delivery(secret: &str, delivery: &str, timestamp: i64, kind: &str, data: Value) -> Delivery {
     let body =
         json!({"business_id": "bus_test", "type": kind, "timestamp": "2025-06-01T12:00:00Z", "data": data})
             .to_string();
@@ -71,7 +73,7 @@ fn dodo_delivery(secret: &str, delivery: &str, timestamp: i64, kind: &str, data:
     (headers, body)
 }
 
-fn payment(id: &str, status: &str) -> Value {
+pub fn payment(id: &str, status: &str) -> Value {
     json!({"payment_id": "pay_9Qz", "checkout_session_id": id, "status": status})
 }
 
@@ -94,7 +96,7 @@ async fn send_payment_event(app: &TestApp, id: &str, status: &str) -> u16 {
     deliver(app, "dodo", &headers, body).await.0
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -111,13 +113,17 @@ const UPDATED: &str = "subscription($p: Provider!, $id: ID!) {
 }";
 
 /// A `graphql-transport-ws` client on one WebSocket.
-struct Socket {
+pub struct Socket {
     stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl Socket {
-    async fn open(app: &TestApp, route: &str, protocol: &str) -> Socket {
-        let mut request = format!("ws://{}{route}", app.addr).into_client_request().unwrap();
+    pub async fn open(app: &TestApp, route: &str, protocol: &str) -> Socket {
+        Self::open_at(app.addr, route, protocol).await
+    }
+
+    pub async fn open_at(addr: std::net::SocketAddr, route: &str, protocol: &str) -> Socket {
+        let mut request = format!("ws://{addr}{route}").into_client_request().unwrap();
         request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
         let (stream, response) =
             tokio_tungstenite::connect_async(request).await.expect("the upgrade is accepted");
@@ -148,13 +154,13 @@ impl Socket {
         }
     }
 
-    async fn subscribe(&mut self, id: &str, provider: &str, session: &str) {
+    pub async fn subscribe(&mut self, id: &str, provider: &str, session: &str) {
         let payload = json!({"query": UPDATED, "variables": {"p": provider, "id": session}});
         self.send(json!({"id": id, "type": "subscribe", "payload": payload})).await;
     }
 
     /// The next `next` payload's session status (or error code), with its subscription id.
-    async fn update(&mut self) -> (String, String) {
+    pub async fn update(&mut self) -> (String, String) {
         let message = self.next().await;
         assert_eq!(message["type"], "next", "{message}");
         let result = &message["payload"]["data"]["checkoutSessionUpdated"];

@@ -20,4 +20,5 @@ mod live;
 mod ops;
 mod process;
 mod readme;
+mod replicas;
 mod third_provider;

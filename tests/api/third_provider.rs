@@ -47,6 +47,7 @@ static ACME: ProviderKind = ProviderKind {
     register_details: <AcmeSessionDetails as OutputType>::create_type_info,
     sandbox: SandboxSpec { router: sandbox, base_path: "", sends_webhooks: false },
     webhooks: None,
+    details_from_json: |_| None,
 };
 
 /// The client: `GET {base}/v2/sessions/{id}`.

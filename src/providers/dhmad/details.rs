@@ -21,8 +21,20 @@ impl ProviderDetails for DhmadDetails {
         self.escrow_id.as_ref().map_or(0, |s| s.len()) + self.action.as_ref().map_or(0, |s| s.len())
     }
 
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"escrowId": self.escrow_id, "action": self.action}))
+    }
+
     fn same_as(&self, other: &dyn ProviderDetails) -> bool {
         (other as &dyn std::any::Any).downcast_ref::<Self>() == Some(self)
+    }
+}
+
+impl DhmadDetails {
+    /// Reads back what [`ProviderDetails::to_json`] wrote.
+    pub fn from_json(value: &serde_json::Value) -> Option<Box<dyn ProviderDetails>> {
+        let text = |field: &str| value.get(field).and_then(serde_json::Value::as_str).map(Box::from);
+        Some(Box::new(DhmadDetails { escrow_id: text("escrowId"), action: text("action") }))
     }
 }
 

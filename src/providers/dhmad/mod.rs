@@ -37,6 +37,7 @@ pub static KIND: ProviderKind = ProviderKind {
     register_details: <DhmadSessionDetails as async_graphql::OutputType>::create_type_info,
     sandbox: SandboxSpec { router: sandbox::router, base_path: "/api/v1", sends_webhooks: false },
     webhooks: Some(&webhook::WEBHOOKS),
+    details_from_json: details::DhmadDetails::from_json,
 };
 
 #[derive(Debug)]

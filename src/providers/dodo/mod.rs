@@ -39,6 +39,7 @@ pub static KIND: ProviderKind = ProviderKind {
     register_details: <DodoSessionDetails as async_graphql::OutputType>::create_type_info,
     sandbox: SandboxSpec { router: sandbox::router, base_path: "", sends_webhooks: true },
     webhooks: Some(&webhook::WEBHOOKS),
+    details_from_json: |_| None,
 };
 
 /// Far longer than any id Dodo issues (`cks_` and a short token); a bound keeps junk out of

@@ -1,0 +1,327 @@
+//! Several gateway processes sharing one real `redis-server` (started here on a free port):
+//! one view of each session, one upstream call per cold session, webhooks and updates fanned
+//! out, one quota, and no outage when Redis goes away.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer};
+
+use crate::helpers::{dodo_session, post_graphql, DODO_KEY};
+use crate::live::{dodo_delivery, now, payment, Socket, Upstream, WEBHOOK_SECRET};
+
+/// A `redis-server` on a free port of 127.0.0.1, without persistence; killed when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Redis { child: None, port };
+        redis.restart();
+        redis
+    }
+
+    // The child is reaped by `stop` and `Drop`.
+    #[allow(clippy::zombie_processes)]
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One gateway process, a replica among several.
+struct Replica {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    // The child is reaped by `Drop`.
+    #[allow(clippy::zombie_processes)]
+    fn start(redis: &Redis, dodo: &MockServer, env: &[(&str, &str)]) -> Replica {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"));
+        command
+            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GATEWAY_REDIS_URL", redis.url())
+            .env("DODO_PAYMENTS_API_KEY", DODO_KEY)
+            .env("DODO_PAYMENTS_BASE_URL", dodo.uri())
+            .env("GATEWAY_UPSTREAM_RETRIES", "0")
+            .env("GATEWAY_SHUTDOWN_DELAY", "0s")
+            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().unwrap();
+        Replica { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    async fn ready(self, http: &reqwest::Client) -> Replica {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = http.get(format!("http://{}/readyz", self.addr)).send().await {
+                if response.status() == 200 {
+                    return self;
+                }
+            }
+            assert!(Instant::now() < deadline, "the replica did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn status(&self, http: &reqwest::Client, id: &str) -> Value {
+        let query = "query($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { status } ... on CheckoutError { code } } }";
+        let reply = post_graphql(http, self.addr, query, json!({"id": id})).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let result = &reply.body["data"]["checkoutSession"];
+        result.get("status").or(result.get("code")).cloned().unwrap_or(Value::Null)
+    }
+
+    async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("http://{}/metrics", self.addr)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+async fn replicas(redis: &Redis, dodo: &MockServer, count: usize, env: &[(&str, &str)]) -> Vec<Replica> {
+    let http = crate::helpers::http();
+    let mut started = Vec::new();
+    for _ in 0..count {
+        started.push(Replica::start(redis, dodo, env).ready(&http).await);
+    }
+    started
+}
+
+async fn upstream(dodo: &MockServer, id: &str, status: Option<&str>, delay: Duration) -> Upstream {
+    let upstream = Upstream { body: Arc::new(std::sync::Mutex::new(dodo_session(id, status))), delay };
+    Mock::given(path(format!("/checkouts/{id}"))).respond_with(upstream.clone()).mount(dodo).await;
+    upstream
+}
+
+async fn calls(dodo: &MockServer, id: &str) -> usize {
+    let requests = dodo.received_requests().await.unwrap();
+    requests.iter().filter(|r| r.url.path() == format!("/checkouts/{id}")).count()
+}
+
+#[tokio::test]
+async fn a_session_fetched_through_one_replica_costs_no_call_through_another() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    upstream(&dodo, "cks_shared", Some("succeeded"), Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 2, &[]).await;
+    assert_eq!(group[0].status(&http, "cks_shared").await, "COMPLETED");
+    assert_eq!(group[1].status(&http, "cks_shared").await, "COMPLETED");
+    assert_eq!(calls(&dodo, "cks_shared").await, 1, "B read A's answer from Redis");
+    assert!(group[1]
+        .metrics(&http)
+        .await
+        .contains(r#"checkout_gateway_shared_cache_hits_total{account="dodo",provider="dodo"} 1"#));
+    let ready: Value =
+        http.get(format!("http://{}/readyz", group[1].addr)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["shared"], json!({"configured": true, "state": "up", "pubsub": true}));
+}
+
+#[tokio::test]
+async fn cold_misses_on_three_replicas_make_one_upstream_call() {
+    let (redis, dodo) = (Redis::start(), MockServer::start().await);
+    upstream(&dodo, "cks_cold", Some("succeeded"), Duration::from_millis(300)).await;
+    let group = Arc::new(replicas(&redis, &dodo, 3, &[]).await);
+    let http = crate::helpers::http();
+    let tasks: Vec<_> = (0..300)
+        .map(|n| {
+            let (group, http) = (group.clone(), http.clone());
+            tokio::spawn(async move { group[n % 3].status(&http, "cks_cold").await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "COMPLETED");
+    }
+    assert_eq!(calls(&dodo, "cks_cold").await, 1, "one replica asked; the others waited for its answer");
+}
+
+#[tokio::test]
+async fn a_webhook_to_one_replica_updates_another_and_its_subscriber() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let session = upstream(&dodo, "cks_fan", None, Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 2, &[("DODO_PAYMENTS_WEBHOOK_KEY", WEBHOOK_SECRET)]).await;
+    assert_eq!(group[1].status(&http, "cks_fan").await, "OPEN");
+    let mut socket = Socket::open_at(group[1].addr, "/ws", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", "cks_fan").await;
+    assert_eq!(socket.update().await.1, "OPEN");
+
+    session.set(dodo_session("cks_fan", Some("succeeded")));
+    let (headers, body) =
+        dodo_delivery(WEBHOOK_SECRET, "msg_fan", now(), "payment.succeeded", payment("cks_fan", "succeeded"));
+    let mut request = http.post(format!("http://{}/webhooks/dodo", group[0].addr)).body(body);
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    let sent = Instant::now();
+    assert_eq!(request.send().await.unwrap().status(), 200);
+    assert_eq!(socket.update().await.1, "COMPLETED");
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(1), "B's subscriber heard {took:?} after A's webhook");
+    assert_eq!(group[1].status(&http, "cks_fan").await, "COMPLETED", "B's cached OPEN was replaced");
+    assert_eq!(calls(&dodo, "cks_fan").await, 2, "the first lookup, and A's one refetch");
+}
+
+#[tokio::test]
+async fn the_shared_quota_holds_a_burst_across_replicas() {
+    let (redis, dodo) = (Redis::start(), MockServer::start().await);
+    Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_q[0-9]+$"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(dodo_session("cks_q", None)))
+        .mount(&dodo)
+        .await;
+    let env = [("GATEWAY_UPSTREAM_RATE_LIMIT", "5/s"), ("GATEWAY_LOOKUP_DEADLINE", "400ms")];
+    let group = Arc::new(replicas(&redis, &dodo, 3, &env).await);
+    let http = crate::helpers::http();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..45)
+        .map(|n| {
+            let (group, http) = (group.clone(), http.clone());
+            tokio::spawn(async move { group[n % 3].status(&http, &format!("cks_q{n}")).await })
+        })
+        .collect();
+    let mut limited = 0;
+    for task in tasks {
+        if task.await.unwrap() == "PROVIDER_UNAVAILABLE" {
+            limited += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let made = dodo.received_requests().await.unwrap().len();
+    // 5/s for all three together: a burst of 5, then one every 200 ms. Each replica alone
+    // would have let 5 through at once, 15 in all.
+    let allowed = 5.0 + (elapsed * 5.0).ceil();
+    assert!((made as f64) <= allowed, "{made} calls in {elapsed:.2} s; the shared quota allows {allowed}");
+    assert!(made >= 5, "{made}");
+    assert_eq!(made + limited, 45, "every other lookup answered RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn redis_going_away_is_not_an_outage_and_its_return_is_noticed() {
+    let (mut redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_r[0-9]+$"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(dodo_session("cks_r", Some("succeeded"))),
+        )
+        .mount(&dodo)
+        .await;
+    let group = replicas(&redis, &dodo, 2, &[("GATEWAY_REDIS_TIMEOUT", "50ms")]).await;
+    let mut answered = 0;
+    for n in 0..40 {
+        if n == 10 {
+            redis.stop();
+        }
+        let replica = &group[n % 2];
+        let reply = post_graphql(
+            &http,
+            replica.addr,
+            "query($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { status } } }",
+            json!({"id": format!("cks_r{n}")}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["data"]["checkoutSession"]["status"], "COMPLETED", "{}", reply.body);
+        answered += 1;
+    }
+    assert_eq!(answered, 40);
+    let ready = http.get(format!("http://{}/readyz", group[0].addr)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "Redis trouble does not make a replica unready");
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["shared"]["configured"], true);
+    assert!(group[0].metrics(&http).await.contains("checkout_gateway_redis_up 0"));
+
+    // Back: without restarting the gateways, a session fetched through A is read by B again.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 100;
+    loop {
+        n += 1;
+        let id = format!("cks_r{n}");
+        group[0].status(&http, &id).await;
+        group[1].status(&http, &id).await;
+        if calls(&dodo, &id).await == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicas never used Redis again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_entry_written_in_another_format_is_ignored_not_misread() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    upstream(&dodo, "cks_format", None, Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 2, &[]).await;
+    assert_eq!(group[0].status(&http, "cks_format").await, "OPEN");
+    let mut connection = redis.connection().await;
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg("checkout-gateway:session:*").query_async(&mut connection).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // What a future version might write: the same shape, another meaning.
+    let stored: String = redis::cmd("GET").arg(&keys[0]).query_async(&mut connection).await.unwrap();
+    let mut future: Value = serde_json::from_str(&stored).unwrap();
+    future["v"] = json!(2);
+    future["answer"]["status"] = json!("Completed");
+    let _: () =
+        redis::cmd("SET").arg(&keys[0]).arg(future.to_string()).query_async(&mut connection).await.unwrap();
+    assert_eq!(group[1].status(&http, "cks_format").await, "OPEN", "the other version is not read");
+    assert_eq!(calls(&dodo, "cks_format").await, 2, "B asked the provider instead");
+    let rewritten: String = redis::cmd("GET").arg(&keys[0]).query_async(&mut connection).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&rewritten).unwrap()["v"], 1, "and wrote its own version");
+}
