@@ -32,7 +32,7 @@ GATEWAY_CPU = os.environ.get("BENCH_GATEWAY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 FILL = int(os.environ.get("BENCH_FILL_SESSIONS", "100000"))
 # Sections to run: any of "abc", "de", "f", "g", "h" (comma-separated); all by default.
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h").split(",")))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h,i").split(",")))
 SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "1000"))
 WEBHOOK_ROUNDS = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", "20"))
 
@@ -278,6 +278,8 @@ def main():
         rows += section_g()
     if "h" in ONLY:
         rows += section_h()
+    if "i" in ONLY:
+        rows += section_i()
     print_table(commit, dirty, cpu, rows)
 
 
@@ -438,6 +440,7 @@ class FakeDodo:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                fake.requests += 1
                 body = json.dumps({"id": self.path.rsplit("/", 1)[-1], "created_at": "2025-06-01T12:00:00Z",
                                    "payment_id": "pay_bench", "payment_status": fake.status}).encode()
                 self.send_response(200)
@@ -450,6 +453,7 @@ class FakeDodo:
                 pass
 
         self.status = "processing"
+        self.requests = 0
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -555,6 +559,98 @@ def section_h():
              f"p50 {ms(p50)}, p99 {ms(p99)}, max {ms(latencies[-1])} ({WEBHOOK_ROUNDS} webhooks, "
              f"{len(latencies):,} deliveries; includes the subscribers' own reading in one Python process)",
              f"p99 < 1 s: {'met' if p99 < 1 else 'missed'}")]
+
+
+class RedisServer:
+    """A `redis-server` on a free port, without persistence."""
+
+    def __init__(self):
+        import socket
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+QUERY = "query($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { status } } }"
+
+
+async def hit_latencies(writer_gateway, reader_gateway, sessions):
+    """Per session: A fetches it; then B's first read (through Redis) and second (local)."""
+    a, b = host_port(writer_gateway), host_port(reader_gateway)
+    conn_a = await asyncio.open_connection(*a)
+    conn_b = await asyncio.open_connection(*b)
+    through_redis, local = [], []
+    for n in range(sessions):
+        body = {"query": QUERY, "variables": {"id": f"cks_bench_shared_{n}"}}
+        await post(*a, body, conn_a)
+        through_redis.append((await post(*b, body, conn_b))[2])
+        local.append((await post(*b, body, conn_b))[2])
+    for _, writer in (conn_a, conn_b):
+        writer.close()
+    return through_redis, local
+
+
+async def hot_spread(gateways, sessions, askers):
+    """`askers` concurrent queries for each of `sessions` cold sessions, spread over the replicas."""
+    async def ask(gateway, n):
+        status, _, _ = await post(*host_port(gateway), {"query": QUERY, "variables": {"id": f"cks_bench_hot_{n}"}})
+        assert status == 200
+    for n in range(sessions):
+        await asyncio.gather(*(ask(gateways[k % len(gateways)], n) for k in range(askers)))
+
+
+def section_i():
+    """(i): three replicas (all on the gateway CPU) sharing one redis-server, against a local stand-in for Dodo."""
+    import base64
+    rows = []
+    log("(i): 3 replicas, one redis-server")
+    sessions, askers = 200, 30
+    per_session = {}
+    for shared in (False, True):
+        fake = FakeDodo()
+        fake.status = "succeeded"
+        redis = RedisServer() if shared else None
+        env = {"DODO_PAYMENTS_API_KEY": "bench_key", "DODO_PAYMENTS_BASE_URL": fake.url,
+               "GATEWAY_RESPONSE_CACHE_BYTES": "0"}
+        if redis:
+            env["GATEWAY_REDIS_URL"] = redis.url
+        gateways = [Gateway(demo=False, extra_env=env) for _ in range(3)]
+        for gateway in gateways:
+            gateway.wait_ready()
+        before = fake.requests
+        asyncio.run(hot_spread(gateways, sessions, askers))
+        per_session[shared] = (fake.requests - before) / sessions
+        if shared:
+            through_redis, local = asyncio.run(hit_latencies(gateways[0], gateways[1], 500))
+        for gateway in gateways:
+            gateway.stop()
+        if redis:
+            redis.stop()
+        fake.server.shutdown()
+    rows.append(("(i) 3 replicas: upstream calls per hot session",
+                 f"{per_session[True]:.2f} with Redis, {per_session[False]:.2f} without "
+                 f"({sessions} cold sessions, {askers} concurrent askers each, spread over the replicas)",
+                 f"1 with Redis: {'met' if per_session[True] <= 1.0 else 'missed'}"))
+    rows.append(("(i) 3 replicas: a hit through Redis vs a local hit (replay off, one connection)",
+                 f"through Redis p50 {ms(median(through_redis))}, p99 {ms(sorted(through_redis)[int(len(through_redis) * 0.99)])}; "
+                 f"local p50 {ms(median(local))}, p99 {ms(sorted(local)[int(len(local) * 0.99)])} "
+                 f"(500 sessions; the client's own time included)", ""))
+    return rows
 
 
 def print_table(commit, dirty, cpu, rows):

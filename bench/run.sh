@@ -6,7 +6,8 @@
 #
 # Knobs (environment): BENCH_RUNS (5), BENCH_SECONDS (5 per wrk run), BENCH_CONNECTIONS (32),
 # BENCH_UPSTREAM_LATENCY_MS (20), BENCH_FILL_SESSIONS (100000), BENCH_GATEWAY_CPU (0),
-# BENCH_LOAD_CPU (1). Takes about 6 minutes on 2 cores after the build.
+# BENCH_LOAD_CPU (1), BENCH_SUBSCRIBERS (1000), BENCH_WEBHOOK_ROUNDS (20), BENCH_ONLY (sections).
+# Takes about 7 minutes on 2 cores after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,15 @@ if ! command -v wrk >/dev/null || ! command -v taskset >/dev/null; then
   fi
 fi
 command -v python3 >/dev/null || { echo "bench/run.sh: python3 is required" >&2; exit 2; }
+if ! command -v redis-server >/dev/null; then
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "bench/run.sh: please install redis-server (Debian: apt-get install redis-server)" >&2
+    exit 2
+  fi
+fi
 
 cargo build --release --locked --bin checkout-gateway
 # 1,000 concurrent connections need more than the usual 1,024 descriptors on both ends.

@@ -325,3 +325,31 @@ async fn an_entry_written_in_another_format_is_ignored_not_misread() {
     let rewritten: String = redis::cmd("GET").arg(&keys[0]).query_async(&mut connection).await.unwrap();
     assert_eq!(serde_json::from_str::<Value>(&rewritten).unwrap()["v"], 1, "and wrote its own version");
 }
+
+#[tokio::test]
+async fn a_stuck_lock_delays_a_cold_lookup_a_bounded_while_then_it_asks_itself() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
+    upstream(&dodo, "cks_stuck", Some("succeeded"), Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 1, &[]).await;
+    // The account's scope, read from the key of a session it stored.
+    group[0].status(&http, "cks_seen").await;
+    let mut connection = redis.connection().await;
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg("checkout-gateway:session:*").query_async(&mut connection).await.unwrap();
+    let scope = keys[0].strip_prefix("checkout-gateway:session:").unwrap().strip_suffix(":cks_seen").unwrap();
+    // A replica that died holding the lock: it would expire in a minute.
+    let _: () = redis::cmd("SET")
+        .arg(format!("checkout-gateway:lock:{scope}:cks_stuck"))
+        .arg("a-replica-that-died")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(group[0].status(&http, "cks_stuck").await, "COMPLETED");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(calls(&dodo, "cks_stuck").await, 1);
+}
