@@ -489,7 +489,7 @@ impl SessionCache {
         let now = Instant::now();
         if entry.expires_at > now {
             if let Some(value) = encode(&entry) {
-                shared.put(&key.0, &key.1, &value, entry.kept_until.saturating_duration_since(now)).await;
+                shared.put(&key.0, &key.1, &value, to_unix_ms(entry.kept_until)).await;
             }
         }
         if locked == Some(true) {

@@ -222,13 +222,16 @@ impl Shared {
         self.run("get", async move { redis.get::<_, Option<Vec<u8>>>(key).await }).await.flatten()
     }
 
-    /// Stores an answer until `keep_for` from now.
-    pub async fn put(&self, scope: &str, id: &str, value: &[u8], keep_for: Duration) {
+    /// Stores an answer until `until` (Unix milliseconds: an absolute expiry, the same for
+    /// every replica).
+    pub async fn put(&self, scope: &str, id: &str, value: &[u8], until: i64) {
         let key = self.key("session", scope, id);
         let mut redis = self.manager.clone();
-        let millis = u64::try_from(keep_for.as_millis()).unwrap_or(u64::MAX).max(1);
         let value = value.to_vec();
-        self.run("set", async move { redis.pset_ex::<_, _, ()>(key, value, millis).await }).await;
+        self.run("set", async move {
+            redis::cmd("SET").arg(key).arg(value).arg("PXAT").arg(until).query_async::<()>(&mut redis).await
+        })
+        .await;
     }
 
     /// Forgets the stored answer (a webhook said it changed); `true` when there was one.
