@@ -48,6 +48,8 @@ class Gateway:
         env = dict(os.environ)
         env.update({
             "GATEWAY_LISTEN": "127.0.0.1:0",
+            # The sections without --demo: the benchmark measures the gateway, not access.
+            "GATEWAY_AUTH": "none",
             "LOG_FORMAT": "json",
             "RUST_LOG": "warn,checkout_gateway=info,checkout_gateway::providers=warn,checkout_gateway::server=warn",
             "GATEWAY_DEMO_LATENCY": f"{latency_ms}ms",

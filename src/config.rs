@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::access::{AccessConfig, ApiKey, AuthMode, JwtConfig, Rights};
 use crate::cache::CachePolicy;
 pub use crate::domain::Secret;
 use crate::providers::guard::RateLimit;
@@ -235,6 +236,53 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", value_name = "DURATION")]
     pub redis_timeout: Option<String>,
 
+    /// How clients authenticate: `none`, `api-key` (keys in `[clients.NAME]` tables of the
+    /// config file) or `jwt` (the GATEWAY_JWT_* settings). Required, `none` included, except
+    /// with --demo [default: none with --demo; otherwise no default].
+    #[arg(long, env = "GATEWAY_AUTH", value_name = "MODE")]
+    pub auth: Option<String>,
+
+    /// With `jwt`: the issuer's JWKS URL, fetched at startup and again for an unknown `kid`
+    /// (at most every 10 s) [default: none].
+    #[arg(long, env = "GATEWAY_JWT_JWKS_URL", value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// With `jwt`: the `iss` tokens must carry [default: none].
+    #[arg(long, env = "GATEWAY_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// With `jwt`: the `aud` tokens must carry [default: none].
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// With `jwt`: the signing algorithms accepted, comma-separated [default: RS256,ES256].
+    #[arg(long, env = "GATEWAY_JWT_ALGORITHMS", value_name = "LIST")]
+    pub jwt_algorithms: Option<String>,
+
+    /// With `jwt`: clock skew allowed on `exp` and `nbf` [default: 60s].
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY", value_name = "DURATION")]
+    pub jwt_leeway: Option<String>,
+
+    /// With `jwt`: the claim listing the accounts a token may read (account names,
+    /// `provider:<slug>`, or `*`) [default: checkout_accounts].
+    #[arg(long, env = "GATEWAY_JWT_RIGHTS_CLAIM", value_name = "CLAIM")]
+    pub jwt_rights_claim: Option<String>,
+
+    /// The secret a router sends in `Router-Authorization`; a request carrying it is the
+    /// router's (every account) [default: none: no router is admitted by secret].
+    #[arg(long, env = "GATEWAY_ROUTER_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub router_secret: Option<Secret>,
+
+    /// The next router secret, also accepted while the router's is rotated [default: none].
+    #[arg(long, env = "GATEWAY_ROUTER_SECRET_NEXT", value_name = "SECRET", hide_env_values = true)]
+    pub router_secret_next: Option<Secret>,
+
+    /// `true`: a request with the router's secret is authenticated by the client credentials
+    /// the router forwards in `Authorization` (their rights apply), not as the router
+    /// [default: false].
+    #[arg(long, env = "GATEWAY_ROUTER_TRUST_IDENTITY", value_name = "BOOL")]
+    pub router_trust_identity: Option<String>,
+
     /// With --demo: latency the sandbox providers add to every answer, e.g. `20ms` [default: 0s].
     #[arg(long, env = "GATEWAY_DEMO_LATENCY", value_name = "DURATION")]
     pub demo_latency: Option<String>,
@@ -292,6 +340,16 @@ impl Settings {
             redis_url,
             redis_prefix,
             redis_timeout,
+            auth,
+            jwt_jwks_url,
+            jwt_issuer,
+            jwt_audience,
+            jwt_algorithms,
+            jwt_leeway,
+            jwt_rights_claim,
+            router_secret,
+            router_secret_next,
+            router_trust_identity,
             demo_latency,
             demo_step,
         )
@@ -381,7 +439,20 @@ pub struct Sources {
     pub legacy: BTreeMap<String, LegacyAccount>,
     /// By account name.
     pub accounts: BTreeMap<String, AccountTable>,
+    /// API-key clients, by name.
+    pub clients: BTreeMap<String, ClientTable>,
     pub demo: bool,
+}
+
+/// One `[clients.NAME]` table: an API key's hash and what it may read.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTable {
+    /// SHA-256 of the key, hex (`printf %s "$KEY" | sha256sum`): the key itself is never
+    /// written anywhere.
+    pub key_sha256: String,
+    /// Account names, `provider:<slug>`, or `["*"]` for all.
+    pub accounts: Vec<String>,
 }
 
 impl Sources {
@@ -394,6 +465,18 @@ impl Sources {
             .map_err(|e| ConfigError::File(format!("{} is not valid TOML: {e}", path.display())))?;
         let at = format!("{}: ", path.display());
         let mut sources = Sources::default();
+        if let Some(clients) = table.remove("clients") {
+            let toml::Value::Table(clients) = clients else {
+                return Err(ConfigError::File(format!(
+                    "{at}`clients` must be a table of [clients.NAME] tables"
+                )));
+            };
+            for (name, client) in clients {
+                let client: ClientTable =
+                    client.try_into().map_err(|e| ConfigError::File(format!("{at}clients.{name}: {e}")))?;
+                sources.clients.insert(name, client);
+            }
+        }
         if let Some(accounts) = table.remove("accounts") {
             let toml::Value::Table(accounts) = accounts else {
                 return Err(ConfigError::File(format!(
@@ -444,10 +527,13 @@ impl Sources {
         }
         let mut accounts = other.accounts;
         accounts.extend(self.accounts);
+        let mut clients = other.clients;
+        clients.extend(self.clients);
         Sources {
             settings: self.settings.or(other.settings),
             legacy,
             accounts,
+            clients,
             demo: self.demo || other.demo,
         }
     }
@@ -531,8 +617,13 @@ fn from_matches(matches: &ArgMatches) -> Result<(Cli, Sources), clap::Error> {
             legacy.insert(kind.slug.to_owned(), given);
         }
     }
-    let sources =
-        Sources { settings: cli.settings.clone(), legacy, accounts: BTreeMap::new(), demo: cli.demo };
+    let sources = Sources {
+        settings: cli.settings.clone(),
+        legacy,
+        accounts: BTreeMap::new(),
+        clients: BTreeMap::new(),
+        demo: cli.demo,
+    };
     Ok((cli, sources))
 }
 
@@ -583,6 +674,8 @@ pub struct Config {
     pub subscription_ping_interval: Duration,
     /// The shared tier; `None`: each replica works alone.
     pub redis: Option<SharedConfig>,
+    /// Who may ask; `None`: not chosen (allowed only with `--demo`, where it means none).
+    pub access: Option<AccessConfig>,
     /// Serve against the built-in sandbox providers instead of the configured ones.
     pub demo: bool,
     pub demo_latency: Duration,
@@ -614,7 +707,7 @@ impl Config {
 
     /// Parses and checks every setting and account, falling back to the defaults.
     pub fn resolve_sources(sources: Sources) -> Result<Config, ConfigError> {
-        let Sources { settings, legacy, accounts, demo } = sources;
+        let Sources { settings, legacy, accounts, clients, demo } = sources;
         let names = SettingNames::new();
         let duration = |id: &str, value: &Option<String>, default: &str| {
             parse_duration(value.as_deref().unwrap_or(default)).map_err(|reason| names.invalid(id, reason))
@@ -772,6 +865,7 @@ impl Config {
                     })
                 }
             },
+            access: resolve_access(&settings, &clients, &names, &boolean)?,
             demo,
             demo_latency: duration("demo_latency", &settings.demo_latency, "0s")?,
             demo_step: positive_duration("demo_step", &settings.demo_step, "20s")?,
@@ -795,6 +889,104 @@ impl Config {
             shared_quota: None,
         }
     }
+}
+
+/// Who may ask: `None` when GATEWAY_AUTH is not given (the application refuses to start
+/// without `--demo`).
+fn resolve_access(
+    settings: &Settings,
+    clients: &BTreeMap<String, ClientTable>,
+    names: &SettingNames,
+    boolean: &dyn Fn(&str, &Option<String>, bool) -> Result<bool, ConfigError>,
+) -> Result<Option<AccessConfig>, ConfigError> {
+    let Some(mode) = settings.auth.as_deref() else {
+        if !clients.is_empty() {
+            return Err(
+                names.invalid("auth", "[clients.NAME] tables are given: set GATEWAY_AUTH=api-key".into())
+            );
+        }
+        return Ok(None);
+    };
+    let mode = AuthMode::parse(mode).map_err(|reason| names.invalid("auth", reason))?;
+    let mut api_keys = Vec::new();
+    for (name, client) in clients {
+        let hash = client.key_sha256.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError::Invalid {
+                setting: format!("clients.{name}.key_sha256 in the config file"),
+                reason: "is not a SHA-256 as 64 hex digits (printf %s \"$KEY\" | sha256sum)".into(),
+            });
+        }
+        api_keys.push(ApiKey {
+            name: name.clone(),
+            sha256: hash,
+            rights: Rights::from_list(&client.accounts),
+        });
+    }
+    if mode == AuthMode::ApiKey && api_keys.is_empty() {
+        return Err(names
+            .invalid("auth", "`api-key` needs at least one [clients.NAME] table in the config file".into()));
+    }
+    let jwt = if mode == AuthMode::Jwt {
+        let required = |id: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| names.invalid(id, "is required with GATEWAY_AUTH=jwt".into()))
+        };
+        let algorithms = settings
+            .jwt_algorithms
+            .as_deref()
+            .unwrap_or("RS256,ES256")
+            .split(',')
+            .map(|name| name.trim().parse::<jsonwebtoken::Algorithm>().map_err(|_| name.trim().to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|bad| {
+                names.invalid("jwt_algorithms", format!("`{bad}` is not a JWT algorithm (RS256, ES256, …)"))
+            })?;
+        if algorithms.iter().any(|a| {
+            matches!(
+                a,
+                jsonwebtoken::Algorithm::HS256
+                    | jsonwebtoken::Algorithm::HS384
+                    | jsonwebtoken::Algorithm::HS512
+            )
+        }) {
+            return Err(names.invalid(
+                "jwt_algorithms",
+                "shared-secret (HS*) algorithms cannot be verified with a JWKS".into(),
+            ));
+        }
+        let leeway = parse_duration(settings.jwt_leeway.as_deref().unwrap_or("60s"))
+            .map_err(|reason| names.invalid("jwt_leeway", reason))?;
+        let jwks_url = required("jwt_jwks_url", &settings.jwt_jwks_url)?;
+        check_base_url(&jwks_url).map_err(|reason| names.invalid("jwt_jwks_url", reason))?;
+        Some(JwtConfig {
+            jwks_url,
+            issuer: required("jwt_issuer", &settings.jwt_issuer)?,
+            audience: required("jwt_audience", &settings.jwt_audience)?,
+            algorithms,
+            leeway,
+            rights_claim: settings.jwt_rights_claim.clone().unwrap_or_else(|| "checkout_accounts".into()),
+        })
+    } else {
+        None
+    };
+    let router_secrets: Vec<Secret> = [&settings.router_secret, &settings.router_secret_next]
+        .into_iter()
+        .flatten()
+        .filter(|secret| !secret.expose().trim().is_empty())
+        .map(|secret| Secret::new(secret.expose().trim()))
+        .collect();
+    Ok(Some(AccessConfig {
+        mode,
+        api_keys,
+        jwt,
+        router_secrets,
+        trust_router_identity: boolean("router_trust_identity", &settings.router_trust_identity, false)?,
+    }))
 }
 
 /// Account names are metrics labels and GraphQL arguments: short and plain.

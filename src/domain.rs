@@ -154,6 +154,7 @@ pub enum ErrorCode {
     InvalidId,
     ProviderUnavailable,
     UnknownAccount,
+    AccessDenied,
 }
 
 /// Why a provider could not give an answer (described in `graphql::types`, which mirrors it).
@@ -183,6 +184,9 @@ pub enum FetchError {
     /// The name the client gave (cut to 64 characters): not a secret, and useful to see.
     #[error("the account {0:?} is not configured for this lookup")]
     UnknownAccount(Arc<str>),
+    /// The client's rights do not include this account: decided before any provider call.
+    #[error("this client may not read sessions of the account {0:?}")]
+    AccessDenied(Arc<str>),
     #[error("{}", unavailable_message(*reason, *upstream_status, *retry_after_seconds))]
     Unavailable {
         reason: UnavailableReason,
@@ -244,6 +248,7 @@ impl FetchError {
             FetchError::NotFound => ErrorCode::NotFound,
             FetchError::InvalidId(_) => ErrorCode::InvalidId,
             FetchError::UnknownAccount(_) => ErrorCode::UnknownAccount,
+            FetchError::AccessDenied(_) => ErrorCode::AccessDenied,
             FetchError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
         }
     }

@@ -11,6 +11,7 @@
 //! - [`webhooks`]: `POST /webhooks/{provider}`: verified, de-duplicated, routed to an account,
 //!   acted on after the answer.
 //! - [`response_cache`]: whole answers replayed while everything in them may be reused.
+//! - [`access`]: who may ask (none, API keys, JWT; the router's secret) and which accounts.
 //! - [`graphql`]: the schema and thin resolvers; answers become members of a result union,
 //!   errors are data with a stable code.
 //! - [`service`]: picks the account, answers batches in order with each session asked once.
@@ -31,6 +32,7 @@
 //!   ids; the outbound HTTP client.
 //! - [`domain`]: the provider-independent session and error types: no provider, no GraphQL.
 
+pub mod access;
 pub mod cache;
 pub mod config;
 pub mod domain;

@@ -21,6 +21,8 @@ pub struct StoredResponse {
     pub expires_at: Instant,
     /// The operation's name, for metrics on replay.
     pub operation: String,
+    /// Sessions the answer holds, for the access log on replay.
+    pub sessions: usize,
 }
 
 struct UntilExpiry;
@@ -68,10 +70,10 @@ impl ResponseCache {
     }
 
     /// Keeps `body` until `until` (nothing is kept for less than a second: not worth it).
-    pub fn insert(&self, key: Bytes, body: Bytes, until: Instant, operation: String) {
+    pub fn insert(&self, key: Bytes, body: Bytes, until: Instant, operation: String, sessions: usize) {
         if let Some(cache) = &self.0 {
             if until.saturating_duration_since(Instant::now()) >= Duration::from_secs(1) {
-                let stored = StoredResponse { body, expires_at: until, operation };
+                let stored = StoredResponse { body, expires_at: until, operation, sessions };
                 cache.insert(key, Arc::new(stored));
             }
         }

@@ -31,6 +31,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::access::{Access, AccessConfig, AuthMode, Client, Denied};
 use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::domain::Secret;
@@ -87,6 +88,8 @@ struct AppState {
     /// Subscriptions over WebSocket and Server-Sent Events.
     streams: Streams,
     webhooks: Arc<Webhooks>,
+    /// Who may ask.
+    access: Arc<Access>,
 }
 
 /// A gateway bound to its port, ready to run.
@@ -161,6 +164,23 @@ impl Application {
         let ready = Arc::new(AtomicBool::new(false));
         let shape_limits =
             ShapeLimits { max_aliases: config.max_aliases, max_root_fields: config.max_root_fields };
+        let access = match config.access.clone() {
+            Some(access) => access,
+            None if config.demo => AccessConfig::open(),
+            None => anyhow::bail!(
+                "choose how clients authenticate: GATEWAY_AUTH=api-key (keys in [clients.NAME] tables), \
+                 GATEWAY_AUTH=jwt (GATEWAY_JWT_JWKS_URL, _ISSUER, _AUDIENCE), or GATEWAY_AUTH=none to let \
+                 anyone who reaches the port read every account (see the README's Security section)"
+            ),
+        };
+        if access.mode == AuthMode::None && !config.demo {
+            tracing::warn!("GATEWAY_AUTH=none: anyone who reaches this port reads every account");
+        }
+        let access = Arc::new(Access::new(access, http.clone()));
+        if access.mode() == AuthMode::Jwt {
+            let access = access.clone();
+            tokio::spawn(async move { access.refresh_jwks().await });
+        }
         let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
         let streams = Streams::new(
             Guarded::new(schema.clone(), shape_limits),
@@ -170,6 +190,7 @@ impl Application {
                 ping: config.subscription_ping_interval,
             },
             phases,
+            access.clone(),
             metrics.clone(),
         );
         let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, responses.clone(), metrics.clone()));
@@ -190,6 +211,7 @@ impl Application {
             operations: Arc::new(OperationLabels::new(OPERATION_LABELS_MAX)),
             streams,
             webhooks,
+            access,
         });
         Ok(Self { listener, router, ready, config, accounts, credentials, phase })
     }
@@ -493,6 +515,10 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
     if is_simple_content_type(&content_type) && !is_preflighted(&parts.headers) {
         return graphql_error(StatusCode::BAD_REQUEST, CSRF_REFUSAL);
     }
+    let client = match state.access.authenticate(&parts.headers).await {
+        Ok(client) => client,
+        Err(denied) => return unauthorized(denied),
+    };
     let declared = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -519,17 +545,18 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         );
     }
     let sse = streams::wants_sse(&parts.headers);
+    let key = replay_key(&client, bytes.clone());
     if !sse {
-        if let Some(stored) = state.responses.get(&bytes) {
-            return replay(&state, &stored, media);
+        if let Some(stored) = state.responses.get(&key) {
+            return replay(&state, &stored, media, &client);
         }
     }
     match serde_json::from_slice::<async_graphql::Request>(&bytes) {
         Ok(request) if request.query.trim().is_empty() => {
             graphql_error(StatusCode::BAD_REQUEST, "the body has no `query`")
         }
-        Ok(request) if sse => state.streams.sse(request),
-        Ok(request) => execute(&state, request, Some(bytes), media).await,
+        Ok(request) if sse => state.streams.sse(request.data(client)),
+        Ok(request) => execute(&state, request, Some(key), media, client).await,
         Err(error) => graphql_error(
             StatusCode::BAD_REQUEST,
             &format!(
@@ -578,18 +605,22 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     if !is_preflighted(request.headers()) {
         return graphql_error(StatusCode::BAD_REQUEST, CSRF_REFUSAL);
     }
+    let client = match state.access.authenticate(request.headers()).await {
+        Ok(client) => client,
+        Err(denied) => return unauthorized(denied),
+    };
     if sse {
         return match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
-            Ok(request) => state.streams.sse(request.into_inner()),
+            Ok(request) => state.streams.sse(request.into_inner().data(client)),
             Err(_) => graphql_error(StatusCode::BAD_REQUEST, URL_REFUSAL),
         };
     }
-    let key = request.uri().query().map(|query| Bytes::from(format!("GET?{query}")));
+    let key = request.uri().query().map(|query| replay_key(&client, Bytes::from(format!("GET?{query}"))));
     if let Some(stored) = key.as_deref().and_then(|key| state.responses.get(key)) {
-        return replay(&state, &stored, media);
+        return replay(&state, &stored, media, &client);
     }
     match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
-        Ok(request) => execute(&state, request.into_inner(), key, media).await,
+        Ok(request) => execute(&state, request.into_inner(), key, media, client).await,
         Err(_) => graphql_error(StatusCode::BAD_REQUEST, URL_REFUSAL),
     }
 }
@@ -602,8 +633,15 @@ async fn websocket(State(state): State<AppState>, request: Request) -> Response 
     let (mut parts, _) = request.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
     let protocol = GraphQLProtocol::from_request_parts(&mut parts, &state).await;
+    // Credentials in the upgrade's headers (routers, servers), or else in the protocol's
+    // `connection_init` payload (browsers cannot set headers on a WebSocket).
+    let client = match state.access.authenticate(&parts.headers).await {
+        Ok(client) => Some(client),
+        Err(Denied::Missing) => None,
+        Err(denied) => return unauthorized(denied),
+    };
     match (upgrade, protocol) {
-        (Ok(upgrade), Ok(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol),
+        (Ok(upgrade), Ok(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol, client),
         _ => graphql_error(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade with the `graphql-transport-ws` (or `graphql-ws`) subprotocol is expected here",
@@ -634,6 +672,7 @@ async fn execute(
     mut request: async_graphql::Request,
     cache_key: Option<Bytes>,
     media: MediaType,
+    client: Client,
 ) -> Response {
     let prepared = state.documents.prepare(&mut request);
     let validated = prepared.validated();
@@ -647,7 +686,7 @@ async fn execute(
     }
     let operation = state.operations.label(&mut request);
     let scope = RequestScope::default();
-    let request = request.data(scope.clone());
+    let request = request.data(scope.clone()).data(client.clone());
     let schema = if validated { &state.fast_schema } else { &state.schema };
     let response = schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
@@ -671,9 +710,11 @@ async fn execute(
             return graphql_error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be serialised");
         }
     };
+    let sessions = scope.sessions();
+    log_access(&client, &operation, sessions);
     if let (Some(key), Some(until)) = (cache_key, reusable_until) {
         // Own the key exactly: the request's bytes may be a view of a larger read buffer.
-        state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), until, operation);
+        state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), until, operation, sessions);
     }
     let mut response = graphql_response(body, reusable_until, media);
     if not_run {
@@ -682,10 +723,37 @@ async fn execute(
     response
 }
 
-fn replay(state: &AppState, stored: &StoredResponse, media: MediaType) -> Response {
+fn replay(state: &AppState, stored: &StoredResponse, media: MediaType, client: &Client) -> Response {
     state.metrics.response_cache_hits.inc();
+    log_access(client, &stored.operation, stored.sessions);
     state.metrics.graphql_operations.with_label_values(&[stored.operation.as_str(), "ok"]).inc();
     graphql_response(stored.body.clone(), Some(stored.expires_at), media)
+}
+
+/// The access trail for personal data: who (never a secret), which operation, how many
+/// sessions. Its own target, so it can be routed or silenced apart from the rest.
+fn log_access(client: &Client, operation: &str, sessions: usize) {
+    tracing::info!(target: "checkout_gateway::access", client = %client.name, operation, sessions, "access");
+}
+
+/// Replayed answers are keyed by the request and the rights it was answered with, so a client
+/// never receives an answer assembled for other rights.
+fn replay_key(client: &Client, request: Bytes) -> Bytes {
+    let rights = client.rights.fingerprint();
+    if rights.is_empty() {
+        return request;
+    }
+    let mut key = Vec::with_capacity(rights.len() + request.len());
+    key.extend_from_slice(rights.as_bytes());
+    key.extend_from_slice(&request);
+    Bytes::from(key)
+}
+
+/// 401 with a GraphQL error body; never stored.
+fn unauthorized(denied: Denied) -> Response {
+    let mut response = graphql_error(StatusCode::UNAUTHORIZED, &denied.message());
+    response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 fn graphql_response(body: Bytes, reusable_until: Option<Instant>, media: MediaType) -> Response {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use futures::StreamExt;
 
+use crate::access::Rights;
 use crate::cache::{Lookup, Message, SessionCache};
 use crate::domain::{CheckoutSession, FetchError};
 use crate::live::{same_answer, Abandoned};
@@ -92,10 +93,14 @@ impl SessionService {
 
     /// Answers in input order; a ref repeated in `refs` (the same account and id) is looked up
     /// once. Lookups run concurrently; each account bounds its own upstream concurrency.
-    pub async fn get_many(&self, refs: &[SessionRef<'_>]) -> Vec<Lookup> {
+    /// `rights`: what the asking client may read; a ref outside them is `ACCESS_DENIED`
+    /// without a call.
+    pub async fn get_many(&self, refs: &[SessionRef<'_>], rights: &Rights) -> Vec<Lookup> {
         // Resolved first, so that naming the default account and naming none are one key.
-        let resolved: Vec<Result<&Arc<Account>, FetchError>> =
-            refs.iter().map(|&(provider, account, _)| self.account(provider, account)).collect();
+        let resolved: Vec<Result<&Arc<Account>, FetchError>> = refs
+            .iter()
+            .map(|&(provider, account, _)| permitted(rights, self.account(provider, account)))
+            .collect();
         // Account names are unique.
         let mut slot_of: HashMap<(&str, &str), usize> = HashMap::with_capacity(refs.len());
         let mut distinct: Vec<(&Arc<Account>, &str)> = Vec::with_capacity(refs.len());
@@ -127,6 +132,20 @@ impl SessionService {
 
     pub fn cache(&self) -> &SessionCache {
         &self.cache
+    }
+}
+
+/// `account`, if `rights` include it: the one place a client's rights are applied, before
+/// any lookup.
+pub fn permitted<'a>(
+    rights: &Rights,
+    account: Result<&'a Arc<Account>, FetchError>,
+) -> Result<&'a Arc<Account>, FetchError> {
+    let account = account?;
+    if rights.allows(account) {
+        Ok(account)
+    } else {
+        Err(FetchError::AccessDenied(account.name().clone()))
     }
 }
 

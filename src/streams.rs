@@ -25,6 +25,7 @@ use futures::{SinkExt, StreamExt};
 use prometheus::IntGauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::access::{Access, Client};
 use crate::edge::Phase;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
@@ -103,6 +104,7 @@ pub struct Streams {
     per_connection: usize,
     ping: Duration,
     phase: watch::Receiver<Phase>,
+    access: Arc<Access>,
     metrics: Arc<Metrics>,
 }
 
@@ -119,6 +121,7 @@ impl Streams {
         executor: Guarded,
         limits: StreamLimits,
         phase: watch::Receiver<Phase>,
+        access: Arc<Access>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -128,6 +131,7 @@ impl Streams {
             per_connection: limits.per_connection,
             ping: limits.ping,
             phase,
+            access,
             metrics,
         }
     }
@@ -167,6 +171,7 @@ impl Streams {
         headers: &HeaderMap,
         upgrade: WebSocketUpgrade,
         protocol: GraphQLProtocol,
+        client: Option<Client>,
     ) -> Response {
         if !same_origin(headers) {
             return graphql_error(
@@ -176,6 +181,7 @@ impl Streams {
         }
         let Some(slot) = self.open("websocket") else { return self.full() };
         let (executor, per_connection, ping) = (self.executor.clone(), self.per_connection, self.ping);
+        let access = self.access.clone();
         let closing = self.closing();
         upgrade
             .protocols(ALL_WEBSOCKET_PROTOCOLS)
@@ -185,9 +191,17 @@ impl Streams {
                 // The protocol writes into a channel; one loop writes it and the pings out.
                 let (outgoing, mut queued) = futures::channel::mpsc::channel::<Message>(32);
                 let serve = GraphQLWebSocket::new_with_pair(outgoing, incoming, executor, protocol)
-                    .on_connection_init(move |_| async move {
+                    .on_connection_init(move |payload| async move {
+                        let client = match client {
+                            Some(client) => client,
+                            // Not in the upgrade's headers: in the payload, as browsers send it.
+                            None => access.client(payload_bearer(&payload)).await.map_err(|denied| {
+                                async_graphql::Error::new(denied.message())
+                            })?,
+                        };
                         let mut data = Data::default();
                         data.insert(SubscriptionBudget::new(per_connection));
+                        data.insert(client);
                         Ok(data)
                     })
                     .serve();
@@ -251,6 +265,17 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.gauge.dec();
     }
+}
+
+/// The bearer credential of a `connection_init` payload: `{"Authorization": "Bearer …"}`
+/// (either case), or the same inside `headers`, as GraphiQL and graphql-ws clients send it.
+fn payload_bearer(payload: &serde_json::Value) -> Option<&str> {
+    fn field(object: &serde_json::Value) -> Option<&str> {
+        ["Authorization", "authorization"].iter().find_map(|name| object.get(*name)?.as_str())
+    }
+    let value = field(payload).or_else(|| payload.get("headers").and_then(field))?;
+    let (scheme, credential) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim())
 }
 
 /// No `Origin` (not a browser), or one naming the host the request was sent to.

@@ -17,9 +17,10 @@ use async_graphql::{
 };
 use futures::{Stream, StreamExt};
 
+use crate::access::{Client, Rights};
 use crate::cache::Lookup;
 use crate::providers::ProviderKind;
-use crate::service::{SessionRef, SessionService};
+use crate::service::{permitted, SessionRef, SessionService};
 use crate::view::{self, ProviderName};
 
 pub mod limits;
@@ -170,6 +171,11 @@ impl RequestScope {
         self.0.entities.fetch_add(1, Ordering::Relaxed) < max
     }
 
+    /// Sessions this request has read (lookups and entities), for the access log.
+    pub fn sessions(&self) -> usize {
+        self.0.lookups.load(Ordering::Relaxed) + self.0.entities.load(Ordering::Relaxed)
+    }
+
     /// Adds `lookups` to the sessions asked for; returns the total so far.
     fn ask(&self, lookups: usize) -> usize {
         self.0.lookups.fetch_add(lookups, Ordering::Relaxed) + lookups
@@ -256,6 +262,16 @@ pub(crate) fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
     ctx.data_unchecked::<Gateway>()
 }
 
+/// What the request's client may read. A request without a client (none was put in its
+/// data) may read nothing: every path in must say who is asking.
+fn rights<'a>(ctx: &Context<'a>) -> &'a Rights {
+    static NOTHING: std::sync::OnceLock<Rights> = std::sync::OnceLock::new();
+    match ctx.data_opt::<Client>() {
+        Some(client) => &client.rights,
+        None => NOTHING.get_or_init(|| Rights::from_list::<&str>(&[])),
+    }
+}
+
 /// Counts `lookups` against the request's limit, or refuses with `BATCH_TOO_LARGE`.
 fn spend(ctx: &Context<'_>, lookups: usize) -> async_graphql::Result<()> {
     let max = gateway(ctx).batch_max;
@@ -301,7 +317,9 @@ impl Query {
         account: Option<String>,
     ) -> async_graphql::Result<CheckoutSessionResult> {
         spend(ctx, 1)?;
-        let lookup = gateway(ctx).service.get(provider.as_str(), account.as_deref(), &id).await;
+        let service = &gateway(ctx).service;
+        let account = permitted(rights(ctx), service.account(provider.as_str(), account.as_deref()));
+        let lookup = service.lookup(account, &id).await;
         observe(ctx, &lookup);
         Ok(CheckoutSessionResult::from_lookup(&provider, lookup))
     }
@@ -319,7 +337,7 @@ impl Query {
         let gateway = gateway(ctx);
         let keys: Vec<SessionRef<'_>> =
             refs.iter().map(|r| (r.provider.as_str(), r.account.as_deref(), r.id.as_str())).collect();
-        let lookups = gateway.service.get_many(&keys).await;
+        let lookups = gateway.service.get_many(&keys, rights(ctx)).await;
         Ok(refs
             .iter()
             .zip(lookups)
@@ -410,7 +428,8 @@ impl Subscription {
             None => None,
         };
         let service = &gateway(ctx).service;
-        let updates = service.watch(service.account(provider.as_str(), account.as_deref()), &id);
+        let account = permitted(rights(ctx), service.account(provider.as_str(), account.as_deref()));
+        let updates = service.watch(account, &id);
         Ok(updates.map(move |lookup| {
             // Held as long as the subscription runs.
             let _held = &permit;
@@ -442,6 +461,7 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
         Some(provider) => service.account(provider.as_str(), key.account),
         None => service.account_named(key.account.unwrap_or_default()),
     };
+    let account = permitted(rights(ctx), account);
     // The provider of the account that answers; none for a representation naming no account
     // or provider of ours (a name the client made up is not echoed back as a provider).
     let provider = account.as_ref().ok().map(|account| ProviderName::new(account.kind().name));

@@ -47,6 +47,9 @@ pub enum ErrorCode {
     ProviderUnavailable,
     /// The request named an account that is not configured for the provider.
     UnknownAccount,
+    /// The client's rights do not include the account (the gateway's own decision, not the
+    /// provider's `FORBIDDEN`).
+    AccessDenied,
 }
 
 /// Why a provider could not give an answer.
@@ -244,6 +247,18 @@ error_type!(
     }
 );
 
+error_type!(
+    AccessDeniedError,
+    "This client may not read sessions of the account; decided by the gateway before any provider call.",
+    /// The account the session would be read with.
+    async fn account(&self) -> Option<&str> {
+        match &self.0.error {
+            FetchError::AccessDenied(name) => Some(name),
+            _ => None,
+        }
+    }
+);
+
 /// What every error answer has.
 #[derive(Interface, Debug)]
 #[graphql(
@@ -258,6 +273,7 @@ pub enum CheckoutError {
     InvalidId(InvalidIdError),
     ProviderUnavailable(ProviderUnavailableError),
     UnknownAccount(UnknownAccountError),
+    AccessDenied(AccessDeniedError),
 }
 
 /// A session, or the reason there is none. Switch on `__typename`.
@@ -270,6 +286,7 @@ pub enum CheckoutSessionResult {
     InvalidIdError(InvalidIdError),
     ProviderUnavailableError(ProviderUnavailableError),
     UnknownAccountError(UnknownAccountError),
+    AccessDeniedError(AccessDeniedError),
 }
 
 impl CheckoutSessionResult {
@@ -290,6 +307,7 @@ impl CheckoutSessionResult {
                     domain::ErrorCode::UnknownAccount => {
                         Self::UnknownAccountError(UnknownAccountError(failure))
                     }
+                    domain::ErrorCode::AccessDenied => Self::AccessDeniedError(AccessDeniedError(failure)),
                 }
             }
         }

@@ -672,6 +672,7 @@ async fn from_the_first_moment_of_shutdown_http2_connections_get_goaway() {
     let config = checkout_gateway::config::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         shutdown_delay: Duration::from_secs(3),
+        access: Some(checkout_gateway::access::AccessConfig::open()),
         ..checkout_gateway::config::Config::default()
     };
     let app = checkout_gateway::server::Application::build(config).await.unwrap();

@@ -56,6 +56,8 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
         // retries have their own tests.
         upstream_retries: 0,
         shutdown_delay: Duration::ZERO,
+        // Access has its own tests; the others ask as a client that may read everything.
+        access: Some(checkout_gateway::access::AccessConfig::open()),
         ..Config::default()
     };
     tweak(&mut config);

@@ -123,13 +123,22 @@ impl Socket {
     }
 
     pub async fn open_at(addr: std::net::SocketAddr, route: &str, protocol: &str) -> Socket {
+        Self::connect(addr, route, protocol, json!({})).await
+    }
+
+    /// A `graphql-transport-ws` connection whose `connection_init` carries `payload`.
+    pub async fn open_with(addr: std::net::SocketAddr, route: &str, payload: Value) -> Socket {
+        Self::connect(addr, route, "graphql-transport-ws", payload).await
+    }
+
+    async fn connect(addr: std::net::SocketAddr, route: &str, protocol: &str, payload: Value) -> Socket {
         let mut request = format!("ws://{addr}{route}").into_client_request().unwrap();
         request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
         let (stream, response) =
             tokio_tungstenite::connect_async(request).await.expect("the upgrade is accepted");
         assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
         let mut socket = Socket { stream };
-        socket.send(json!({"type": "connection_init", "payload": {}})).await;
+        socket.send(json!({"type": "connection_init", "payload": payload})).await;
         assert_eq!(socket.next().await["type"], "connection_ack");
         socket
     }

@@ -7,6 +7,7 @@
 mod hardening;
 mod helpers;
 
+mod access;
 mod accounts;
 mod cache;
 mod cli;

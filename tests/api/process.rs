@@ -35,6 +35,7 @@ impl Gateway {
         command
             .args(args)
             .env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY_AUTH", "none")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("GATEWAY_SHUTDOWN_DELAY", "0s")
@@ -264,6 +265,7 @@ async fn a_stalled_log_pipe_never_stalls_requests_and_drops_are_counted() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"))
         .arg("--demo")
         .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEWAY_AUTH", "none")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .env("GATEWAY_LOG_QUEUE_LINES", "100")

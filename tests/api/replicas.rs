@@ -98,6 +98,7 @@ impl Replica {
         command
             .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
             .env("GATEWAY_REDIS_URL", redis.url())
+            .env("GATEWAY_AUTH", "none")
             .env("DODO_PAYMENTS_API_KEY", DODO_KEY)
             .env("DODO_PAYMENTS_BASE_URL", dodo.uri())
             .env("GATEWAY_UPSTREAM_RETRIES", "0")

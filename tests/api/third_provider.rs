@@ -196,6 +196,7 @@ async fn a_provider_defined_in_the_tests_answers_through_graphql_with_its_own_de
         listen: "127.0.0.1:0".parse().unwrap(),
         accounts: vec![account(&ACME, "acme", acme.uri(), Some("acme-key"))],
         shutdown_delay: std::time::Duration::ZERO,
+        access: Some(checkout_gateway::access::AccessConfig::open()),
         ..Config::default()
     };
     let addr = start(config).await;

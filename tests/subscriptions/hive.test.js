@@ -215,6 +215,7 @@ describe('checkoutSessionUpdated through Hive Gateway', () => {
       env: {
         ...process.env,
         GATEWAY_LISTEN: `127.0.0.1:${port}`,
+        GATEWAY_AUTH: 'none',
         DODO_PAYMENTS_API_KEY: DODO_KEY,
         DODO_PAYMENTS_BASE_URL: `http://127.0.0.1:${dodo.address().port}`,
         DODO_PAYMENTS_WEBHOOK_KEY: WEBHOOK_SECRET,

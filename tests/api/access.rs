@@ -1,0 +1,305 @@
+//! Who may ask: API keys, JWTs against a JWKS, the router's secret; rights enforced before
+//! any upstream call in every entry point; replay never crossing rights.
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use checkout_gateway::access::{AccessConfig, ApiKey, AuthMode, JwtConfig, Rights};
+use checkout_gateway::config::Secret;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{mount_dodo, session_calls, spawn_app, TestApp, DHMAD_ID};
+
+const ALL_KEY: &str = "key-of-the-operations-team";
+const DODO_ONLY_KEY: &str = "key-of-the-dodo-dashboard";
+
+fn sha256(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn api_keys() -> AccessConfig {
+    AccessConfig {
+        mode: AuthMode::ApiKey,
+        api_keys: vec![
+            ApiKey { name: "ops".into(), sha256: sha256(ALL_KEY), rights: Rights::from_list(&["*"]) },
+            ApiKey {
+                name: "dodo-dashboard".into(),
+                sha256: sha256(DODO_ONLY_KEY),
+                rights: Rights::from_list(&["dodo"]),
+            },
+        ],
+        router_secrets: vec![Secret::new("router-current"), Secret::new("router-next")],
+        ..AccessConfig::open()
+    }
+}
+
+const QUERY: &str = "query($p: Provider!, $id: ID!) { checkoutSession(provider: $p, id: $id) {
+    __typename ... on CheckoutSession { status } ... on CheckoutError { code }
+    ... on AccessDeniedError { account } } }";
+
+async fn ask(app: &TestApp, credential: Option<(&str, &str)>, body: &Value) -> (u16, Value) {
+    let mut request = app.http.post(format!("http://{}/graphql", app.addr)).json(body);
+    if let Some((header, value)) = credential {
+        request = request.header(header, value);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn bearer(key: &str) -> Option<(&'static str, String)> {
+    Some(("authorization", format!("Bearer {key}")))
+}
+
+async fn as_client(app: &TestApp, key: &str, body: &Value) -> (u16, Value) {
+    let credential = bearer(key);
+    ask(app, credential.as_ref().map(|(h, v)| (*h, v.as_str())), body).await
+}
+
+#[tokio::test]
+async fn api_keys_admit_known_clients_only() {
+    let app = spawn_app(|config| config.access = Some(api_keys())).await;
+    mount_dodo(&app, "cks_a", Some("succeeded")).await;
+    let body = json!({"query": QUERY, "variables": {"p": "DODO", "id": "cks_a"}});
+    let cases: [(Option<(&str, &str)>, &str); 4] = [
+        (None, "needs credentials"),
+        (Some(("authorization", "Bearer not-a-key")), "not one this gateway knows"),
+        (Some(("authorization", "Basic b3BzOm9wcw==")), "needs credentials"),
+        (Some(("router-authorization", "router-wrong")), "Router-Authorization"),
+    ];
+    for (credential, says) in cases {
+        let (status, answer) = ask(&app, credential, &body).await;
+        assert_eq!(status, 401, "{credential:?}");
+        let message = answer["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{credential:?}: {message}");
+    }
+    assert_eq!(session_calls(&app.dodo).await, 0, "no refused request reached a provider");
+    let (status, answer) = as_client(&app, ALL_KEY, &body).await;
+    assert_eq!((status, &answer["data"]["checkoutSession"]["status"]), (200, &json!("COMPLETED")));
+    // The router, with the current secret and with the next one (rotation).
+    for secret in ["router-current", "router-next"] {
+        let (status, answer) = ask(&app, Some(("router-authorization", secret)), &body).await;
+        assert_eq!(
+            (status, &answer["data"]["checkoutSession"]["status"]),
+            (200, &json!("COMPLETED")),
+            "{secret}"
+        );
+    }
+    // Probes and metrics stay open.
+    for route in ["/livez", "/readyz", "/metrics"] {
+        let status = app.http.get(format!("http://{}{route}", app.addr)).send().await.unwrap().status();
+        assert_eq!(status, 200, "{route}");
+    }
+}
+
+#[tokio::test]
+async fn rights_are_enforced_before_any_upstream_call_everywhere() {
+    let app = spawn_app(|config| config.access = Some(api_keys())).await;
+    mount_dodo(&app, "cks_r", Some("succeeded")).await;
+    // checkoutSession
+    let denied =
+        as_client(&app, DODO_ONLY_KEY, &json!({"query": QUERY, "variables": {"p": "DHMAD", "id": DHMAD_ID}}))
+            .await;
+    assert_eq!(
+        denied.1["data"]["checkoutSession"],
+        json!({"__typename": "AccessDeniedError", "code": "ACCESS_DENIED", "account": "dhmad"})
+    );
+    // checkoutSessions: the permitted ref answers, the other is denied.
+    let batch = "query($refs: [CheckoutSessionRef!]!) { checkoutSessions(refs: $refs) { __typename ... on CheckoutSession { status } } }";
+    let refs = json!([{"provider": "DODO", "id": "cks_r"}, {"provider": "DHMAD", "id": DHMAD_ID}]);
+    let (_, answer) =
+        as_client(&app, DODO_ONLY_KEY, &json!({"query": batch, "variables": {"refs": refs}})).await;
+    assert_eq!(
+        answer["data"]["checkoutSessions"],
+        json!([{"__typename": "CheckoutSession", "status": "COMPLETED"}, {"__typename": "AccessDeniedError"}])
+    );
+    // _entities
+    let entities =
+        r#"query($r: [_Any!]!) { _entities(representations: $r) { ... on CheckoutSession { status } } }"#;
+    let representations = json!([{"__typename": "CheckoutSession", "provider": "DHMAD", "id": DHMAD_ID}]);
+    let (_, answer) =
+        as_client(&app, DODO_ONLY_KEY, &json!({"query": entities, "variables": {"r": representations}}))
+            .await;
+    assert_eq!(answer["errors"][0]["extensions"]["code"], "ACCESS_DENIED", "{answer}");
+    assert_eq!(answer["errors"][0]["path"], json!(["_entities", 0]));
+    // A subscription, authenticated in connection_init as a browser would.
+    let mut socket = crate::live::Socket::open_with(
+        app.addr,
+        "/ws",
+        json!({"Authorization": format!("Bearer {DODO_ONLY_KEY}")}),
+    )
+    .await;
+    socket.subscribe("1", "DHMAD", DHMAD_ID).await;
+    assert_eq!(socket.update().await.1, "ACCESS_DENIED");
+    let requests = app.dhmad.received_requests().await.unwrap();
+    assert!(requests.iter().all(|r| r.url.path() == "/api/v1/me"), "DHMAD was never asked for a session");
+    // A WebSocket without any credentials is closed at connection_init.
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/ws", app.addr),
+    )
+    .unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    stream
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            json!({"type": "connection_init"}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap();
+    assert!(matches!(closed, Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))), "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_replayed_answer_never_crosses_rights() {
+    let app = spawn_app(|config| config.access = Some(api_keys())).await;
+    Mock::given(path(format!("/api/v1/sessions/{DHMAD_ID}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(crate::helpers::dhmad_session(DHMAD_ID, "completed")),
+        )
+        .mount(&app.dhmad)
+        .await;
+    let body = json!({"query": QUERY, "variables": {"p": "DHMAD", "id": DHMAD_ID}});
+    let (_, all) = as_client(&app, ALL_KEY, &body).await;
+    assert_eq!(all["data"]["checkoutSession"]["status"], "COMPLETED");
+    // The same bytes from a client without DHMAD: not the answer stored for the first.
+    let (_, limited) = as_client(&app, DODO_ONLY_KEY, &body).await;
+    assert_eq!(limited["data"]["checkoutSession"]["code"], "ACCESS_DENIED");
+    // And the first client's next ask is replayed (the store is there, keyed by rights).
+    as_client(&app, ALL_KEY, &body).await;
+    assert!(app.metrics().await.contains("checkout_gateway_response_cache_hits_total 1"));
+}
+
+/// An EC P-256 key pair made by `openssl` now (no private key is kept in the repository):
+/// its PKCS#8 PEM and its public JWK with `kid`.
+fn key_pair(kid: &str) -> (Vec<u8>, Value) {
+    let generated = Command::new("sh")
+        .arg("-c")
+        .arg("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt")
+        .output()
+        .expect("openssl is installed");
+    let pem = generated.stdout;
+    let mut public = Command::new("openssl")
+        .args(["ec", "-pubout", "-outform", "DER"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    public.stdin.take().unwrap().write_all(&pem).unwrap();
+    let der = public.wait_with_output().unwrap().stdout;
+    let point = &der[der.len() - 65..];
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..]), "kid": kid, "alg": "ES256", "use": "sig"});
+    (pem, jwk)
+}
+
+fn token(pem: &[u8], kid: &str, claims: Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn jwts_are_verified_against_the_issuers_jwks() {
+    let issuer = MockServer::start().await;
+    let (pem, jwk) = key_pair("k1");
+    let (other_pem, other_jwk) = key_pair("k2");
+    Mock::given(path("/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
+        .mount(&issuer)
+        .await;
+    let jwks_url = format!("{}/.well-known/jwks.json", issuer.uri());
+    let app = spawn_app(|config| {
+        config.access = Some(AccessConfig {
+            mode: AuthMode::Jwt,
+            jwt: Some(JwtConfig {
+                jwks_url,
+                issuer: "https://auth.example.test/".into(),
+                audience: "checkout-gateway".into(),
+                algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
+                leeway: Duration::from_secs(5),
+                rights_claim: "checkout_accounts".into(),
+            }),
+            ..AccessConfig::open()
+        })
+    })
+    .await;
+    mount_dodo(&app, "cks_j", Some("succeeded")).await;
+    let body = json!({"query": QUERY, "variables": {"p": "DODO", "id": "cks_j"}});
+    let now = chrono::Utc::now().timestamp();
+    let claims = |exp: i64, iss: &str, aud: &str| json!({"sub": "dashboard-7", "iss": iss, "aud": aud, "exp": exp, "iat": now, "checkout_accounts": ["dodo"]});
+    let good = token(&pem, "k1", claims(now + 300, "https://auth.example.test/", "checkout-gateway"));
+    let (status, answer) = as_client(&app, &good, &body).await;
+    assert_eq!(
+        (status, &answer["data"]["checkoutSession"]["status"]),
+        (200, &json!("COMPLETED")),
+        "{answer}"
+    );
+    // Its claim grants Dodo only.
+    let dhmad = json!({"query": QUERY, "variables": {"p": "DHMAD", "id": DHMAD_ID}});
+    assert_eq!(as_client(&app, &good, &dhmad).await.1["data"]["checkoutSession"]["code"], "ACCESS_DENIED");
+
+    let refused = [
+        (token(&pem, "k1", claims(now - 60, "https://auth.example.test/", "checkout-gateway")), "expired"),
+        (
+            token(&pem, "k1", claims(now + 300, "https://evil.example.test/", "checkout-gateway")),
+            "wrong issuer",
+        ),
+        (token(&pem, "k1", claims(now + 300, "https://auth.example.test/", "another-api")), "wrong audience"),
+        // Signed by another key under the known kid.
+        (
+            token(&other_pem, "k1", claims(now + 300, "https://auth.example.test/", "checkout-gateway")),
+            "bad signature",
+        ),
+        ("not.a.jwt".to_owned(), "not a JWT"),
+    ];
+    for (token, why) in refused {
+        let (status, answer) = as_client(&app, &token, &body).await;
+        assert_eq!(status, 401, "{why}");
+        assert!(answer["errors"][0]["message"].as_str().unwrap().contains(why), "{why}: {answer}");
+    }
+    // An unknown kid makes the gateway fetch the JWKS again, once.
+    let jwks_fetches = || async { issuer.received_requests().await.unwrap().len() };
+    let before = jwks_fetches().await;
+    let unknown =
+        token(&other_pem, "k2", claims(now + 300, "https://auth.example.test/", "checkout-gateway"));
+    let (status, _) = as_client(&app, &unknown, &body).await;
+    assert_eq!(status, 401);
+    let after_first = jwks_fetches().await;
+    assert!(after_first <= before + 1, "at most one refresh for an unknown kid");
+    // Another unknown kid at once: no second fetch (a client inventing kids cannot make the
+    // gateway fetch per request).
+    as_client(&app, &unknown, &body).await;
+    assert_eq!(jwks_fetches().await, after_first);
+    // The issuer rotates in k2: after the refresh interval, the next unknown-kid token makes
+    // one fetch that finds it.
+    issuer.reset().await;
+    Mock::given(path("/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [other_jwk]})))
+        .mount(&issuer)
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (status, answer) = as_client(&app, &unknown, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(issuer.received_requests().await.unwrap().len(), 1, "one fetch, for the unknown kid");
+}
+
+#[test]
+fn the_gateway_refuses_to_start_until_an_auth_mode_is_chosen() {
+    let output = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"))
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env_remove("GATEWAY_AUTH")
+        .env_remove("GATEWAY_DEMO")
+        .env_remove("GATEWAY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("GATEWAY_AUTH=api-key") && text.contains("GATEWAY_AUTH=none"), "{text}");
+}
