@@ -865,7 +865,12 @@ impl Config {
                     })
                 }
             },
-            access: resolve_access(&settings, &clients, &names, &boolean)?,
+            access: resolve_access(
+                &settings,
+                &clients,
+                &names,
+                boolean("router_trust_identity", &settings.router_trust_identity, false)?,
+            )?,
             demo,
             demo_latency: duration("demo_latency", &settings.demo_latency, "0s")?,
             demo_step: positive_duration("demo_step", &settings.demo_step, "20s")?,
@@ -897,7 +902,7 @@ fn resolve_access(
     settings: &Settings,
     clients: &BTreeMap<String, ClientTable>,
     names: &SettingNames,
-    boolean: &dyn Fn(&str, &Option<String>, bool) -> Result<bool, ConfigError>,
+    trust_router_identity: bool,
 ) -> Result<Option<AccessConfig>, ConfigError> {
     let Some(mode) = settings.auth.as_deref() else {
         if !clients.is_empty() {
@@ -980,13 +985,7 @@ fn resolve_access(
         .filter(|secret| !secret.expose().trim().is_empty())
         .map(|secret| Secret::new(secret.expose().trim()))
         .collect();
-    Ok(Some(AccessConfig {
-        mode,
-        api_keys,
-        jwt,
-        router_secrets,
-        trust_router_identity: boolean("router_trust_identity", &settings.router_trust_identity, false)?,
-    }))
+    Ok(Some(AccessConfig { mode, api_keys, jwt, router_secrets, trust_router_identity }))
 }
 
 /// Account names are metrics labels and GraphQL arguments: short and plain.
