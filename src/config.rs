@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::access::{AccessConfig, ApiKey, AuthMode, JwtConfig, Rights};
 use crate::cache::CachePolicy;
+use crate::documents::{TrustMode, TrustedDocuments};
 pub use crate::domain::Secret;
 use crate::providers::guard::RateLimit;
 use crate::providers::{self, AccountConfig, Limits, ProviderKind};
@@ -283,6 +284,21 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_ROUTER_TRUST_IDENTITY", value_name = "BOOL")]
     pub router_trust_identity: Option<String>,
 
+    /// A persisted query manifest (Apollo's JSON format) of the operations clients may run;
+    /// unset, any operation may [default: none].
+    #[arg(long, env = "GATEWAY_TRUSTED_DOCUMENTS", value_name = "FILE")]
+    pub trusted_documents: Option<String>,
+
+    /// `enforce` (other operations are refused) or `log` (they run and are logged, for a
+    /// roll-out) [default: enforce].
+    #[arg(long, env = "GATEWAY_TRUSTED_DOCUMENTS_MODE", value_name = "MODE")]
+    pub trusted_documents_mode: Option<String>,
+
+    /// Automatic persisted queries (Apollo's APQ: a known document sent by its hash alone):
+    /// `true` or `false` [default: true].
+    #[arg(long, env = "GATEWAY_APQ", value_name = "BOOL")]
+    pub apq: Option<String>,
+
     /// With --demo: latency the sandbox providers add to every answer, e.g. `20ms` [default: 0s].
     #[arg(long, env = "GATEWAY_DEMO_LATENCY", value_name = "DURATION")]
     pub demo_latency: Option<String>,
@@ -350,6 +366,9 @@ impl Settings {
             router_secret,
             router_secret_next,
             router_trust_identity,
+            trusted_documents,
+            trusted_documents_mode,
+            apq,
             demo_latency,
             demo_step,
         )
@@ -676,6 +695,10 @@ pub struct Config {
     pub redis: Option<SharedConfig>,
     /// Who may ask; `None`: not chosen (allowed only with `--demo`, where it means none).
     pub access: Option<AccessConfig>,
+    /// The operations clients may run; `None`: any.
+    pub trusted_documents: Option<Arc<TrustedDocuments>>,
+    /// Answer Apollo's automatic persisted queries.
+    pub apq: bool,
     /// Serve against the built-in sandbox providers instead of the configured ones.
     pub demo: bool,
     pub demo_latency: Duration,
@@ -871,6 +894,30 @@ impl Config {
                 &names,
                 boolean("router_trust_identity", &settings.router_trust_identity, false)?,
             )?,
+            trusted_documents: match settings
+                .trusted_documents
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                None => None,
+                Some(path) => {
+                    let mode = match settings.trusted_documents_mode.as_deref().map(str::trim) {
+                        None | Some("enforce") => TrustMode::Enforce,
+                        Some("log") => TrustMode::Log,
+                        Some(other) => {
+                            return Err(names.invalid(
+                                "trusted_documents_mode",
+                                format!("`{other}` is neither enforce nor log"),
+                            ))
+                        }
+                    };
+                    let trusted = TrustedDocuments::load(Path::new(path), mode)
+                        .map_err(|reason| names.invalid("trusted_documents", reason))?;
+                    Some(Arc::new(trusted))
+                }
+            },
+            apq: boolean("apq", &settings.apq, true)?,
             demo,
             demo_latency: duration("demo_latency", &settings.demo_latency, "0s")?,
             demo_step: positive_duration("demo_step", &settings.demo_step, "20s")?,

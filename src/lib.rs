@@ -12,6 +12,7 @@
 //!   acted on after the answer.
 //! - [`response_cache`]: whole answers replayed while everything in them may be reused.
 //! - [`access`]: who may ask (none, API keys, JWT; the router's secret) and which accounts.
+//! - [`documents`]: which documents may run (trusted documents) and APQ's store.
 //! - [`graphql`]: the schema and thin resolvers; answers become members of a result union,
 //!   errors are data with a stable code.
 //! - [`service`]: picks the account, answers batches in order with each session asked once.
@@ -35,6 +36,7 @@
 pub mod access;
 pub mod cache;
 pub mod config;
+pub mod documents;
 pub mod domain;
 pub mod edge;
 pub mod graphql;

@@ -34,6 +34,7 @@ use tracing::Instrument;
 use crate::access::{Access, AccessConfig, AuthMode, Client, Denied};
 use crate::cache::SessionCache;
 use crate::config::Config;
+use crate::documents::{self, ApqStore, TrustedDocuments};
 use crate::domain::Secret;
 use crate::edge::{self, EdgeLimits, Phase};
 use crate::graphql::limits::{self, ShapeLimits};
@@ -54,6 +55,9 @@ use crate::{net, telemetry};
 
 /// Distinct operation names kept as metrics labels; later ones count as `other`.
 const OPERATION_LABELS_MAX: usize = 200;
+
+/// Documents registered through APQ, at most (estimated bytes).
+const APQ_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Parsed documents kept (estimated bytes): thousands of distinct dashboard queries.
 const DOCUMENT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -90,6 +94,8 @@ struct AppState {
     webhooks: Arc<Webhooks>,
     /// Who may ask.
     access: Arc<Access>,
+    /// The operations clients may run; `None`: any.
+    trusted: Option<Arc<TrustedDocuments>>,
 }
 
 /// A gateway bound to its port, ready to run.
@@ -159,8 +165,10 @@ impl Application {
             entities_max: config.entities_max,
         };
         let limits = QueryLimits { max_depth: config.max_depth, max_complexity: config.max_complexity };
-        let schema = graphql::schema(gateway.clone(), &kinds, config.introspection, limits, false);
-        let fast_schema = graphql::schema(gateway, &kinds, config.introspection, limits, true);
+        let apq = config.apq.then(|| ApqStore::new(APQ_BYTES));
+        let schema =
+            graphql::schema(gateway.clone(), &kinds, config.introspection, limits, false, apq.clone());
+        let fast_schema = graphql::schema(gateway, &kinds, config.introspection, limits, true, apq);
         let ready = Arc::new(AtomicBool::new(false));
         let shape_limits =
             ShapeLimits { max_aliases: config.max_aliases, max_root_fields: config.max_root_fields };
@@ -183,7 +191,7 @@ impl Application {
         }
         let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
         let streams = Streams::new(
-            Guarded::new(schema.clone(), shape_limits),
+            Guarded::new(schema.clone(), shape_limits, config.trusted_documents.clone()),
             StreamLimits {
                 max_connections: config.max_subscription_connections,
                 per_connection: config.subscriptions_per_connection,
@@ -212,6 +220,7 @@ impl Application {
             streams,
             webhooks,
             access,
+            trusted: config.trusted_documents.clone(),
         });
         Ok(Self { listener, router, ready, config, accounts, credentials, phase })
     }
@@ -552,8 +561,10 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         }
     }
     match serde_json::from_slice::<async_graphql::Request>(&bytes) {
-        Ok(request) if request.query.trim().is_empty() => {
-            graphql_error(StatusCode::BAD_REQUEST, "the body has no `query`")
+        Ok(request)
+            if request.query.trim().is_empty() && !request.extensions.contains_key("persistedQuery") =>
+        {
+            graphql_error(StatusCode::BAD_REQUEST, "the body has no `query` (nor a persisted query's hash)")
         }
         Ok(request) if sse => state.streams.sse(request.data(client)),
         Ok(request) => execute(&state, request, Some(key), media, client).await,
@@ -587,8 +598,11 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     }
     let media = MediaType::of(request.headers());
     let sse = streams::wants_sse(request.headers());
+    // A query, or (APQ, trusted documents) a persisted query's hash in `extensions`.
     let has_query = request.uri().query().is_some_and(|query| {
-        query.split('&').any(|pair| pair.starts_with("query=") && pair.len() > "query=".len())
+        query.split('&').any(|pair| {
+            (pair.starts_with("query=") && pair.len() > "query=".len()) || pair.starts_with("extensions=")
+        })
     });
     let wants_html = request
         .headers()
@@ -674,6 +688,18 @@ async fn execute(
     media: MediaType,
     client: Client,
 ) -> Response {
+    if let Err(refused) = documents::admit(state.trusted.as_deref(), &mut request, client.via_router) {
+        log_access(&client, "refused", 0);
+        let mut response = graphql_response(
+            Bytes::from(
+                serde_json::to_vec(&async_graphql::Response::from_errors(vec![refused])).unwrap_or_default(),
+            ),
+            None,
+            media,
+        );
+        *response.status_mut() = media.not_run_status();
+        return response;
+    }
     let prepared = state.documents.prepare(&mut request);
     let validated = prepared.validated();
     // A document that ran before passed these checks then: they depend on nothing else.

@@ -26,6 +26,7 @@ use prometheus::IntGauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::access::{Access, Client};
+use crate::documents::{self, TrustedDocuments};
 use crate::edge::Phase;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
@@ -38,6 +39,7 @@ use crate::refusal::graphql_error;
 pub struct Guarded {
     schema: GatewaySchema,
     shape: ShapeLimits,
+    trusted: Option<Arc<TrustedDocuments>>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -57,14 +59,28 @@ impl std::fmt::Debug for Streams {
 }
 
 impl Guarded {
-    pub fn new(schema: GatewaySchema, shape: ShapeLimits) -> Self {
-        Self { schema, shape }
+    pub fn new(schema: GatewaySchema, shape: ShapeLimits, trusted: Option<Arc<TrustedDocuments>>) -> Self {
+        Self { schema, shape, trusted }
     }
 
-    /// The request with its own scope, or the reason its document is refused.
-    fn prepare(&self, mut request: async_graphql::Request) -> Result<async_graphql::Request, String> {
+    /// The request with its own scope, or why it is refused. The client is in the request
+    /// (SSE) or in the connection's data (WebSocket).
+    fn prepare(
+        &self,
+        mut request: async_graphql::Request,
+        session: Option<&Data>,
+    ) -> Result<async_graphql::Request, async_graphql::ServerError> {
+        let client = |data: &Data| {
+            data.get(&std::any::TypeId::of::<Client>())
+                .and_then(|client| client.downcast_ref::<Client>())
+                .cloned()
+        };
+        let via_router =
+            client(&request.data).or_else(|| session.and_then(client)).is_some_and(|c| c.via_router);
+        documents::admit(self.trusted.as_deref(), &mut request, via_router)?;
         if let Ok(document) = request.parsed_query() {
-            limits::check(document, self.shape)?;
+            limits::check(document, self.shape)
+                .map_err(|reason| async_graphql::ServerError::new(reason, None))?;
         }
         Ok(request.data(RequestScope::default()))
     }
@@ -72,9 +88,9 @@ impl Guarded {
 
 impl Executor for Guarded {
     async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
-        match self.prepare(request) {
+        match self.prepare(request, None) {
             Ok(request) => self.schema.execute(request).await,
-            Err(reason) => refused(reason),
+            Err(error) => async_graphql::Response::from_errors(vec![error]),
         }
     }
 
@@ -83,15 +99,13 @@ impl Executor for Guarded {
         request: async_graphql::Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, async_graphql::Response> {
-        match self.prepare(request) {
+        match self.prepare(request, session_data.as_deref()) {
             Ok(request) => Executor::execute_stream(&self.schema, request, session_data),
-            Err(reason) => futures::stream::once(async { refused(reason) }).boxed(),
+            Err(error) => {
+                futures::stream::once(async { async_graphql::Response::from_errors(vec![error]) }).boxed()
+            }
         }
     }
-}
-
-fn refused(reason: String) -> async_graphql::Response {
-    async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(reason, None)])
 }
 
 /// What stream connections share.

@@ -285,6 +285,8 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
         .mount(&issuer)
         .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
+    // A new connection: the idle one was closed by the header-read timeout meanwhile.
+    let app = TestApp { http: crate::helpers::http(), ..app };
     let (status, answer) = as_client(&app, &unknown, &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(issuer.received_requests().await.unwrap().len(), 1, "one fetch, for the unknown kid");
@@ -302,4 +304,91 @@ fn the_gateway_refuses_to_start_until_an_auth_mode_is_chosen() {
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("GATEWAY_AUTH=api-key") && text.contains("GATEWAY_AUTH=none"), "{text}");
+}
+
+#[tokio::test]
+async fn automatic_persisted_queries_round_trip() {
+    let app = spawn_app(|_| {}).await;
+    mount_dodo(&app, "cks_apq", Some("succeeded")).await;
+    let query = r#"{ checkoutSession(provider: DODO, id: "cks_apq") { ... on CheckoutSession { status } } }"#;
+    let hash = sha256(query);
+    let persisted = json!({"persistedQuery": {"version": 1, "sha256Hash": hash}});
+    // The hash alone, before the document is known: Apollo's retry signal.
+    let (_, unknown) = ask(&app, None, &json!({"extensions": persisted})).await;
+    assert_eq!(unknown["errors"][0]["message"], "PersistedQueryNotFound", "{unknown}");
+    // The document with its hash registers it…
+    let (_, registered) = ask(&app, None, &json!({"query": query, "extensions": persisted})).await;
+    assert_eq!(registered["data"]["checkoutSession"]["status"], "COMPLETED", "{registered}");
+    // …and from then on the hash alone runs it, by POST and by GET.
+    let (_, by_hash) = ask(&app, None, &json!({"extensions": persisted})).await;
+    assert_eq!(by_hash["data"]["checkoutSession"]["status"], "COMPLETED", "{by_hash}");
+    let by_get: Value = app
+        .http
+        .get(format!("http://{}/graphql", app.addr))
+        .query(&[("extensions", persisted.to_string())])
+        .header("apollo-require-preflight", "true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_get["data"]["checkoutSession"]["status"], "COMPLETED", "{by_get}");
+    // A hash that does not match the document is refused.
+    let wrong = json!({"persistedQuery": {"version": 1, "sha256Hash": sha256("something else")}});
+    let (_, mismatch) = ask(&app, None, &json!({"query": query, "extensions": wrong})).await;
+    assert!(mismatch["errors"][0]["message"].as_str().unwrap().contains("does not match"), "{mismatch}");
+}
+
+fn manifest(operations: &[&str]) -> std::path::PathBuf {
+    let operations: Vec<Value> = operations
+        .iter()
+        .map(|body| json!({"id": sha256(body), "name": "Op", "type": "query", "body": body}))
+        .collect();
+    let path =
+        std::env::temp_dir().join(format!("cg-manifest-{}-{}.json", std::process::id(), fastrand::u64(..)));
+    let text = json!({"format": "apollo-persisted-query-manifest", "version": 1, "operations": operations});
+    std::fs::write(&path, text.to_string()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn trusted_documents_run_alone_in_enforce_mode_and_are_logged_in_log_mode() {
+    let listed = r#"query Listed { checkoutSession(provider: DODO, id: "cks_t") { ... on CheckoutSession { status } } }"#;
+    let other = r#"{ checkoutSession(provider: DODO, id: "cks_t") { __typename } }"#;
+    let path = manifest(&[listed]);
+    for (mode, other_runs) in [
+        (checkout_gateway::documents::TrustMode::Enforce, false),
+        (checkout_gateway::documents::TrustMode::Log, true),
+    ] {
+        let trusted = checkout_gateway::documents::TrustedDocuments::load(&path, mode).unwrap();
+        let app = spawn_app(|config| {
+            config.trusted_documents = Some(std::sync::Arc::new(trusted));
+            config.access = Some(api_keys());
+        })
+        .await;
+        mount_dodo(&app, "cks_t", Some("succeeded")).await;
+        // By its text, and by its id alone (as Apollo clients send persisted queries).
+        let (_, by_text) = as_client(&app, ALL_KEY, &json!({"query": listed})).await;
+        assert_eq!(by_text["data"]["checkoutSession"]["status"], "COMPLETED", "{by_text}");
+        let id = json!({"persistedQuery": {"version": 1, "sha256Hash": sha256(listed)}});
+        let (_, by_id) = as_client(&app, ALL_KEY, &json!({"extensions": id})).await;
+        assert_eq!(by_id["data"]["checkoutSession"]["status"], "COMPLETED", "{by_id}");
+        // Anything else.
+        let (_, answer) = as_client(&app, ALL_KEY, &json!({"query": other})).await;
+        if other_runs {
+            assert_eq!(
+                answer["data"]["checkoutSession"]["__typename"], "CheckoutSession",
+                "{mode:?}: {answer}"
+            );
+        } else {
+            assert_eq!(answer["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_IN_LIST", "{answer}");
+            assert!(answer["data"].is_null());
+        }
+        // The router's query plans are never in a client manifest: they pass.
+        let (_, routed) =
+            ask(&app, Some(("router-authorization", "router-current")), &json!({"query": other})).await;
+        assert_eq!(routed["data"]["checkoutSession"]["__typename"], "CheckoutSession", "{routed}");
+    }
+    std::fs::remove_file(path).unwrap();
 }
