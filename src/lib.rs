@@ -39,6 +39,7 @@ pub mod config;
 pub mod documents;
 pub mod domain;
 pub mod edge;
+pub mod graphiql;
 pub mod graphql;
 pub mod live;
 pub mod metrics;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest};
 use axum::body::Body;
@@ -24,7 +23,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -51,7 +50,7 @@ use crate::service::SessionService;
 use crate::shared::Shared;
 use crate::streams::{self, Guarded, StreamLimits, Streams};
 use crate::webhooks::{self, Webhooks};
-use crate::{net, telemetry};
+use crate::{graphiql, net, telemetry};
 
 /// Distinct operation names kept as metrics labels; later ones count as `other`.
 const OPERATION_LABELS_MAX: usize = 200;
@@ -283,6 +282,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/ws", get(websocket))
+        .route(&format!("{}/{{file}}", graphiql::ASSET_PATH), get(graphiql::asset))
         .route("/webhooks/{provider}", post(webhook))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -376,6 +376,7 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
     let route: &'static str = match request.uri().path() {
         "/graphql" => "/graphql",
         "/ws" => "/ws",
+        path if path.starts_with("/graphiql/") => "/graphiql",
         path if path.starts_with("/webhooks/") => "/webhooks",
         "/livez" => "/livez",
         "/readyz" => "/readyz",
@@ -609,11 +610,11 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
+    // A browser navigating here (a `query` in the URL fills GraphiQL's editor).
+    if wants_html && state.graphiql && !is_preflighted(request.headers()) {
+        return graphiql::page();
+    }
     if !has_query {
-        if wants_html && state.graphiql {
-            let page = GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/ws").finish();
-            return Html(page).into_response();
-        }
         return graphql_error(StatusCode::BAD_REQUEST, "GET /graphql needs a `query` parameter");
     }
     if !is_preflighted(request.headers()) {
