@@ -372,3 +372,46 @@ async fn sigterm_under_keep_alive_load_loses_no_request() {
         "every client moved off within the shutdown delay"
     );
 }
+
+#[tokio::test]
+async fn every_answered_request_leaves_an_access_trail_without_the_key() {
+    let key = "dashboard_key_never_logged_4242";
+    let dir = std::env::temp_dir().join(format!("cg-access-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+    std::fs::write(
+        &file,
+        format!("[clients.dodo-dashboard]\nkey_sha256 = \"{hash}\"\naccounts = [\"dodo\"]\n"),
+    )
+    .unwrap();
+    let gateway = Gateway::start(
+        &["--demo"],
+        &[("GATEWAY_AUTH", "api-key"), ("GATEWAY_CONFIG", file.to_str().unwrap())],
+    );
+    let http = crate::helpers::http();
+    let query = r#"query Dashboard { a: checkoutSession(provider: DODO, id: "cks_demo_succeeded") { __typename }
+        b: checkoutSession(provider: DODO, id: "cks_demo_open") { __typename } }"#;
+    for _ in 0..2 {
+        // The second is replayed: logged all the same.
+        let response = http
+            .post(format!("http://{}/graphql", gateway.addr))
+            .bearer_auth(key)
+            .json(&json!({"query": query}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let (_, logs) = gateway.stop("TERM").await;
+    let trail: Vec<&Value> =
+        logs.iter().filter(|line| line["target"] == "checkout_gateway::access").collect();
+    assert_eq!(trail.len(), 2, "{logs:?}");
+    for line in trail {
+        assert_eq!(line["client"], "dodo-dashboard");
+        assert_eq!(line["operation"], "Dashboard");
+        assert_eq!(line["sessions"], 2);
+    }
+    assert!(!serde_json::to_string(&logs).unwrap().contains(key), "the key was logged");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
