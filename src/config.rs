@@ -163,6 +163,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_ENTITIES_MAX", value_name = "N")]
     pub entities_max: Option<String>,
 
+    /// Serve `/metrics` on this address and port instead of the main one (keep scrapes off
+    /// the public Service) [default: none: on the main port].
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
     /// Connections served at once; more wait in the kernel's backlog [default: 4096].
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
@@ -341,6 +346,7 @@ impl Settings {
             max_aliases,
             max_root_fields,
             max_connections,
+            metrics_listen,
             header_read_timeout,
             request_timeout,
             max_body_bytes,
@@ -679,6 +685,8 @@ pub struct Config {
     pub max_aliases: usize,
     pub max_root_fields: usize,
     pub max_connections: usize,
+    /// `/metrics` on its own port; `None`: on the main one.
+    pub metrics_listen: Option<SocketAddr>,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
@@ -840,6 +848,20 @@ impl Config {
             max_root_fields: positive("max_root_fields", &settings.max_root_fields, 200, 100_000)? as usize,
             max_connections: positive("max_connections", &settings.max_connections, 4096, 1_000_000)?
                 as usize,
+            metrics_listen: settings
+                .metrics_listen
+                .as_deref()
+                .map(str::trim)
+                .filter(|addr| !addr.is_empty())
+                .map(|addr| {
+                    addr.parse::<SocketAddr>().map_err(|_| {
+                        names.invalid(
+                            "metrics_listen",
+                            format!("`{addr}` is not an address and port such as 0.0.0.0:9090"),
+                        )
+                    })
+                })
+                .transpose()?,
             header_read_timeout: positive_duration(
                 "header_read_timeout",
                 &settings.header_read_timeout,

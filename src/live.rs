@@ -115,11 +115,6 @@ impl Hub {
     pub fn sessions_of(&self, scope: &Arc<str>, reference: &str) -> Arc<[Arc<str>]> {
         self.references.get(&(scope.clone(), Arc::from(reference))).unwrap_or_else(|| Arc::from([]))
     }
-
-    /// Topics open now (sessions watched by anyone).
-    pub fn watched(&self) -> usize {
-        self.topics().len()
-    }
 }
 
 /// Resolves once nobody watches a topic any more (its last watcher left), even if a new
@@ -157,10 +152,6 @@ impl Watch {
         let receiver = self.receiver.as_mut()?;
         receiver.changed().await.ok()?;
         receiver.borrow_and_update().clone()
-    }
-
-    pub fn key(&self) -> &TopicKey {
-        &self.key
     }
 }
 

@@ -108,6 +108,8 @@ pub struct Application {
     credentials: Credentials,
     /// Where a shutdown stands, for connections and streams.
     phase: tokio::sync::watch::Sender<Phase>,
+    /// `/metrics` on its own port (GATEWAY_METRICS_LISTEN).
+    metrics_server: Option<(TcpListener, Router)>,
 }
 
 impl Application {
@@ -201,7 +203,15 @@ impl Application {
             metrics.clone(),
         );
         let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, responses.clone(), metrics.clone()));
-        let router = router(AppState {
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (GATEWAY_METRICS_LISTEN): {e}"))?,
+            ),
+            None => None,
+        };
+        let state = AppState {
             schema,
             fast_schema,
             documents: Arc::new(DocumentCache::new(DOCUMENT_CACHE_BYTES)),
@@ -220,12 +230,23 @@ impl Application {
             webhooks,
             access,
             trusted: config.trusted_documents.clone(),
+        };
+        // Scrapers only, on a port the public Service need not expose.
+        let metrics_server = metrics_listener.map(|listener| {
+            let router = Router::new().route("/metrics", get(metrics_page)).with_state(state.clone());
+            (listener, router)
         });
-        Ok(Self { listener, router, ready, config, accounts, credentials, phase })
+        let router = router(state, metrics_server.is_none());
+        Ok(Self { listener, router, ready, config, accounts, credentials, phase, metrics_server })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served when it has its own port.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// Serves until `stop` resolves, then drains: `/readyz` answers 503 at once, the listener
@@ -235,7 +256,14 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, router, ready, config, accounts, credentials, phase } = self;
+        let Self { listener, router, ready, config, accounts, credentials, phase, metrics_server } = self;
+        if let Some((listener, router)) = metrics_server {
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "the metrics listener stopped");
+                }
+            });
+        }
         tokio::spawn(check_credentials(accounts, credentials));
         let phases = phase.subscribe();
         let limits = EdgeLimits {
@@ -278,15 +306,19 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn router(state: AppState) -> Router {
-    Router::new()
+/// The routes; `/metrics` only when it is not served on a port of its own.
+fn router(state: AppState, with_metrics: bool) -> Router {
+    let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/ws", get(websocket))
         .route(&format!("{}/{{file}}", graphiql::ASSET_PATH), get(graphiql::asset))
         .route("/webhooks/{provider}", post(webhook))
         .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        router = router.route("/metrics", get(metrics_page));
+    }
+    router
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe_request))
         .with_state(state)
@@ -760,7 +792,7 @@ fn replay(state: &AppState, stored: &StoredResponse, media: MediaType, client: &
 /// The access trail for personal data: who (never a secret), which operation, how many
 /// sessions. Its own target, so it can be routed or silenced apart from the rest.
 fn log_access(client: &Client, operation: &str, sessions: usize) {
-    tracing::info!(target: "checkout_gateway::access", client = %client.name, operation, sessions, "access");
+    telemetry::access(&client.name, operation, sessions);
 }
 
 /// Replayed answers are keyed by the request and the rights it was answered with, so a client
@@ -840,7 +872,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics_page(State(state): State<AppState>) -> Response {
     // The writer counts; the counter catches up at each scrape.
     let dropped = telemetry::dropped_log_lines();
     let counted = state.metrics.log_lines_dropped.get();

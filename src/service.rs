@@ -87,10 +87,6 @@ impl SessionService {
         }
     }
 
-    pub async fn get(&self, provider: &str, account: Option<&str>, id: &str) -> Lookup {
-        self.lookup(self.account(provider, account), id).await
-    }
-
     /// Answers in input order; a ref repeated in `refs` (the same account and id) is looked up
     /// once. Lookups run concurrently; each account bounds its own upstream concurrency.
     /// `rights`: what the asking client may read; a ref outside them is `ACCESS_DENIED`

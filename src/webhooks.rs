@@ -53,11 +53,6 @@ impl Webhooks {
         Self { service, kinds: kinds.to_vec(), seen, responses, metrics }
     }
 
-    /// The provider slugs that take deliveries here: those with an account holding a secret.
-    pub fn routes(&self) -> Vec<&'static str> {
-        self.kinds.iter().filter(|kind| !self.accounts_of(kind).is_empty()).map(|kind| kind.slug).collect()
-    }
-
     fn accounts_of(&self, kind: &ProviderKind) -> Vec<&Arc<Account>> {
         self.service
             .accounts()

@@ -392,3 +392,23 @@ async fn trusted_documents_run_alone_in_enforce_mode_and_are_logged_in_log_mode(
     }
     std::fs::remove_file(path).unwrap();
 }
+
+#[tokio::test]
+async fn metrics_can_move_to_a_port_of_their_own() {
+    let mut config = checkout_gateway::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        access: Some(api_keys()),
+        ..checkout_gateway::config::Config::default()
+    };
+    config.shutdown_delay = Duration::ZERO;
+    let app = checkout_gateway::server::Application::build(config).await.unwrap();
+    let (addr, metrics) = (app.local_addr().unwrap(), app.metrics_addr().unwrap());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let http = crate::helpers::http();
+    let on_main = http.get(format!("http://{addr}/metrics")).send().await.unwrap().status();
+    assert_eq!(on_main, 404, "not on the public port any more");
+    let scraped = http.get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("checkout_gateway_http_requests_total"));
+}
