@@ -475,6 +475,15 @@ impl SessionCache {
             }
         }
         let locked = shared.lock(&key.0, &key.1, LOCK_TTL).await;
+        if locked == Some(true) && !fresh {
+            // Another replica may have shared its answer and let go of the lock between the
+            // read above and taking the lock.
+            if let Some(entry) = self.read_shared(shared, account, key).await {
+                shared.unlock(&key.0, &key.1).await;
+                self.metrics.shared_hits.with_label_values(&label).inc();
+                return entry;
+            }
+        }
         if locked == Some(false) && !fresh {
             let until = Instant::now() + LOCK_WAIT;
             while Instant::now() < until {
