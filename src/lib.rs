@@ -10,6 +10,8 @@
 //!   Events.
 //! - [`webhooks`]: `POST /webhooks/{provider}`: verified, de-duplicated, routed to an account,
 //!   acted on after the answer.
+//! - [`graphiql`]: the GraphiQL page and its embedded assets; [`refusal`]: the one shape of a
+//!   refused HTTP request.
 //! - [`response_cache`]: whole answers replayed while everything in them may be reused.
 //! - [`access`]: who may ask (none, API keys, JWT; the router's secret) and which accounts.
 //! - [`documents`]: which documents may run (trusted documents) and APQ's store.
