@@ -27,6 +27,8 @@ RUN mkdir src \
 # The real sources. COPY keeps their (older) modification times, so touch them: otherwise
 # cargo would take the stand-in build above as up to date and ship an empty binary.
 COPY src ./src
+# GraphiQL's scripts and styles, embedded in the binary (include_bytes!).
+COPY assets ./assets
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked
 
