@@ -100,11 +100,65 @@ impl Executor for Guarded {
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, async_graphql::Response> {
         match self.prepare(request, session_data.as_deref()) {
-            Ok(request) => Executor::execute_stream(&self.schema, request, session_data),
+            Ok(request) => {
+                let client = request
+                    .data
+                    .get(&std::any::TypeId::of::<Client>())
+                    .and_then(|client| client.downcast_ref::<Client>())
+                    .or_else(|| {
+                        session_data
+                            .as_deref()?
+                            .get(&std::any::TypeId::of::<Client>())?
+                            .downcast_ref::<Client>()
+                    })
+                    .map_or_else(|| std::sync::Arc::from("unknown"), |client| client.name.clone());
+                let mut request = request;
+                let operation = operation_name(&mut request);
+                let mut trail = Trail { client, operation, sent: 0 };
+                Executor::execute_stream(&self.schema, request, session_data)
+                    .map(move |response| {
+                        // The whole trail is moved in (not just its counter), so it is
+                        // written when the stream is dropped.
+                        let trail = &mut trail;
+                        trail.sent += 1;
+                        response
+                    })
+                    .boxed()
+            }
             Err(error) => {
                 futures::stream::once(async { async_graphql::Response::from_errors(vec![error]) }).boxed()
             }
         }
+    }
+}
+
+/// The name of the operation `request` runs: `operationName`, else the document's only
+/// operation's name; `anonymous` without one.
+fn operation_name(request: &mut async_graphql::Request) -> String {
+    if let Some(name) = &request.operation_name {
+        return name.clone();
+    }
+    match request.parsed_query().map(|document| &document.operations) {
+        Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
+            if operations.len() == 1 =>
+        {
+            operations.keys().next().map_or_else(|| "anonymous".into(), |name| name.to_string())
+        }
+        _ => "anonymous".into(),
+    }
+}
+
+/// The access trail of one streamed operation, written when it ends (completed, or the
+/// client left): who, which operation, and how many answers (sessions) it was sent.
+struct Trail {
+    client: std::sync::Arc<str>,
+    operation: String,
+    sent: usize,
+}
+
+impl Drop for Trail {
+    fn drop(&mut self) {
+        crate::telemetry::access(&self.client, &self.operation, self.sent);
     }
 }
 

@@ -143,7 +143,7 @@ impl Socket {
         socket
     }
 
-    async fn send(&mut self, message: Value) {
+    pub async fn send(&mut self, message: Value) {
         self.stream.send(Message::Text(message.to_string().into())).await.unwrap();
     }
 

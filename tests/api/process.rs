@@ -403,15 +403,26 @@ async fn every_answered_request_leaves_an_access_trail_without_the_key() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
+    // A subscription, authenticated in connection_init: written when it ends.
+    let credentials = json!({"Authorization": format!("Bearer {key}")});
+    let mut socket = crate::live::Socket::open_with(gateway.addr, "/ws", credentials).await;
+    let subscription = r#"subscription Watch { checkoutSessionUpdated(provider: DODO, id: "cks_demo_succeeded") {
+        ... on CheckoutSession { status } } }"#;
+    socket.send(json!({"id": "1", "type": "subscribe", "payload": {"query": subscription}})).await;
+    assert_eq!(socket.update().await.1, "COMPLETED");
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, logs) = gateway.stop("TERM").await;
     let trail: Vec<&Value> =
         logs.iter().filter(|line| line["target"] == "checkout_gateway::access").collect();
-    assert_eq!(trail.len(), 2, "{logs:?}");
-    for line in trail {
+    assert_eq!(trail.len(), 3, "{logs:?}");
+    for line in &trail[..2] {
         assert_eq!(line["client"], "dodo-dashboard");
         assert_eq!(line["operation"], "Dashboard");
         assert_eq!(line["sessions"], 2);
     }
+    let watched = (&trail[2]["client"], &trail[2]["operation"], &trail[2]["sessions"]);
+    assert_eq!(watched, (&json!("dodo-dashboard"), &json!("Watch"), &json!(1)), "{logs:?}");
     assert!(!serde_json::to_string(&logs).unwrap().contains(key), "the key was logged");
     std::fs::remove_dir_all(&dir).unwrap();
 }
