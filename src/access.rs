@@ -45,11 +45,16 @@ impl AuthMode {
 /// Which accounts a client may read: account names, `provider:<slug>` for every account of a
 /// provider, or everything.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Rights(Option<BTreeSet<String>>);
+pub struct Rights {
+    /// `None`: everything.
+    allowed: Option<BTreeSet<String>>,
+    /// Computed once: it keys every replayed answer of the client.
+    fingerprint: Arc<str>,
+}
 
 impl Rights {
     pub fn all() -> Rights {
-        Rights(None)
+        Rights { allowed: None, fingerprint: Arc::from("") }
     }
 
     /// From a list as configured (`*` alone: everything).
@@ -57,38 +62,34 @@ impl Rights {
         if items.iter().any(|item| item.as_ref().trim() == "*") {
             return Rights::all();
         }
-        Rights(Some(
-            items.iter().map(|item| item.as_ref().trim().to_owned()).filter(|i| !i.is_empty()).collect(),
-        ))
+        let allowed: BTreeSet<String> =
+            items.iter().map(|item| item.as_ref().trim().to_owned()).filter(|i| !i.is_empty()).collect();
+        let joined: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        let digest = Sha256::digest(joined.join("\n").as_bytes());
+        let fingerprint = Arc::from(format!("rights:{}\n", hex::encode(&digest[..12])));
+        Rights { allowed: Some(allowed), fingerprint }
     }
 
     pub fn allows(&self, account: &Account) -> bool {
-        match &self.0 {
+        match &self.allowed {
             None => true,
             Some(allowed) => {
                 allowed.contains(&**account.name())
-                    || allowed.contains(&format!("provider:{}", account.kind().slug))
+                    || allowed.iter().any(|item| item.strip_prefix("provider:") == Some(account.kind().slug))
             }
         }
     }
 
     /// Empty for everything; otherwise a short text that differs between different rights,
     /// for keys of caches whose answers depend on them.
-    pub fn fingerprint(&self) -> String {
-        match &self.0 {
-            None => String::new(),
-            Some(allowed) => {
-                let joined: Vec<&str> = allowed.iter().map(String::as_str).collect();
-                let digest = Sha256::digest(joined.join("\n").as_bytes());
-                format!("rights:{}\n", hex::encode(&digest[..12]))
-            }
-        }
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 }
 
 impl fmt::Debug for Rights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match &self.allowed {
             None => f.write_str("all"),
             Some(allowed) => f.debug_set().entries(allowed).finish(),
         }
@@ -106,8 +107,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// Every request when authentication is off: made once, shared (it is on the hot path).
     pub fn anonymous() -> Client {
-        Client { name: Arc::from("anonymous"), rights: Rights::all(), via_router: false }
+        static ANONYMOUS: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+        ANONYMOUS
+            .get_or_init(|| Client { name: Arc::from("anonymous"), rights: Rights::all(), via_router: false })
+            .clone()
     }
 }
 

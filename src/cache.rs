@@ -190,10 +190,13 @@ struct SessionRecord {
 
 /// An instant as Unix milliseconds, and back, through the wall clock now.
 fn to_unix_ms(at: Instant) -> i64 {
-    let now = Utc::now().timestamp_millis();
-    let delta = i64::try_from(at.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(i64::MAX);
-    let behind = i64::try_from(Instant::now().saturating_duration_since(at).as_millis()).unwrap_or(i64::MAX);
-    now.saturating_add(delta).saturating_sub(behind)
+    let (now, wall) = (Instant::now(), Utc::now().timestamp_millis());
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if at >= now {
+        wall.saturating_add(millis(at - now))
+    } else {
+        wall.saturating_sub(millis(now - at))
+    }
 }
 
 fn from_unix_ms(ms: i64) -> Instant {
@@ -534,11 +537,6 @@ impl SessionCache {
     /// Drops every local answer: pub/sub reconnected, and messages may have been missed.
     pub fn clear_local(&self) {
         self.cache.invalidate_all();
-    }
-
-    /// Whether an answer for `id` as `account` sees it is kept (fresh or not).
-    pub fn holds(&self, account: &Account, id: &str) -> bool {
-        account.client.canonical_id(id).is_ok_and(|id| self.cache.contains_key(&(account.scope.clone(), id)))
     }
 
     /// The canonical key of `id` for `account`.

@@ -101,16 +101,7 @@ impl Executor for Guarded {
     ) -> BoxStream<'static, async_graphql::Response> {
         match self.prepare(request, session_data.as_deref()) {
             Ok(request) => {
-                let client = request
-                    .data
-                    .get(&std::any::TypeId::of::<Client>())
-                    .and_then(|client| client.downcast_ref::<Client>())
-                    .or_else(|| {
-                        session_data
-                            .as_deref()?
-                            .get(&std::any::TypeId::of::<Client>())?
-                            .downcast_ref::<Client>()
-                    })
+                let client = client_of(&request.data, session_data.as_deref())
                     .map_or_else(|| std::sync::Arc::from("unknown"), |client| client.name.clone());
                 let mut request = request;
                 let operation = operation_name(&mut request);
@@ -130,6 +121,12 @@ impl Executor for Guarded {
             }
         }
     }
+}
+
+/// Who asks: the client in the request's data (SSE), else in the connection's (WebSocket).
+fn client_of<'a>(request: &'a Data, session: Option<&'a Data>) -> Option<&'a Client> {
+    let find = |data: &'a Data| data.get(&std::any::TypeId::of::<Client>())?.downcast_ref::<Client>();
+    find(request).or_else(|| session.and_then(find))
 }
 
 /// The name of the operation `request` runs: `operationName`, else the document's only
@@ -165,7 +162,7 @@ impl Drop for Trail {
 /// What stream connections share.
 #[derive(Clone)]
 pub struct Streams {
-    pub executor: Guarded,
+    executor: Guarded,
     /// One permit per open WebSocket connection or SSE stream.
     connections: Arc<Semaphore>,
     max_connections: usize,

@@ -112,6 +112,17 @@ const UPDATED: &str = "subscription($p: Provider!, $id: ID!) {
     }
 }";
 
+/// The upgrade request of a WebSocket to `route` asking for the GraphQL `protocol`.
+pub fn upgrade_request(
+    addr: std::net::SocketAddr,
+    route: &str,
+    protocol: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{addr}{route}").into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
+    request
+}
+
 /// A `graphql-transport-ws` client on one WebSocket.
 pub struct Socket {
     stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
@@ -132,8 +143,7 @@ impl Socket {
     }
 
     async fn connect(addr: std::net::SocketAddr, route: &str, protocol: &str, payload: Value) -> Socket {
-        let mut request = format!("ws://{addr}{route}").into_client_request().unwrap();
-        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
+        let request = upgrade_request(addr, route, protocol);
         let (stream, response) =
             tokio_tungstenite::connect_async(request).await.expect("the upgrade is accepted");
         assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
@@ -560,8 +570,7 @@ async fn connections_and_subscriptions_are_bounded() {
     assert_eq!(socket.next().await["type"], "complete");
 
     // The one connection allowed is taken.
-    let mut request = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
-    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    let request = upgrade_request(app.addr, "/ws", "graphql-transport-ws");
     match tokio_tungstenite::connect_async(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
         other => panic!("expected 503, got {other:?}"),
@@ -580,16 +589,14 @@ async fn connections_and_subscriptions_are_bounded() {
 #[tokio::test]
 async fn a_websocket_from_another_sites_page_is_refused() {
     let app = spawn_app(|_| {}).await;
-    let mut request = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
-    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    let mut request = upgrade_request(app.addr, "/ws", "graphql-transport-ws");
     request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
         other => panic!("expected 403, got {other:?}"),
     }
     // The gateway's own page (same origin) may.
-    let mut request = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
-    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    let mut request = upgrade_request(app.addr, "/ws", "graphql-transport-ws");
     request.headers_mut().insert("origin", format!("http://{}", app.addr).parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_ok());
 }

@@ -13,7 +13,6 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
-import net from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -25,6 +24,7 @@ import { ApolloServer } from '@apollo/server';
 import { startStandaloneServer } from '@apollo/server/standalone';
 import { buildSchema, Kind, parse, print } from 'graphql';
 
+import { freePort } from '../support/net.js';
 import {
   DHMAD_COMPLETED,
   DHMAD_OPEN,
@@ -38,19 +38,6 @@ const COMMITTED_SDL = resolve(REPO, 'schema.graphql');
 const READY_TIMEOUT_MS = 20_000;
 
 // --- helpers ------------------------------------------------------------------------------------
-
-/** A port that was free a moment ago on 127.0.0.1 (the OS picks it; we release it for the child). */
-function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const probe = net.createServer();
-    probe.unref();
-    probe.on('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolvePort(port));
-    });
-  });
-}
 
 /** Every child we start, so that an exit for any reason still kills it. */
 const children = new Set();

@@ -15,7 +15,6 @@ import { spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -27,6 +26,8 @@ import { parse } from 'graphql';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 
+import { freePort } from '../support/net.js';
+
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '..', '..');
 const BIN = process.env.CHECKOUT_GATEWAY_BIN ?? resolve(REPO, 'target', 'debug', 'checkout-gateway');
@@ -35,18 +36,6 @@ const READY_TIMEOUT_MS = 60_000;
 const DODO_KEY = 'dodo_key_for_the_router_test';
 // A Standard Webhooks secret as Dodo's dashboard shows one.
 const WEBHOOK_SECRET = `whsec_${Buffer.from('router-test-webhook-secret').toString('base64')}`;
-
-function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const probe = net.createServer();
-    probe.unref();
-    probe.on('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolvePort(port));
-    });
-  });
-}
 
 const children = new Set();
 process.on('exit', () => {
