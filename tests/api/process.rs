@@ -13,9 +13,9 @@ use crate::helpers::{dodo_session, post_graphql};
 
 /// The binary, started with `LOG_FORMAT=json` on a free port; its stdout lines arrive on a
 /// channel, parsed.
-struct Gateway {
+pub struct Gateway {
     child: Child,
-    addr: std::net::SocketAddr,
+    pub addr: std::net::SocketAddr,
     lines: mpsc::Receiver<Value>,
 }
 
@@ -30,7 +30,7 @@ impl Drop for Gateway {
 impl Gateway {
     // The child is reaped by `Drop` on every path, including a failed start.
     #[allow(clippy::zombie_processes)]
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut command = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"));
         command
             .args(args)

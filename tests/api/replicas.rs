@@ -13,6 +13,7 @@ use wiremock::{Mock, MockServer};
 
 use crate::helpers::{dodo_session, post_graphql, DODO_KEY};
 use crate::live::{dodo_delivery, now, payment, Socket, Upstream, WEBHOOK_SECRET};
+use crate::process::Gateway;
 
 /// A `redis-server` on a free port of 127.0.0.1, without persistence; killed when dropped.
 struct Redis {
@@ -76,41 +77,25 @@ impl Drop for Redis {
     }
 }
 
-/// One gateway process, a replica among several.
+/// One gateway process, a replica among several (the binary as `process` starts it).
 struct Replica {
-    child: Child,
     addr: SocketAddr,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    /// Kept (and killed when dropped); in a mutex so replicas can be shared across tasks.
+    _process: std::sync::Mutex<Gateway>,
 }
 
 impl Replica {
-    // The child is reaped by `Drop`.
-    #[allow(clippy::zombie_processes)]
     fn start(redis: &Redis, dodo: &MockServer, env: &[(&str, &str)]) -> Replica {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"));
-        command
-            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GATEWAY_REDIS_URL", redis.url())
-            .env("GATEWAY_AUTH", "none")
-            .env("DODO_PAYMENTS_API_KEY", DODO_KEY)
-            .env("DODO_PAYMENTS_BASE_URL", dodo.uri())
-            .env("GATEWAY_UPSTREAM_RETRIES", "0")
-            .env("GATEWAY_SHUTDOWN_DELAY", "0s")
-            .env("RUST_LOG", "warn")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let child = command.spawn().unwrap();
-        Replica { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+        let (redis_url, dodo_url) = (redis.url(), dodo.uri());
+        let mut all = vec![
+            ("GATEWAY_REDIS_URL", redis_url.as_str()),
+            ("DODO_PAYMENTS_API_KEY", DODO_KEY),
+            ("DODO_PAYMENTS_BASE_URL", dodo_url.as_str()),
+            ("GATEWAY_UPSTREAM_RETRIES", "0"),
+        ];
+        all.extend_from_slice(env);
+        let process = Gateway::start(&[], &all);
+        Replica { addr: process.addr, _process: std::sync::Mutex::new(process) }
     }
 
     async fn ready(self, http: &reqwest::Client) -> Replica {
