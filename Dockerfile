@@ -39,6 +39,9 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /build/target/release/checkout-gateway /usr/local/bin/checkout-gateway
 USER 65532:65532
 ENV GATEWAY_LISTEN=0.0.0.0:8080
+# The allocator (mimalloc) keeps transparent huge pages off for this process even on nodes
+# where THP is "always": with them an idle pod's resident size grows by whole 2 MiB pages.
+ENV MIMALLOC_ALLOW_THP=0
 EXPOSE 8080
 # No arguments: serve. Append `--demo` to `docker run` for the built-in sandbox providers.
 ENTRYPOINT ["/usr/local/bin/checkout-gateway"]

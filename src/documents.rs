@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use async_graphql::extensions::apollo_persisted_queries::CacheStorage;
-use async_graphql::parser::types::ExecutableDocument;
+use sha2::Digest;
 
 /// What to do with an operation the manifest does not list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,67 +110,126 @@ impl TrustedDocuments {
     }
 }
 
-/// Documents registered through APQ, bounded by their estimated size.
+/// Apollo's automatic persisted queries: query texts by their SHA-256, bounded by their size.
+/// Resolved before execution (not as an async-graphql extension: any extension moves every
+/// field onto the library's slower resolve path), so a hash-only request becomes its text and
+/// then takes the same parsed-document and validation caches as any other.
 #[derive(Clone)]
-pub struct ApqStore(moka::future::Cache<String, Arc<ExecutableDocument>>);
+pub struct ApqStore(Option<moka::sync::Cache<Arc<str>, Arc<str>>>);
 
 impl std::fmt::Debug for ApqStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApqStore").field("entries", &self.0.entry_count()).finish()
+        f.debug_struct("ApqStore").field("entries", &self.0.as_ref().map(|c| c.entry_count())).finish()
     }
+}
+
+/// A stored text's bookkeeping beside its own bytes and its hash's (moka's entry, two `Arc`s).
+const APQ_ENTRY_OVERHEAD: usize = 128;
+
+#[derive(serde::Deserialize)]
+struct PersistedQuery {
+    version: i64,
+    #[serde(rename = "sha256Hash")]
+    sha256_hash: String,
 }
 
 impl ApqStore {
-    pub fn new(max_bytes: u64) -> Self {
-        Self(
-            moka::future::Cache::builder()
+    /// `max_bytes`: the texts and hashes kept; `None`: APQ is off (a hash-only request is
+    /// told `PERSISTED_QUERY_NOT_SUPPORTED`, as Apollo Router does, and clients send the text).
+    pub fn new(max_bytes: Option<u64>) -> Self {
+        Self(max_bytes.map(|max_bytes| {
+            moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
-                // A parsed document's size, estimated by its printed form: computed once, when
-                // a client registers it.
-                .weigher(|hash: &String, document: &Arc<ExecutableDocument>| {
-                    u32::try_from(hash.len() + format!("{document:?}").len()).unwrap_or(u32::MAX)
+                .weigher(|hash: &Arc<str>, text: &Arc<str>| {
+                    u32::try_from(hash.len() + text.len() + APQ_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
                 })
-                .build(),
-        )
-    }
-}
-
-#[async_trait::async_trait]
-impl CacheStorage for ApqStore {
-    async fn get(&self, key: String) -> Option<ExecutableDocument> {
-        self.0.get(&key).await.map(|document| (*document).clone())
+                .build()
+        }))
     }
 
-    async fn set(&self, key: String, query: ExecutableDocument) {
-        self.0.insert(key, Arc::new(query)).await;
-    }
-}
-
-/// Lets `request` run, or says why not: the router's own operations (query plans) are never
-/// in a client manifest and pass; a listed document passes; an unlisted one is refused in
-/// enforce mode and logged in log mode.
-pub fn admit(
-    trusted: Option<&TrustedDocuments>,
-    request: &mut async_graphql::Request,
-    via_router: bool,
-) -> Result<(), async_graphql::ServerError> {
-    let Some(trusted) = trusted.filter(|_| !via_router) else { return Ok(()) };
-    if trusted.check(request) == Verdict::Allowed {
-        return Ok(());
-    }
-    let operation = request.operation_name.clone().unwrap_or_default();
-    match trusted.mode() {
-        TrustMode::Log => {
-            tracing::warn!(operation = %operation, "an operation not in the trusted documents ran (log mode)");
-            Ok(())
-        }
-        TrustMode::Enforce => {
-            use async_graphql::ErrorExtensions;
-            let error = async_graphql::Error::new(
-                "this gateway runs only its trusted documents, and this operation is not one of them",
+    /// Gives a hash-only request its text, or registers a text sent with its hash; a request
+    /// without the extension is left as it is.
+    pub fn resolve(&self, request: &mut async_graphql::Request) -> Result<(), async_graphql::ServerError> {
+        let Some(extension) = request.extensions.remove("persistedQuery") else { return Ok(()) };
+        let Some(store) = &self.0 else {
+            if request.query.trim().is_empty() {
+                return Err(coded("PersistedQueryNotSupported", "PERSISTED_QUERY_NOT_SUPPORTED"));
+            }
+            return Ok(());
+        };
+        let persisted: PersistedQuery = async_graphql::from_value(extension).map_err(|_| {
+            coded(
+                "the persistedQuery extension is {\"version\": 1, \"sha256Hash\": \"<64 hex digits>\"}",
+                "PERSISTED_QUERY_INVALID",
             )
-            .extend_with(|_, extensions| extensions.set("code", "PERSISTED_QUERY_NOT_IN_LIST"));
-            Err(error.into_server_error(async_graphql::Pos::default()))
+        })?;
+        if persisted.version != 1 {
+            return Err(coded(
+                "only version 1 of the persistedQuery extension is supported",
+                "PERSISTED_QUERY_INVALID",
+            ));
         }
+        if request.query.trim().is_empty() {
+            return match store.get(persisted.sha256_hash.as_str()) {
+                Some(text) => {
+                    request.query = text.to_string();
+                    Ok(())
+                }
+                // Apollo clients match this exact message (and code), then send the text.
+                None => Err(coded("PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND")),
+            };
+        }
+        let hash = hex::encode(sha2::Sha256::digest(request.query.as_bytes()));
+        if !hash.eq_ignore_ascii_case(&persisted.sha256_hash) {
+            return Err(coded("provided sha does not match query", "PERSISTED_QUERY_HASH_MISMATCH"));
+        }
+        // Only documents that parse are kept: the store holds what can run.
+        if !store.contains_key(hash.as_str()) && async_graphql::parser::parse_query(&request.query).is_ok() {
+            store.insert(Arc::from(hash), Arc::from(request.query.as_str()));
+        }
+        Ok(())
+    }
+}
+
+fn coded(message: &str, code: &'static str) -> async_graphql::ServerError {
+    use async_graphql::ErrorExtensions;
+    async_graphql::Error::new(message)
+        .extend_with(|_, extensions| extensions.set("code", code))
+        .into_server_error(async_graphql::Pos::default())
+}
+
+/// The one gate every operation passes before it runs (HTTP and streams alike): the trusted
+/// documents, then APQ.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    pub trusted: Option<Arc<TrustedDocuments>>,
+    pub apq: ApqStore,
+}
+
+impl Admission {
+    /// Lets `request` run, or says why not: the router's own operations (query plans) are
+    /// never in a client manifest and pass; a listed document passes; an unlisted one is
+    /// refused in enforce mode and logged in log mode. Then a hash-only APQ request gets its
+    /// text.
+    pub fn admit(
+        &self,
+        request: &mut async_graphql::Request,
+        via_router: bool,
+    ) -> Result<(), async_graphql::ServerError> {
+        if let Some(trusted) = self.trusted.as_deref().filter(|_| !via_router) {
+            if trusted.check(request) == Verdict::NotListed {
+                match trusted.mode() {
+                    TrustMode::Log => {
+                        let operation = request.operation_name.as_deref().unwrap_or_default();
+                        tracing::warn!(%operation, "an operation not in the trusted documents ran (log mode)");
+                    }
+                    TrustMode::Enforce => return Err(coded(
+                        "this gateway runs only its trusted documents, and this operation is not one of them",
+                        "PERSISTED_QUERY_NOT_IN_LIST",
+                    )),
+                }
+            }
+        }
+        self.apq.resolve(request)
     }
 }

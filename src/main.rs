@@ -2,6 +2,11 @@ use checkout_gateway::config::{self, Command, Config};
 use checkout_gateway::server::{shutdown_signal, Application};
 use checkout_gateway::telemetry;
 
+// An executed GraphQL request makes hundreds of small, short-lived allocations (the parsed
+// document's copy, the value tree, the JSON): glibc's malloc was a fifth of its instructions.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let (cli, given) = config::parse();
     if cli.command == Some(Command::Schema) {

@@ -26,7 +26,7 @@ use prometheus::IntGauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::access::{Access, Client};
-use crate::documents::{self, TrustedDocuments};
+use crate::documents::Admission;
 use crate::edge::Phase;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
@@ -39,7 +39,7 @@ use crate::refusal::graphql_error;
 pub struct Guarded {
     schema: GatewaySchema,
     shape: ShapeLimits,
-    trusted: Option<Arc<TrustedDocuments>>,
+    admission: Admission,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -59,8 +59,8 @@ impl std::fmt::Debug for Streams {
 }
 
 impl Guarded {
-    pub fn new(schema: GatewaySchema, shape: ShapeLimits, trusted: Option<Arc<TrustedDocuments>>) -> Self {
-        Self { schema, shape, trusted }
+    pub fn new(schema: GatewaySchema, shape: ShapeLimits, admission: Admission) -> Self {
+        Self { schema, shape, admission }
     }
 
     /// The request with its own scope, or why it is refused. The client is in the request
@@ -77,7 +77,7 @@ impl Guarded {
         };
         let via_router =
             client(&request.data).or_else(|| session.and_then(client)).is_some_and(|c| c.via_router);
-        documents::admit(self.trusted.as_deref(), &mut request, via_router)?;
+        self.admission.admit(&mut request, via_router)?;
         if let Ok(document) = request.parsed_query() {
             limits::check(document, self.shape)
                 .map_err(|reason| async_graphql::ServerError::new(reason, None))?;

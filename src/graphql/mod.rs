@@ -19,7 +19,6 @@ use futures::{Stream, StreamExt};
 
 use crate::access::{Client, Rights};
 use crate::cache::Lookup;
-use crate::documents::ApqStore;
 use crate::providers::ProviderKind;
 use crate::service::{permitted, SessionRef, SessionService};
 use crate::view::{self, ProviderName};
@@ -77,7 +76,6 @@ impl Default for QueryLimits {
     }
 }
 
-/// `apq`: answer Apollo's automatic persisted queries from this store.
 /// `introspection`: answer `__schema` and `__type` (federation's `_service` is answered
 /// either way: routers compose with it). `fast`: validate only depth and complexity, for
 /// documents that passed strict validation once (see [`Prepared`]).
@@ -87,14 +85,8 @@ pub fn schema(
     introspection: bool,
     limits: QueryLimits,
     fast: bool,
-    apq: Option<ApqStore>,
 ) -> GatewaySchema {
     let mut builder = builder(providers, limits).data(gateway);
-    if let Some(store) = apq {
-        builder = builder.extension(
-            async_graphql::extensions::apollo_persisted_queries::ApolloPersistedQueries::new(store),
-        );
-    }
     if fast {
         builder = builder.validation_mode(async_graphql::ValidationMode::Fast);
     }

@@ -335,6 +335,39 @@ async fn automatic_persisted_queries_round_trip() {
     let wrong = json!({"persistedQuery": {"version": 1, "sha256Hash": sha256("something else")}});
     let (_, mismatch) = ask(&app, None, &json!({"query": query, "extensions": wrong})).await;
     assert!(mismatch["errors"][0]["message"].as_str().unwrap().contains("does not match"), "{mismatch}");
+    assert_eq!(mismatch["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_HASH_MISMATCH", "{mismatch}");
+    assert_eq!(unknown["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND", "{unknown}");
+    // A text that does not parse is answered with its syntax error and never kept.
+    let broken = "{ checkoutSession(";
+    let broken_hash = json!({"persistedQuery": {"version": 1, "sha256Hash": sha256(broken)}});
+    let (_, parse_error) = ask(&app, None, &json!({"query": broken, "extensions": broken_hash})).await;
+    assert!(parse_error["data"].is_null(), "{parse_error}");
+    assert!(parse_error["errors"][0]["message"].as_str().unwrap().contains("expected name"), "{parse_error}");
+    let (_, still_unknown) = ask(&app, None, &json!({"extensions": broken_hash})).await;
+    assert_eq!(still_unknown["errors"][0]["message"], "PersistedQueryNotFound", "{still_unknown}");
+    // Another version of the extension, or a malformed one, is refused with its reason.
+    let version2 = json!({"persistedQuery": {"version": 2, "sha256Hash": hash}});
+    let (_, unsupported) = ask(&app, None, &json!({"extensions": version2})).await;
+    assert_eq!(unsupported["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_INVALID", "{unsupported}");
+    let (_, malformed) = ask(&app, None, &json!({"extensions": {"persistedQuery": "yes"}})).await;
+    assert_eq!(malformed["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_INVALID", "{malformed}");
+    // Both paths answer the same sessions through the same caches: one upstream call in all.
+    assert_eq!(app.dodo.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn with_apq_off_a_hash_alone_is_not_supported_and_a_text_runs() {
+    let app = spawn_app(|config| config.apq = false).await;
+    mount_dodo(&app, "cks_apq", Some("succeeded")).await;
+    let query = r#"{ checkoutSession(provider: DODO, id: "cks_apq") { ... on CheckoutSession { status } } }"#;
+    let persisted = json!({"persistedQuery": {"version": 1, "sha256Hash": sha256(query)}});
+    // Apollo clients stop sending hashes on this code.
+    let (_, hash_only) = ask(&app, None, &json!({"extensions": persisted})).await;
+    assert_eq!(hash_only["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_SUPPORTED", "{hash_only}");
+    let (_, with_text) = ask(&app, None, &json!({"query": query, "extensions": persisted})).await;
+    assert_eq!(with_text["data"]["checkoutSession"]["status"], "COMPLETED", "{with_text}");
+    let (_, again) = ask(&app, None, &json!({"extensions": persisted})).await;
+    assert_eq!(again["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_SUPPORTED", "{again}");
 }
 
 fn manifest(operations: &[&str]) -> std::path::PathBuf {
