@@ -70,11 +70,14 @@ impl ResponseCache {
     }
 
     /// Keeps `body` until `until` (nothing is kept for less than a second: not worth it).
-    pub fn insert(&self, key: Bytes, body: Bytes, until: Instant, operation: String, sessions: usize) {
+    /// Keeps exact copies of `key` and `body`: the request's bytes may be a view of a larger
+    /// read buffer, and the body's buffer has spare capacity; a kept answer costs what it weighs.
+    pub fn insert(&self, key: &[u8], body: &[u8], until: Instant, operation: String, sessions: usize) {
         if let Some(cache) = &self.0 {
             if until.saturating_duration_since(Instant::now()) >= Duration::from_secs(1) {
+                let body = Bytes::copy_from_slice(body);
                 let stored = StoredResponse { body, expires_at: until, operation, sessions };
-                cache.insert(key, Arc::new(stored));
+                cache.insert(Bytes::copy_from_slice(key), Arc::new(stored));
             }
         }
     }

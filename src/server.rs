@@ -613,7 +613,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             graphql_error(StatusCode::BAD_REQUEST, "the body has no `query` (nor a persisted query's hash)")
         }
         Ok(request) if sse => state.streams.sse(request.data(client)),
-        Ok(request) => execute(&state, request, Some(key), media, client).await,
+        Ok(request) => Box::pin(execute(&state, request, Some(key), media, client)).await,
         Err(error) => graphql_error(
             StatusCode::BAD_REQUEST,
             &format!(
@@ -680,7 +680,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         return replay(&state, &stored, media, &client);
     }
     match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
-        Ok(request) => execute(&state, request.into_inner(), key, media, client).await,
+        Ok(request) => Box::pin(execute(&state, request.into_inner(), key, media, client)).await,
         Err(_) => graphql_error(StatusCode::BAD_REQUEST, URL_REFUSAL),
     }
 }
@@ -727,6 +727,8 @@ async fn webhook(State(state): State<AppState>, Path(provider): Path<String>, re
 }
 
 /// Runs one GraphQL request; stores the answer under `cache_key` when all of it may be reused.
+/// Callers box its future: it holds async-graphql's, several kilobytes that every layer above
+/// would otherwise move on each poll.
 async fn execute(
     state: &AppState,
     mut request: async_graphql::Request,
@@ -771,22 +773,17 @@ async fn execute(
     if !not_run && !validated {
         prepared.mark_validated();
     }
-    let body = match serde_json::to_vec(&response) {
-        Ok(mut body) => {
-            // Kept bodies should cost what they weigh: no spare capacity.
-            body.shrink_to_fit();
-            Bytes::from(body)
-        }
-        Err(error) => {
-            tracing::error!(%error, "a GraphQL response could not be serialised");
-            return graphql_error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be serialised");
-        }
-    };
+    // Sized for a single session's answer, so that it is written without growing.
+    let mut body = Vec::with_capacity(512);
+    if let Err(error) = serde_json::to_writer(&mut body, &response) {
+        tracing::error!(%error, "a GraphQL response could not be serialised");
+        return graphql_error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be serialised");
+    }
+    let body = Bytes::from(body);
     let sessions = scope.sessions();
     log_access(&client, &operation, sessions);
     if let (Some(key), Some(until)) = (cache_key, reusable_until) {
-        // Own the key exactly: the request's bytes may be a view of a larger read buffer.
-        state.responses.insert(Bytes::copy_from_slice(&key), body.clone(), until, operation, sessions);
+        state.responses.insert(&key, &body, until, operation, sessions);
     }
     let mut response = graphql_response(body, reusable_until, media);
     if not_run {
