@@ -80,3 +80,30 @@ async fn first_event(command: &str) -> Vec<u8> {
     child.kill().await.unwrap();
     data
 }
+
+/// Every file of this repository the README (or BENCHMARKS.md) names in backticks exists: a
+/// renamed file must not leave the instructions pointing nowhere.
+#[test]
+fn every_repository_file_the_documents_name_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tops = ["k8s/", "src/", "tests/", "bench/", ".ci/", "scripts/", "assets/"];
+    let mut named = 0;
+    for document in ["README.md", "BENCHMARKS.md"] {
+        let text = std::fs::read_to_string(root.join(document)).unwrap();
+        for (at, quoted) in text.split('`').enumerate() {
+            // Odd pieces are inside backticks; a path is one word with a file's extension.
+            let path = quoted.trim_end_matches([':', ',', '.']);
+            if at % 2 == 0 || !tops.iter().any(|top| path.starts_with(top)) {
+                continue;
+            }
+            if path.contains(['<', '{', ' ', '*', '…'])
+                || !path.rsplit('/').next().unwrap_or("").contains('.')
+            {
+                continue;
+            }
+            named += 1;
+            assert!(root.join(path).exists(), "{document} names `{path}`, which does not exist");
+        }
+    }
+    assert!(named >= 5, "only {named} file names found: the scan is broken");
+}
