@@ -104,7 +104,7 @@ struct StateInner {
     webhooks: Arc<Webhooks>,
     /// Who may ask.
     access: Arc<Access>,
-    /// The operations clients may run; `None`: any.
+    /// What may run (trusted documents) and the texts behind APQ hashes.
     admission: Admission,
 }
 
