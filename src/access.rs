@@ -188,6 +188,11 @@ impl Denied {
 /// The JWKS is fetched again for an unknown `kid` at most this often (a client inventing
 /// `kid`s must not make the gateway fetch per request).
 const JWKS_REFRESH_MIN: Duration = Duration::from_secs(10);
+/// A verified token is trusted again without verifying its signature for at most this long
+/// (never past its own `exp`).
+const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Verified tokens kept at most (each ~200 bytes: its digest and the client it proved).
+const VERIFIED_TOKENS_MAX: u64 = 10_000;
 
 pub struct Access {
     config: AccessConfig,
@@ -196,6 +201,11 @@ pub struct Access {
     /// One refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    /// Tokens verified recently, by their SHA-256 (the token itself is not kept), with the
+    /// client each proved and until when: a signature check per request (ECDSA, RSA) costs
+    /// more than answering a cached query. Emptied whenever the JWKS is fetched, so a key the
+    /// issuer withdraws stops its tokens at that refresh.
+    verified: moka::sync::Cache<[u8; 32], (Client, Instant)>,
 }
 
 impl fmt::Debug for Access {
@@ -220,6 +230,10 @@ impl Access {
             jwks: RwLock::new((JwkSet { keys: Vec::new() }, None)),
             refreshing: tokio::sync::Mutex::new(()),
             http,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS_MAX)
+                .time_to_live(VERIFIED_TOKEN_TTL)
+                .build(),
         }
     }
 
@@ -272,6 +286,12 @@ impl Access {
 
     async fn verify_jwt(&self, token: &str) -> Result<Client, Denied> {
         let Some(config) = &self.config.jwt else { return Err(Denied::BadToken("JWT is not configured")) };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((client, until)) = self.verified.get(&digest) {
+            if until > Instant::now() {
+                return Ok(client);
+            }
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Denied::BadToken("not a JWT"))?;
         if !config.algorithms.contains(&header.alg) {
             return Err(Denied::BadToken("its algorithm is not allowed"));
@@ -313,8 +333,17 @@ impl Access {
             // No claim: no account.
             _ => Rights::from_list::<&str>(&[]),
         };
+        // Accepted until `exp` plus the leeway, as the check above accepts it.
+        let left = data.claims.other.get("exp").and_then(serde_json::Value::as_f64).map_or(0.0, |exp| {
+            exp + config.leeway.as_secs_f64() - chrono::Utc::now().timestamp_millis() as f64 / 1000.0
+        });
         let name = data.claims.sub.unwrap_or_else(|| "unnamed".into());
-        Ok(Client { name: Arc::from(name), rights, via_router: false })
+        let client = Client { name: Arc::from(name), rights, via_router: false };
+        if left > 0.0 {
+            let until = Instant::now() + Duration::from_secs_f64(left.min(VERIFIED_TOKEN_TTL.as_secs_f64()));
+            self.verified.insert(digest, (client.clone(), until));
+        }
+        Ok(client)
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -345,6 +374,8 @@ impl Access {
             Some(set) => {
                 tracing::info!(keys = set.keys.len(), "JWKS fetched");
                 *jwks = (set, Some(Instant::now()));
+                // A token verified with a key the issuer has since withdrawn proves nothing.
+                self.verified.invalidate_all();
             }
             None => {
                 tracing::warn!(

@@ -231,6 +231,12 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
     let now = chrono::Utc::now().timestamp();
     let claims = |exp: i64, iss: &str, aud: &str| json!({"sub": "dashboard-7", "iss": iss, "aud": aud, "exp": exp, "iat": now, "checkout_accounts": ["dodo"]});
     let good = token(&pem, "k1", claims(now + 300, "https://auth.example.test/", "checkout-gateway"));
+    // Valid for the next 6 s (1 s and the 5 s leeway): verified once, then taken from the
+    // gateway's verified tokens, but never past that.
+    let short = token(&pem, "k1", claims(now + 1, "https://auth.example.test/", "checkout-gateway"));
+    for _ in 0..2 {
+        assert_eq!(as_client(&app, &short, &body).await.0, 200);
+    }
     let (status, answer) = as_client(&app, &good, &body).await;
     assert_eq!(
         (status, &answer["data"]["checkoutSession"]["status"]),
@@ -284,9 +290,20 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     // A new connection: the idle one was closed by the header-read timeout meanwhile.
     let app = TestApp { http: crate::helpers::http(), ..app };
+    // The short-lived token expired while the gateway still knew its key.
+    let (status, answer) = as_client(&app, &short, &body).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["errors"][0]["message"].as_str().unwrap().contains("expired"), "{answer}");
     let (status, answer) = as_client(&app, &unknown, &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(issuer.received_requests().await.unwrap().len(), 1, "one fetch, for the unknown kid");
+    // k1 is withdrawn: a token it signed, verified before, proves nothing any more.
+    let (status, answer) = as_client(&app, &good, &body).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["errors"][0]["message"].as_str().unwrap().contains("not in the issuer's JWKS"),
+        "{answer}"
+    );
 }
 
 #[test]
