@@ -31,8 +31,8 @@ LATENCY_MS = int(os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "20"))
 GATEWAY_CPU = os.environ.get("BENCH_GATEWAY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 FILL = int(os.environ.get("BENCH_FILL_SESSIONS", "100000"))
-# Sections to run: any of "abc", "de", "f", "g", "h" (comma-separated); all by default.
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h,i").split(",")))
+# Sections to run: any of "abc", "de", "f", "g", "h", "i", "j" (comma-separated); all by default.
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h,i,j").split(",")))
 SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "1000"))
 WEBHOOK_ROUNDS = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", "20"))
 
@@ -124,8 +124,8 @@ def metric(text, series):
     return 0.0
 
 
-def wrk(script, url, connections, seconds, run_id=""):
-    env = dict(os.environ, BENCH_DIR=BENCH_DIR, BENCH_RUN=run_id)
+def wrk(script, url, connections, seconds, run_id="", token=""):
+    env = dict(os.environ, BENCH_DIR=BENCH_DIR, BENCH_RUN=run_id, BENCH_TOKEN=token)
     output = subprocess.run(
         ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
          "-s", os.path.join(BENCH_DIR, script), url],
@@ -282,6 +282,8 @@ def main():
         rows += section_h()
     if "i" in ONLY:
         rows += section_i()
+    if "j" in ONLY:
+        rows += section_j()
     print_table(commit, dirty, cpu, rows)
 
 
@@ -654,6 +656,73 @@ def section_i():
                  f"local p50 {ms(median(local))}, p99 {ms(sorted(local)[int(len(local) * 0.99)])} "
                  f"(500 sessions; the client's own time included)", ""))
     return rows
+
+
+def es256_issuer(directory):
+    """A JWT issuer for (j): an ES256 key made by openssl, its JWKS, and one token signed with
+    it (openssl signs; the DER signature becomes JWS's r||s)."""
+    import base64
+    b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key], check=True)
+    point = subprocess.run(["openssl", "ec", "-in", key, "-pubout", "-outform", "DER"], check=True,
+                           capture_output=True).stdout[-65:]
+    jwks = {"keys": [{"kty": "EC", "crv": "P-256", "x": b64(point[1:33]), "y": b64(point[33:]), "kid": "bench",
+                      "alg": "ES256", "use": "sig"}]}
+    header = b64(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "bench"}).encode())
+    claims = b64(json.dumps({"sub": "bench", "iss": "https://auth.bench.test/", "aud": "checkout-gateway",
+                             "exp": int(time.time()) + 3600, "checkout_accounts": ["*"]}).encode())
+    der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=f"{header}.{claims}".encode(),
+                         check=True, capture_output=True).stdout
+    at = 3 if der[1] & 0x80 else 2
+    numbers = []
+    for _ in range(2):
+        length = der[at + 1]
+        numbers.append(int.from_bytes(der[at + 2:at + 2 + length], "big").to_bytes(32, "big"))
+        at += 2 + length
+    return jwks, f"{header}.{claims}.{b64(numbers[0] + numbers[1])}"
+
+
+def section_j():
+    """(j): (a) again from a client with a JWT, against /livez on the same server: what
+    `GATEWAY_AUTH=jwt` (the production overlay's mode) costs a cached answer."""
+    import http.server
+    import tempfile
+    log(f"(j): {RUNS} runs of {SECONDS}s with an ES256 JWT")
+    with tempfile.TemporaryDirectory() as directory:
+        jwks, token = es256_issuer(directory)
+    body = json.dumps(jwks).encode()
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gateway = Gateway(latency_ms=0, extra_env={
+        "GATEWAY_AUTH": "jwt", "GATEWAY_JWT_JWKS_URL": f"http://127.0.0.1:{server.server_address[1]}/jwks.json",
+        "GATEWAY_JWT_ISSUER": "https://auth.bench.test/", "GATEWAY_JWT_AUDIENCE": "checkout-gateway",
+        "GATEWAY_JWT_ALGORITHMS": "ES256"})
+    gateway.wait_ready()
+    wrk("cached_jwt.lua", gateway.url + "/graphql", CONNECTIONS, 1, token=token)
+    with_token, livez = [], []
+    for _ in range(RUNS):
+        with_token.append(wrk("cached_jwt.lua", gateway.url + "/graphql", CONNECTIONS, SECONDS, token=token))
+        livez.append(wrk("livez.lua", gateway.url + "/livez", CONNECTIONS, SECONDS))
+    gateway.stop()
+    server.shutdown()
+    ratio = median([t["rps"] / l["rps"] for t, l in zip(with_token, livez)])
+    return [("(j) cached `checkoutSession` with a JWT (ES256, `GATEWAY_AUTH=jwt`)",
+             f"{median([r['rps'] for r in with_token]):,.0f} req/s; p50 {median([r['p50_us'] for r in with_token]) / 1000:.2f} ms, "
+             f"p99 {median([r['p99_us'] for r in with_token]) / 1000:.2f} ms; /livez {median([r['rps'] for r in livez]):,.0f} req/s; "
+             f"ratio {ratio:.2f} (compare (a)/(b))", "")]
 
 
 def print_table(commit, dirty, cpu, rows):

@@ -21,6 +21,15 @@ if ! command -v wrk >/dev/null || ! command -v taskset >/dev/null; then
   fi
 fi
 command -v python3 >/dev/null || { echo "bench/run.sh: python3 is required" >&2; exit 2; }
+if ! command -v openssl >/dev/null; then  # (j) makes its issuer's key and token with it
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "bench/run.sh: please install openssl (Debian: apt-get install openssl)" >&2
+    exit 2
+  fi
+fi
 if ! command -v redis-server >/dev/null; then
   if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
     apt-get update -qq
