@@ -57,6 +57,11 @@ impl Rights {
         Rights { allowed: None, fingerprint: Arc::from("") }
     }
 
+    /// No account at all.
+    pub fn none() -> Rights {
+        Rights::from_list::<&str>(&[])
+    }
+
     /// From a list as configured (`*` alone: everything).
     pub fn from_list<S: AsRef<str>>(items: &[S]) -> Rights {
         if items.iter().any(|item| item.as_ref().trim() == "*") {
@@ -331,7 +336,7 @@ impl Access {
                 Rights::from_list(&text.split([' ', ',']).collect::<Vec<_>>())
             }
             // No claim: no account.
-            _ => Rights::from_list::<&str>(&[]),
+            _ => Rights::none(),
         };
         // Accepted until `exp` plus the leeway, as the check above accepts it.
         let left = data.claims.other.get("exp").and_then(serde_json::Value::as_f64).map_or(0.0, |exp| {
@@ -393,7 +398,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The credential of `Authorization: Bearer …`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = header(headers, "authorization")?;
-    let (scheme, credential) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim()).filter(|c| !c.is_empty())
+    bearer_credential(header(headers, "authorization")?).filter(|credential| !credential.is_empty())
+}
+
+/// The credential of a `Bearer …` value (the scheme in any case).
+pub fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim())
 }

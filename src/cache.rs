@@ -18,7 +18,7 @@ use moka::Expiry;
 
 use crate::domain::CheckoutSession;
 use crate::domain::{CheckoutStatus, FetchError, FetchResult};
-use crate::live::Hub;
+use crate::live::{Hub, REFERENCE_TTL};
 use crate::metrics::Metrics;
 use crate::providers::Account;
 use crate::shared::Shared;
@@ -124,8 +124,6 @@ type Key = (Arc<str>, Arc<str>);
 const LOCK_TTL: Duration = Duration::from_secs(10);
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 const LOCK_POLL: Duration = Duration::from_millis(20);
-/// How long a payment or escrow id keeps naming its sessions: providers redeliver for a day.
-pub const REFERENCE_TTL: Duration = Duration::from_secs(48 * 3600);
 
 /// The version of what this gateway writes to the shared tier; an entry of any other version
 /// is skipped (and overwritten), never misread, during a rolling upgrade.
@@ -401,10 +399,7 @@ impl SessionCache {
                     let reference =
                         account.kind().webhooks.and_then(|webhooks| (webhooks.reference)(session));
                     if let Some(reference) = reference {
-                        self.hub.note_reference(&key.0, reference, &key.1);
-                        if let Some(shared) = &self.shared {
-                            shared.add_reference(&key.0, reference, &key.1, REFERENCE_TTL).await;
-                        }
+                        self.note_reference(&key.0, reference, &key.1).await;
                     }
                 }
                 self.hub.publish(key, &entry.answer);
@@ -421,7 +416,7 @@ impl SessionCache {
     /// kept for stale-if-error. A lookup from now on asks the provider (and a [`Self::refresh`]
     /// joins it). Returns the canonical id when something was stored.
     pub async fn invalidate(&self, account: &Account, id: &str) -> Option<Arc<str>> {
-        let key: Key = (account.scope.clone(), account.client.canonical_id(id).ok()?);
+        let key = self.key(account, id).ok()?;
         let mut shared_held = false;
         if let Some(shared) = &self.shared {
             // Every replica's copy goes too: the shared one now, the local ones by message.
@@ -478,23 +473,24 @@ impl SessionCache {
             }
         }
         let locked = shared.lock(&key.0, &key.1, LOCK_TTL).await;
-        if locked == Some(true) && !fresh {
-            // Another replica may have shared its answer and let go of the lock between the
-            // read above and taking the lock.
-            if let Some(entry) = self.read_shared(shared, account, key).await {
-                shared.unlock(&key.0, &key.1).await;
+        if !fresh {
+            let shared_answer = match locked {
+                // Another replica may have shared its answer and let go of the lock between
+                // the read above and taking the lock.
+                Some(true) => {
+                    let entry = self.read_shared(shared, account, key).await;
+                    if entry.is_some() {
+                        shared.unlock(&key.0, &key.1).await;
+                    }
+                    entry
+                }
+                // Another replica is asking: its answer, if it comes in time.
+                Some(false) => self.await_shared(shared, account, key).await,
+                None => None,
+            };
+            if let Some(entry) = shared_answer {
                 self.metrics.shared_hits.with_label_values(&label).inc();
                 return entry;
-            }
-        }
-        if locked == Some(false) && !fresh {
-            let until = Instant::now() + LOCK_WAIT;
-            while Instant::now() < until {
-                tokio::time::sleep(LOCK_POLL).await;
-                if let Some(entry) = self.read_shared(shared, account, key).await {
-                    self.metrics.shared_hits.with_label_values(&label).inc();
-                    return entry;
-                }
             }
         }
         let entry = self.entry(account.client.fetch_session(&key.1).await, asked_at);
@@ -510,6 +506,18 @@ impl SessionCache {
         entry
     }
 
+    /// The answer the replica holding `key`'s lock shares, if it does within [`LOCK_WAIT`].
+    async fn await_shared(&self, shared: &Shared, account: &Account, key: &Key) -> Option<Entry> {
+        let until = Instant::now() + LOCK_WAIT;
+        while Instant::now() < until {
+            tokio::time::sleep(LOCK_POLL).await;
+            if let Some(entry) = self.read_shared(shared, account, key).await {
+                return Some(entry);
+            }
+        }
+        None
+    }
+
     /// The answer another replica shared for `key`, if it is of this format and still fresh.
     async fn read_shared(&self, shared: &Shared, account: &Account, key: &Key) -> Option<Entry> {
         let bytes = shared.get(&key.0, &key.1).await?;
@@ -521,8 +529,7 @@ impl SessionCache {
     /// local copy is dropped or replaced, and watchers here are told. `update`: read the new
     /// one now, where this replica holds or watches the session.
     pub async fn adopt(&self, account: &Account, id: &str, update: bool) {
-        let Ok(canonical) = account.client.canonical_id(id) else { return };
-        let key: Key = (account.scope.clone(), canonical);
+        let Ok(key) = self.key(account, id) else { return };
         let held = self.demote(&key).await;
         if !update || !(held || self.hub.is_watched(&key)) {
             return;
@@ -534,13 +541,31 @@ impl SessionCache {
         }
     }
 
+    /// Remembers that `reference` (a payment, an escrow) names session `id` in `scope`, here
+    /// and for the other replicas.
+    pub async fn note_reference(&self, scope: &Arc<str>, reference: &str, id: &Arc<str>) {
+        self.hub.note_reference(scope, reference, id);
+        if let Some(shared) = &self.shared {
+            shared.add_reference(scope, reference, id, REFERENCE_TTL).await;
+        }
+    }
+
+    /// The sessions this replica, or any other, saw under `reference` in `scope`.
+    pub async fn sessions_of(&self, scope: &Arc<str>, reference: &str) -> Vec<Arc<str>> {
+        let mut ids = self.hub.sessions_of(scope, reference).to_vec();
+        if let Some(shared) = &self.shared {
+            ids.extend(shared.references(scope, reference).await.into_iter().map(Arc::from));
+        }
+        ids
+    }
+
     /// Drops every local answer: pub/sub reconnected, and messages may have been missed.
     pub fn clear_local(&self) {
         self.cache.invalidate_all();
     }
 
     /// The canonical key of `id` for `account`.
-    pub fn key(&self, account: &Account, id: &str) -> Result<(Arc<str>, Arc<str>), FetchError> {
+    pub fn key(&self, account: &Account, id: &str) -> Result<Key, FetchError> {
         Ok((account.scope.clone(), account.client.canonical_id(id)?))
     }
 

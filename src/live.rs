@@ -26,6 +26,10 @@ type Latest = Option<FetchResult>;
 /// more (an escrow with many sessions) keeps the latest ones.
 const SESSIONS_PER_REFERENCE: usize = 64;
 
+/// How long a payment or escrow id keeps naming its sessions (here and in the shared tier):
+/// providers redeliver an event for about a day.
+pub const REFERENCE_TTL: Duration = Duration::from_secs(48 * 3600);
+
 #[derive(Debug)]
 pub struct Hub {
     topics: Mutex<HashMap<TopicKey, watch::Sender<Latest>>>,
@@ -36,14 +40,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// `references_max`: entries of the reference index; each is kept `references_ttl` (a
-    /// provider may redeliver an event for about a day).
-    pub fn new(references_max: u64, references_ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    /// `references_max`: entries of the reference index; each is kept [`REFERENCE_TTL`].
+    pub fn new(references_max: u64, metrics: Arc<Metrics>) -> Self {
         Self {
             topics: Mutex::default(),
             references: moka::sync::Cache::builder()
                 .max_capacity(references_max)
-                .time_to_live(references_ttl)
+                .time_to_live(REFERENCE_TTL)
                 .build(),
             metrics,
         }

@@ -25,18 +25,7 @@ impl OperationLabels {
     /// The label for `request`'s operation: `operationName`, else the name in the document
     /// (parsed once; execution reuses the parse); `anonymous`, `invalid_name` or `other`.
     pub fn label(&self, request: &mut async_graphql::Request) -> String {
-        let name = match &request.operation_name {
-            Some(name) => Some(name.clone()),
-            None => match request.parsed_query().map(|doc| &doc.operations) {
-                Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
-                    if operations.len() == 1 =>
-                {
-                    operations.keys().next().map(|name| name.to_string())
-                }
-                _ => None,
-            },
-        };
-        let Some(name) = name else { return "anonymous".to_owned() };
+        let Some(name) = operation_name(request) else { return "anonymous".to_owned() };
         if name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return "invalid_name".to_owned();
         }
@@ -49,6 +38,22 @@ impl OperationLabels {
             return name;
         }
         "other".to_owned()
+    }
+}
+
+/// The name of the operation `request` runs: `operationName`, else the name of the
+/// document's only operation (parsed once; execution reuses the parse); `None` without one.
+pub fn operation_name(request: &mut async_graphql::Request) -> Option<String> {
+    if let Some(name) = &request.operation_name {
+        return Some(name.clone());
+    }
+    match request.parsed_query().map(|document| &document.operations) {
+        Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
+            if operations.len() == 1 =>
+        {
+            operations.keys().next().map(|name| name.to_string())
+        }
+        _ => None,
     }
 }
 
@@ -107,15 +112,21 @@ impl Metrics {
             registry.register(Box::new(metric.clone())).expect("each metric is registered once");
             metric
         };
-        let cache_entries =
-            IntGauge::new("cache_entries", "Answers in the cache now.").expect("static metric");
-        registry.register(Box::new(cache_entries.clone())).expect("each metric is registered once");
-        let response_cache_hits = IntCounter::new(
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("static metric");
+            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+            metric
+        };
+        let single = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("static metric");
+            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+            metric
+        };
+        let cache_entries = gauge("cache_entries", "Answers in the cache now.");
+        let response_cache_hits = single(
             "response_cache_hits_total",
             "GraphQL requests answered by replaying a stored response (no session lookup at all).",
-        )
-        .expect("static metric");
-        registry.register(Box::new(response_cache_hits.clone())).expect("each metric is registered once");
+        );
         let circuit_state = IntGaugeVec::new(
             Opts::new(
                 "circuit_state",
@@ -125,17 +136,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         registry.register(Box::new(circuit_state.clone())).expect("each metric is registered once");
-        let log_lines_dropped = IntCounter::new(
+        let log_lines_dropped = single(
             "log_lines_dropped_total",
             "Log lines dropped because stdout could not keep up (the writer never blocks a request).",
-        )
-        .expect("static metric");
-        registry.register(Box::new(log_lines_dropped.clone())).expect("each metric is registered once");
-        let gauge = |name: &str, help: &str| {
-            let metric = IntGauge::new(name, help).expect("static metric");
-            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-            metric
-        };
+        );
         let live_sessions =
             gauge("live_sessions_watched", "Sessions someone is subscribed to now (topics in the hub).");
         let live_watchers = gauge("live_subscriptions", "Subscriptions to sessions open now.");
@@ -143,12 +147,10 @@ impl Metrics {
             "live_pollers",
             "Watched sessions the gateway polls now (no webhook keeps their account current).",
         );
-        let live_updates = IntCounter::new(
+        let live_updates = single(
             "live_updates_total",
             "Changes of a session sent to its subscribers (a same-content refetch is not one).",
-        )
-        .expect("static metric");
-        registry.register(Box::new(live_updates.clone())).expect("each metric is registered once");
+        );
         let subscription_connections = IntGaugeVec::new(
             Opts::new("subscription_connections", "Subscription connections open now, by transport."),
             &["transport"],

@@ -161,7 +161,7 @@ impl Application {
         let credentials: Credentials = Arc::new(RwLock::new(
             accounts.iter().map(|account| (account.name().clone(), CredentialStatus::Checking)).collect(),
         ));
-        let hub = Arc::new(Hub::new(REFERENCES_MAX, REFERENCES_TTL, metrics.clone()));
+        let hub = Arc::new(Hub::new(REFERENCES_MAX, metrics.clone()));
         let mut cache = SessionCache::new(config.cache, hub, metrics.clone());
         if let Some(shared) = &shared {
             cache = cache.with_shared(shared.clone());
@@ -306,9 +306,8 @@ impl Application {
 }
 
 /// Entries of the index from payment and escrow ids to sessions (webhooks name sessions by
-/// them), and how long each is kept: a provider redelivers for about a day.
+/// them).
 const REFERENCES_MAX: u64 = 200_000;
-const REFERENCES_TTL: Duration = Duration::from_secs(48 * 3600);
 
 /// Where a process on this machine reaches `addr` (a wildcard address is reached on loopback).
 fn loopback(addr: SocketAddr) -> SocketAddr {
@@ -738,15 +737,7 @@ async fn execute(
 ) -> Response {
     if let Err(refused) = state.admission.admit(&mut request, client.via_router) {
         log_access(&client, "refused", 0);
-        let mut response = graphql_response(
-            Bytes::from(
-                serde_json::to_vec(&async_graphql::Response::from_errors(vec![refused])).unwrap_or_default(),
-            ),
-            None,
-            media,
-        );
-        *response.status_mut() = media.not_run_status();
-        return response;
+        return request_error(refused, media);
     }
     let prepared = state.documents.prepare(&mut request);
     let validated = prepared.validated();
@@ -754,7 +745,7 @@ async fn execute(
     if !validated {
         if let Ok(document) = request.parsed_query() {
             if let Err(reason) = limits::check(document, state.shape_limits) {
-                return request_error(&reason, media);
+                return request_error(async_graphql::ServerError::new(reason, None), media);
             }
         }
     }
@@ -837,9 +828,11 @@ fn graphql_response(body: Bytes, reusable_until: Option<Instant>, media: MediaTy
 
 /// A document refused before it ran, as GraphQL over HTTP says: 400 for a client that accepts
 /// `application/graphql-response+json`, 200 for one that knows only `application/json`.
-fn request_error(message: &str, media: MediaType) -> Response {
-    let mut response = graphql_error(media.not_run_status(), message);
-    response.headers_mut().insert(CONTENT_TYPE, media.header());
+fn request_error(error: async_graphql::ServerError, media: MediaType) -> Response {
+    // No `data`: the request never ran.
+    let body = serde_json::to_vec(&json!({"errors": [error]})).unwrap_or_default();
+    let mut response = graphql_response(Bytes::from(body), None, media);
+    *response.status_mut() = media.not_run_status();
     response
 }
 
@@ -870,16 +863,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
         None => json!({"configured": false}),
         Some(shared) => json!({"configured": true, "state": shared.state(), "pubsub": shared.is_listening()}),
     };
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, Json(json!({"status": "ready", "accounts": accounts, "shared": shared})))
-            .into_response()
+    let (status, label) = if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "accounts": accounts, "shared": shared})),
-        )
-            .into_response()
-    }
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    };
+    (status, Json(json!({"status": label, "accounts": accounts, "shared": shared}))).into_response()
 }
 
 async fn metrics_page(State(state): State<AppState>) -> Response {

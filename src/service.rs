@@ -208,20 +208,12 @@ impl SessionService {
                 Target::Session { id, reference } => {
                     let Ok((scope, id)) = self.cache.key(account, id) else { continue };
                     if let Some(reference) = reference {
-                        hub.note_reference(&scope, reference, &id);
-                        if let Some(shared) = self.cache.shared() {
-                            shared.add_reference(&scope, reference, &id, crate::cache::REFERENCE_TTL).await;
-                        }
+                        self.cache.note_reference(&scope, reference, &id).await;
                     }
                     ids.push(id);
                 }
                 Target::Reference(reference) => {
-                    ids.extend(hub.sessions_of(&account.scope, reference).iter().cloned());
-                    if let Some(shared) = self.cache.shared() {
-                        ids.extend(
-                            shared.references(&account.scope, reference).await.into_iter().map(Arc::from),
-                        );
-                    }
+                    ids.extend(self.cache.sessions_of(&account.scope, reference).await)
                 }
             }
         }

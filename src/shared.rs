@@ -60,7 +60,11 @@ pub struct Shared {
     /// This process, so that it can tell its own messages from the others'.
     pub replica: String,
     metrics: Arc<Metrics>,
+    /// The Lua scripts, hashed once (each call sends the hash, and the body only when the
+    /// server does not know it yet).
     take_script: Script,
+    hold_script: Script,
+    unlock_script: Script,
 }
 
 impl fmt::Debug for Shared {
@@ -156,6 +160,8 @@ impl Shared {
             replica: format!("{:016x}", fastrand::u64(..)),
             metrics,
             take_script: Script::new(TAKE),
+            hold_script: Script::new(HOLD),
+            unlock_script: Script::new(UNLOCK),
         }))
     }
 
@@ -295,10 +301,9 @@ impl Shared {
         let key = self.key("lock", scope, id);
         let mut redis = self.manager.clone();
         let token = self.replica.clone();
-        self.run("unlock", async move {
-            Script::new(UNLOCK).key(key).arg(token).invoke_async::<i64>(&mut redis).await
-        })
-        .await;
+        let mut invocation = self.unlock_script.key(key);
+        invocation.arg(token);
+        self.run("unlock", async move { invocation.invoke_async::<i64>(&mut redis).await }).await;
     }
 
     /// Tells every replica something (`message` is JSON the caller reads back in `listen`).
@@ -397,10 +402,9 @@ impl SharedQuota for Shared {
             let key = self.key("hold", scope, "");
             let mut redis = self.manager.clone();
             let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
-            self.run("hold", async move {
-                Script::new(HOLD).key(key).arg(micros).invoke_async::<i64>(&mut redis).await
-            })
-            .await;
+            let mut invocation = self.hold_script.key(key);
+            invocation.arg(micros);
+            self.run("hold", async move { invocation.invoke_async::<i64>(&mut redis).await }).await;
         })
     }
 }

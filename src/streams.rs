@@ -25,12 +25,12 @@ use futures::{SinkExt, StreamExt};
 use prometheus::IntGauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::access::{Access, Client};
+use crate::access::{bearer_credential, Access, Client};
 use crate::documents::Admission;
 use crate::edge::Phase;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
-use crate::metrics::Metrics;
+use crate::metrics::{operation_name, Metrics};
 use crate::refusal::graphql_error;
 
 /// The schema as streams run it: each operation gets its own request scope (so aliases cannot
@@ -70,13 +70,7 @@ impl Guarded {
         mut request: async_graphql::Request,
         session: Option<&Data>,
     ) -> Result<async_graphql::Request, async_graphql::ServerError> {
-        let client = |data: &Data| {
-            data.get(&std::any::TypeId::of::<Client>())
-                .and_then(|client| client.downcast_ref::<Client>())
-                .cloned()
-        };
-        let via_router =
-            client(&request.data).or_else(|| session.and_then(client)).is_some_and(|c| c.via_router);
+        let via_router = client_of(&request.data, session).is_some_and(|client| client.via_router);
         self.admission.admit(&mut request, via_router)?;
         if let Ok(document) = request.parsed_query() {
             limits::check(document, self.shape)
@@ -104,7 +98,7 @@ impl Executor for Guarded {
                 let client = client_of(&request.data, session_data.as_deref())
                     .map_or_else(|| std::sync::Arc::from("unknown"), |client| client.name.clone());
                 let mut request = request;
-                let operation = operation_name(&mut request);
+                let operation = operation_name(&mut request).unwrap_or_else(|| "anonymous".into());
                 let mut trail = Trail { client, operation, sent: 0 };
                 Executor::execute_stream(&self.schema, request, session_data)
                     .map(move |response| {
@@ -127,22 +121,6 @@ impl Executor for Guarded {
 fn client_of<'a>(request: &'a Data, session: Option<&'a Data>) -> Option<&'a Client> {
     let find = |data: &'a Data| data.get(&std::any::TypeId::of::<Client>())?.downcast_ref::<Client>();
     find(request).or_else(|| session.and_then(find))
-}
-
-/// The name of the operation `request` runs: `operationName`, else the document's only
-/// operation's name; `anonymous` without one.
-fn operation_name(request: &mut async_graphql::Request) -> String {
-    if let Some(name) = &request.operation_name {
-        return name.clone();
-    }
-    match request.parsed_query().map(|document| &document.operations) {
-        Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
-            if operations.len() == 1 =>
-        {
-            operations.keys().next().map_or_else(|| "anonymous".into(), |name| name.to_string())
-        }
-        _ => "anonymous".into(),
-    }
 }
 
 /// The access trail of one streamed operation, written when it ends (completed, or the
@@ -338,9 +316,7 @@ fn payload_bearer(payload: &serde_json::Value) -> Option<&str> {
     fn field(object: &serde_json::Value) -> Option<&str> {
         ["Authorization", "authorization"].iter().find_map(|name| object.get(*name)?.as_str())
     }
-    let value = field(payload).or_else(|| payload.get("headers").and_then(field))?;
-    let (scheme, credential) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim())
+    bearer_credential(field(payload).or_else(|| payload.get("headers").and_then(field))?)
 }
 
 /// No `Origin` (not a browser), or one naming the host the request was sent to.

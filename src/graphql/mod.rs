@@ -19,7 +19,8 @@ use futures::{Stream, StreamExt};
 
 use crate::access::{Client, Rights};
 use crate::cache::Lookup;
-use crate::providers::ProviderKind;
+use crate::domain::FetchError;
+use crate::providers::{Account, ProviderKind};
 use crate::service::{permitted, SessionRef, SessionService};
 use crate::view::{self, ProviderName};
 
@@ -268,8 +269,18 @@ fn rights<'a>(ctx: &Context<'a>) -> &'a Rights {
     static NOTHING: std::sync::OnceLock<Rights> = std::sync::OnceLock::new();
     match ctx.data_opt::<Client>() {
         Some(client) => &client.rights,
-        None => NOTHING.get_or_init(|| Rights::from_list::<&str>(&[])),
+        None => NOTHING.get_or_init(Rights::none),
     }
+}
+
+/// The account that answers for `provider` (the named one, or its default), if the client
+/// may read it.
+fn readable<'a>(
+    ctx: &Context<'a>,
+    provider: &ProviderName,
+    account: Option<&str>,
+) -> Result<&'a Arc<Account>, FetchError> {
+    permitted(rights(ctx), gateway(ctx).service.account(provider.as_str(), account))
 }
 
 /// Counts `lookups` against the request's limit, or refuses with `BATCH_TOO_LARGE`.
@@ -318,8 +329,7 @@ impl Query {
     ) -> async_graphql::Result<CheckoutSessionResult> {
         spend(ctx, 1)?;
         let service = &gateway(ctx).service;
-        let account = permitted(rights(ctx), service.account(provider.as_str(), account.as_deref()));
-        let lookup = service.lookup(account, &id).await;
+        let lookup = service.lookup(readable(ctx, &provider, account.as_deref()), &id).await;
         observe(ctx, &lookup);
         Ok(CheckoutSessionResult::from_lookup(&provider, lookup))
     }
@@ -427,9 +437,7 @@ impl Subscription {
             Some(budget) => budget.take()?,
             None => None,
         };
-        let service = &gateway(ctx).service;
-        let account = permitted(rights(ctx), service.account(provider.as_str(), account.as_deref()));
-        let updates = service.watch(account, &id);
+        let updates = gateway(ctx).service.watch(readable(ctx, &provider, account.as_deref()), &id);
         Ok(updates.map(move |lookup| {
             // Held as long as the subscription runs.
             let _held = &permit;

@@ -157,7 +157,7 @@ async fn the_cache_key_holds_the_credential() {
     assert_ne!(a.scope, b.scope);
     assert!(!a.scope.contains("sk_sandbox_a"), "the key itself is never part of the cache key");
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(1000, Duration::from_secs(60), metrics.clone()));
+    let hub = Arc::new(Hub::new(1000, metrics.clone()));
     let cache = SessionCache::new(CachePolicy::default(), hub, metrics);
 
     let seen_by_a = cache.lookup(&a, DHMAD_ID).await.answer.unwrap();
