@@ -220,7 +220,9 @@ impl Admission {
             if trusted.check(request) == Verdict::NotListed {
                 match trusted.mode() {
                     TrustMode::Log => {
-                        let operation = request.operation_name.as_deref().unwrap_or_default();
+                        // The document's own name when the request gives none.
+                        let operation =
+                            crate::metrics::operation_name(request).unwrap_or_else(|| "anonymous".into());
                         tracing::warn!(%operation, "an operation not in the trusted documents ran (log mode)");
                     }
                     TrustMode::Enforce => return Err(coded(

@@ -412,6 +412,10 @@ async fn every_answered_request_leaves_an_access_trail_without_the_key() {
     assert_eq!(socket.update().await.1, "COMPLETED");
     drop(socket);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second query was indeed replayed (the trail's count below rests on it).
+    let metrics =
+        http.get(format!("http://{}/metrics", gateway.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|line| line == "checkout_gateway_response_cache_hits_total 1"), "{metrics}");
     let (_, logs) = gateway.stop("TERM").await;
     let trail: Vec<&Value> =
         logs.iter().filter(|line| line["target"] == "checkout_gateway::access").collect();
@@ -425,4 +429,33 @@ async fn every_answered_request_leaves_an_access_trail_without_the_key() {
     assert_eq!(watched, (&json!("dodo-dashboard"), &json!("Watch"), &json!(1)), "{logs:?}");
     assert!(!serde_json::to_string(&logs).unwrap().contains(key), "the key was logged");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn in_log_mode_an_operation_outside_the_trusted_documents_runs_and_is_logged_once() {
+    let listed =
+        r#"query Listed { checkoutSession(provider: DODO, id: "cks_demo_succeeded") { __typename } }"#;
+    let other = r#"query Other { checkoutSession(provider: DODO, id: "cks_demo_open") { __typename } }"#;
+    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(listed.as_bytes()));
+    let manifest = json!({"format": "apollo-persisted-query-manifest", "version": 1,
+                          "operations": [{"id": id, "name": "Listed", "type": "query", "body": listed}]});
+    let path = std::env::temp_dir().join(format!("cg-log-manifest-{}.json", std::process::id()));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let gateway = Gateway::start(
+        &["--demo"],
+        &[("GATEWAY_TRUSTED_DOCUMENTS", path.to_str().unwrap()), ("GATEWAY_TRUSTED_DOCUMENTS_MODE", "log")],
+    );
+    let http = crate::helpers::http();
+    for query in [listed, other] {
+        let reply = post_graphql(&http, gateway.addr, query, json!({})).await;
+        assert_eq!(reply.body["data"]["checkoutSession"]["__typename"], "CheckoutSession", "{}", reply.body);
+    }
+    let (_, logs) = gateway.stop("TERM").await;
+    let warned: Vec<&Value> = logs
+        .iter()
+        .filter(|line| line["message"] == "an operation not in the trusted documents ran (log mode)")
+        .collect();
+    assert_eq!(warned.len(), 1, "only the unlisted operation is logged: {logs:?}");
+    assert_eq!(warned[0]["operation"], "Other");
+    std::fs::remove_file(path).unwrap();
 }
