@@ -25,6 +25,7 @@ use crate::service::{permitted, SessionRef, SessionService};
 use crate::view::{self, ProviderName};
 
 pub mod limits;
+mod timestamp;
 mod types;
 
 pub use types::{CheckoutError, CheckoutSessionRef, CheckoutSessionResult, CheckoutSessionView};
@@ -78,8 +79,9 @@ impl Default for QueryLimits {
 }
 
 /// `introspection`: answer `__schema` and `__type` (federation's `_service` is answered
-/// either way: routers compose with it). `fast`: validate only depth and complexity, for
-/// documents that passed strict validation once (see [`Prepared`]).
+/// either way: routers compose with it). `fast`: validate nothing, for documents that passed
+/// strict validation once (see [`Prepared`]); depth and complexity are properties of the
+/// document, so the limits that strict pass checked hold for every later run.
 pub fn schema(
     gateway: Gateway,
     providers: &[&'static ProviderKind],
@@ -89,7 +91,10 @@ pub fn schema(
 ) -> GatewaySchema {
     let mut builder = builder(providers, limits).data(gateway);
     if fast {
-        builder = builder.validation_mode(async_graphql::ValidationMode::Fast);
+        // `Prevalidated` is our patch to async-graphql (vendor/async-graphql): its `Fast`
+        // mode still walks the document for depth, complexity and cache control, a sixth of
+        // an executed request.
+        builder = builder.validation_mode(async_graphql::ValidationMode::Prevalidated);
     }
     if introspection {
         builder.finish()
@@ -190,10 +195,12 @@ impl RequestScope {
 pub struct DocumentCache(moka::sync::Cache<String, Arc<CachedDocument>>);
 
 /// A parsed document, and whether it has passed strict validation once: then it may run on
-/// the schema that validates only what can change between requests (depth and complexity).
+/// the schema that validates nothing (see [`schema`]).
 #[derive(Debug)]
 struct CachedDocument {
-    document: ExecutableDocument,
+    /// Shared with every request that runs it (`set_shared_query`, our async-graphql patch):
+    /// copying it for each request cost a tenth of an executed request.
+    document: Arc<ExecutableDocument>,
     validated: AtomicBool,
 }
 
@@ -241,15 +248,14 @@ impl DocumentCache {
             return Prepared(None);
         }
         if let Some(cached) = self.0.get(request.query.as_str()) {
-            request.set_parsed_query(cached.document.clone());
+            request.set_shared_query(cached.document.clone());
             return Prepared(Some(cached));
         }
-        match request.parsed_query() {
+        match async_graphql::parser::parse_query(&request.query) {
             Ok(document) => {
-                let cached = Arc::new(CachedDocument {
-                    document: document.clone(),
-                    validated: AtomicBool::new(false),
-                });
+                let document = Arc::new(document);
+                request.set_shared_query(document.clone());
+                let cached = Arc::new(CachedDocument { document, validated: AtomicBool::new(false) });
                 self.0.insert(request.query.clone(), cached.clone());
                 Prepared(Some(cached))
             }

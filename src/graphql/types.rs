@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_graphql::resolver_utils::enum_value;
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Interface, Json, Object, Union, ID};
-use chrono::{DateTime, Utc};
 
+use super::timestamp::Timestamp;
 use crate::cache::Lookup;
 use crate::domain::{self, CheckoutSession, FetchError};
 use crate::view::{ProviderDetails, ProviderName};
@@ -106,18 +106,18 @@ impl CheckoutSessionView {
         self.0.provider_status.as_deref()
     }
 
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    async fn created_at(&self) -> Timestamp {
+        Timestamp(self.0.created_at)
     }
 
     /// When the session stops accepting the person's action (DHMAD only: Dodo does not say).
-    async fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.0.expires_at
+    async fn expires_at(&self) -> Option<Timestamp> {
+        self.0.expires_at.map(Timestamp)
     }
 
     /// When the session was completed (DHMAD only).
-    async fn completed_at(&self) -> Option<DateTime<Utc>> {
-        self.0.completed_at
+    async fn completed_at(&self) -> Option<Timestamp> {
+        self.0.completed_at.map(Timestamp)
     }
 
     /// Dodo: the customer's email. DHMAD: the email of the user asked to act.
@@ -140,8 +140,8 @@ impl CheckoutSessionView {
     }
 
     /// When the gateway last heard this from the provider (older than now on a cache hit).
-    async fn fetched_at(&self) -> DateTime<Utc> {
-        self.0.fetched_at
+    async fn fetched_at(&self) -> Timestamp {
+        Timestamp(self.0.fetched_at)
     }
 
     /// True when the provider could not answer just now (down, failing, slow, rate limited)

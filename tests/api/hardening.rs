@@ -666,6 +666,57 @@ async fn a_document_is_validated_strictly_until_it_has_passed_once() {
     }
 }
 
+/// A parsed document is shared by every request that sends its text (our async-graphql patch,
+/// vendor/async-graphql/PATCHED.md): `@skip` and `@include` must act on each request's own
+/// copy, and each request runs the operation it names, however the requests before it went.
+#[tokio::test]
+async fn a_shared_document_answers_each_request_by_its_own_variables_and_operation() {
+    let app = spawn_app(|config| config.response_cache_bytes = 0).await;
+    crate::helpers::mount_dodo(&app, "cks_d", Some("succeeded")).await;
+    let document = r#"
+        query Full($id: ID!, $email: Boolean!, $brief: Boolean!) {
+          checkoutSession(provider: DODO, id: $id) {
+            ... on CheckoutSession { status customerEmail @include(if: $email) ...Times @skip(if: $brief) id }
+          }
+        }
+        query Kind($id: ID!) { checkoutSession(provider: DODO, id: $id) { __typename } }
+        fragment Times on CheckoutSession { createdAt fetchedAt }"#;
+    let run = |operation: &'static str, email: bool, brief: bool| {
+        let http = app.http.clone();
+        let body = json!({
+            "query": document,
+            "operationName": operation,
+            "variables": {"id": "cks_d", "email": email, "brief": brief},
+        });
+        let url = format!("http://{}/graphql", app.addr);
+        async move { http.post(url).json(&body).send().await.unwrap().text().await.unwrap() }
+    };
+    // The order alternates, so a request that changed the shared document would show in the next.
+    for (operation, email, brief, fields) in [
+        ("Full", false, false, vec!["status", "createdAt", "fetchedAt", "id"]),
+        ("Full", true, true, vec!["status", "customerEmail", "id"]),
+        ("Kind", false, false, vec!["__typename"]),
+        ("Full", false, true, vec!["status", "id"]),
+        ("Full", true, false, vec!["status", "customerEmail", "createdAt", "fetchedAt", "id"]),
+        ("Kind", true, true, vec!["__typename"]),
+        ("Full", false, false, vec!["status", "createdAt", "fetchedAt", "id"]),
+    ] {
+        let text = run(operation, email, brief).await;
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert!(body.get("errors").is_none(), "{text}");
+        let session = body["data"]["checkoutSession"].as_object().unwrap();
+        let mut keys: Vec<&str> = session.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = fields.clone();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{operation} email={email} brief={brief}: {text}");
+        // Fields come in the order the document selects them (checked on the text: a parsed
+        // JSON object need not keep its order).
+        let positions: Vec<usize> = fields.iter().map(|field| text.find(&format!("\"{field}\"")).unwrap()).collect();
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{operation}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn from_the_first_moment_of_shutdown_http2_connections_get_goaway() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

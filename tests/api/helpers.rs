@@ -87,9 +87,11 @@ pub fn account_mut<'a>(config: &'a mut Config, name: &str) -> &'a mut AccountCon
 }
 
 /// An HTTP client for tests (reqwest is built without a default TLS provider).
+/// No test waits on the gateway for more than a minute: a request that is never answered
+/// fails its test rather than hanging the suite.
 pub fn http() -> reqwest::Client {
     checkout_gateway::net::install_crypto_provider();
-    reqwest::Client::new()
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("a reqwest client")
 }
 
 /// Requests a provider mock received for sessions: DHMAD's startup credential check

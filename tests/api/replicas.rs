@@ -1,6 +1,10 @@
 //! Several gateway processes sharing one real `redis-server` (started here on a free port):
 //! one view of each session, one upstream call per cold session, webhooks and updates fanned
 //! out, one quota, and no outage when Redis goes away.
+//!
+//! The tests run on two threads: wiremock's `MockServer` blocks its thread when dropped until
+//! its requests are done. On one thread, a test that failed with a delayed upstream call in
+//! flight would hang there instead of reporting its failure.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -144,7 +148,7 @@ async fn calls(dodo: &MockServer, id: &str) -> usize {
     requests.iter().filter(|r| r.url.path() == format!("/checkouts/{id}")).count()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_fetched_through_one_replica_costs_no_call_through_another() {
     let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
     upstream(&dodo, "cks_shared", Some("succeeded"), Duration::ZERO).await;
@@ -161,7 +165,7 @@ async fn a_session_fetched_through_one_replica_costs_no_call_through_another() {
     assert_eq!(ready["shared"], json!({"configured": true, "state": "up", "pubsub": true}));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_misses_on_three_replicas_make_one_upstream_call() {
     let (redis, dodo) = (Redis::start(), MockServer::start().await);
     upstream(&dodo, "cks_cold", Some("succeeded"), Duration::from_millis(300)).await;
@@ -179,7 +183,7 @@ async fn cold_misses_on_three_replicas_make_one_upstream_call() {
     assert_eq!(calls(&dodo, "cks_cold").await, 1, "one replica asked; the others waited for its answer");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_to_one_replica_updates_another_and_its_subscriber() {
     let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
     let session = upstream(&dodo, "cks_fan", None, Duration::ZERO).await;
@@ -205,7 +209,7 @@ async fn a_webhook_to_one_replica_updates_another_and_its_subscriber() {
     assert_eq!(calls(&dodo, "cks_fan").await, 2, "the first lookup, and A's one refetch");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_quota_holds_a_burst_across_replicas() {
     let (redis, dodo) = (Redis::start(), MockServer::start().await);
     Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_q[0-9]+$"))
@@ -240,7 +244,7 @@ async fn the_shared_quota_holds_a_burst_across_replicas() {
     assert!(made + limited >= 45, "{made} calls, {limited} refused");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_is_not_an_outage_and_its_return_is_noticed() {
     let (mut redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
     Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_r[0-9]+$"))
@@ -291,7 +295,7 @@ async fn redis_going_away_is_not_an_outage_and_its_return_is_noticed() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_written_in_another_format_is_ignored_not_misread() {
     let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
     upstream(&dodo, "cks_format", None, Duration::ZERO).await;
@@ -314,7 +318,7 @@ async fn an_entry_written_in_another_format_is_ignored_not_misread() {
     assert_eq!(serde_json::from_str::<Value>(&rewritten).unwrap()["v"], 1, "and wrote its own version");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_lock_delays_a_cold_lookup_a_bounded_while_then_it_asks_itself() {
     let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
     upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;

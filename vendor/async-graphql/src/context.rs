@@ -21,7 +21,8 @@ use crate::{
     ServerError, ServerResult, UploadValue, Value,
     extensions::Extensions,
     parser::types::{
-        Directive, Field, FragmentDefinition, OperationDefinition, Selection, SelectionSet,
+        Directive, DocumentOperations, ExecutableDocument, Field, FragmentDefinition,
+        OperationDefinition, Selection, SelectionSet,
     },
     schema::{IntrospectionMode, SchemaEnv},
 };
@@ -250,14 +251,36 @@ pub struct QueryEnvInner {
     pub extensions: Extensions,
     pub variables: Variables,
     pub operation_name: Option<String>,
-    pub operation: Positioned<OperationDefinition>,
-    pub fragments: HashMap<Name, Positioned<FragmentDefinition>>,
+    /// checkout-gateway patch: the document, shared with the request's cache, and
+    /// which of its operations runs (`None`: the only one); read them through
+    /// `operation()` and `fragments()`.
+    pub document: Arc<ExecutableDocument>,
+    pub operation_key: Option<Name>,
     pub uploads: Vec<UploadValue>,
     pub session_data: Arc<Data>,
     pub query_data: Arc<Data>,
     pub http_headers: Mutex<http::HeaderMap>,
     pub introspection_mode: IntrospectionMode,
     pub errors: Mutex<Vec<ServerError>>,
+}
+
+impl QueryEnvInner {
+    /// The operation that runs.
+    pub fn operation(&self) -> &Positioned<OperationDefinition> {
+        match (&self.document.operations, &self.operation_key) {
+            (DocumentOperations::Multiple(operations), Some(key)) => &operations[key],
+            (DocumentOperations::Single(operation), _) => operation,
+            // `prepare_request` sets a key exactly when there are several.
+            (DocumentOperations::Multiple(operations), None) => {
+                operations.values().next().expect("an operation")
+            }
+        }
+    }
+
+    /// The document's fragments.
+    pub fn fragments(&self) -> &HashMap<Name, Positioned<FragmentDefinition>> {
+        &self.document.fragments
+    }
 }
 
 #[doc(hidden)]
@@ -551,7 +574,7 @@ impl<'a, T> ContextBase<'a, T> {
 
     fn var_value(&self, name: &str, pos: Pos) -> ServerResult<Value> {
         self.query_env
-            .operation
+            .operation()
             .node
             .variable_definitions
             .iter()
@@ -684,7 +707,7 @@ impl<'a> ContextBase<'a, &'a Positioned<Field>> {
     /// }
     /// ```
     pub fn look_ahead(&self) -> Lookahead<'_> {
-        Lookahead::new(&self.query_env.fragments, &self.item.node, self)
+        Lookahead::new(self.query_env.fragments(), &self.item.node, self)
     }
 
     /// Get the current field.
@@ -730,7 +753,7 @@ impl<'a> ContextBase<'a, &'a Positioned<Field>> {
     /// ```
     pub fn field(&self) -> SelectionField<'_> {
         SelectionField {
-            fragments: &self.query_env.fragments,
+            fragments: self.query_env.fragments(),
             field: &self.item.node,
             context: self,
         }

@@ -1,6 +1,7 @@
 use std::{
     any::Any,
     fmt::{self, Debug, Formatter},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -46,8 +47,9 @@ pub struct Request {
     #[serde(default)]
     pub extensions: Extensions,
 
+    // checkout-gateway patch: shared, so that a document parsed once runs without a copy.
     #[serde(skip)]
-    pub(crate) parsed_query: Option<ExecutableDocument>,
+    pub(crate) parsed_query: Option<Arc<ExecutableDocument>>,
 
     /// Sets the introspection mode for this request (defaults to
     /// [IntrospectionMode::Enabled]).
@@ -114,14 +116,14 @@ impl Request {
     pub fn parsed_query(&mut self) -> Result<&ExecutableDocument, ServerError> {
         if self.parsed_query.is_none() {
             match parse_query(&self.query) {
-                Ok(parsed) => self.parsed_query = Some(parsed),
+                Ok(parsed) => self.parsed_query = Some(Arc::new(parsed)),
                 Err(error) => return Err(error.into()),
             }
         }
 
         // forbid_unsafe effectively bans optimize away else branch here so use unwrap
         // but this unwrap never panics
-        Ok(self.parsed_query.as_ref().unwrap())
+        Ok(self.parsed_query.as_deref().unwrap())
     }
 
     /// Sets the parsed query into the request.
@@ -130,6 +132,14 @@ impl Request {
     /// parsed ahead of time. It can reduce performance overhead of parsing
     /// the query again.
     pub fn set_parsed_query(&mut self, doc: ExecutableDocument) {
+        self.parsed_query = Some(Arc::new(doc));
+    }
+
+    /// Sets a parsed query that other requests share (checkout-gateway patch).
+    ///
+    /// A schema without extensions runs it without copying it; the copy is
+    /// made only when `@skip` or `@include` must remove selections.
+    pub fn set_shared_query(&mut self, doc: Arc<ExecutableDocument>) {
         self.parsed_query = Some(doc);
     }
 

@@ -480,13 +480,13 @@ where
         let ctx = ContextBase {
             path_node: None,
             is_for_introspection: false,
-            item: &env.operation.node.selection_set,
+            item: &env.operation().node.selection_set,
             schema_env: &self.0.env,
             query_env: &env,
             execute_data,
         };
 
-        let res = match &env.operation.node.ty {
+        let res = match &env.operation().node.ty {
             OperationType::Query => resolve_container(&ctx, &self.0.query).await,
             OperationType::Mutation => {
                 if self.0.env.registry.introspection_mode == IntrospectionMode::IntrospectionOnly
@@ -603,7 +603,7 @@ where
                     }
                 };
 
-                if env.operation.node.ty != OperationType::Subscription {
+                if env.operation().node.ty != OperationType::Subscription {
                     let f = |execute_data: Option<Data>| {
                         let env = env.clone();
                         let schema = schema.clone();
@@ -628,7 +628,7 @@ where
                 let ctx = env.create_context(
                     &schema.0.env,
                     None,
-                    &env.operation.node.selection_set,
+                    &env.operation().node.selection_set,
                     None,
                 );
 
@@ -798,6 +798,29 @@ fn check_recursive_depth(doc: &ExecutableDocument, max_depth: usize) -> ServerRe
     Ok(())
 }
 
+/// Whether any selection in the document has `@skip` or `@include`, which
+/// `remove_skipped_selection` acts on (checkout-gateway patch).
+fn has_conditions(doc: &ExecutableDocument) -> bool {
+    fn in_set(selection_set: &SelectionSet) -> bool {
+        selection_set.items.iter().any(|selection| {
+            selection.node.directives().iter().any(|directive| {
+                directive.node.name.node == "skip" || directive.node.name.node == "include"
+            }) || match &selection.node {
+                Selection::Field(field) => in_set(&field.node.selection_set.node),
+                Selection::FragmentSpread(_) => false,
+                Selection::InlineFragment(fragment) => in_set(&fragment.node.selection_set.node),
+            }
+        })
+    }
+    doc.operations
+        .iter()
+        .any(|(_, operation)| in_set(&operation.node.selection_set.node))
+        || doc
+            .fragments
+            .values()
+            .any(|fragment| in_set(&fragment.node.selection_set.node))
+}
+
 fn remove_skipped_selection(selection_set: &mut SelectionSet, variables: &Variables) {
     fn is_skipped(directives: &[Positioned<Directive>], variables: &Variables) -> bool {
         for directive in directives {
@@ -862,24 +885,36 @@ pub(crate) async fn prepare_request(
     let query_data = Arc::new(std::mem::take(&mut request.data));
     extensions.attach_query_data(query_data.clone());
 
-    let mut document = {
-        let query = &request.query;
-        let parsed_doc = request.parsed_query.take();
-        let fut_parse = async move {
-            let doc = match parsed_doc {
-                Some(parsed_doc) => parsed_doc,
-                None => parse_query(query)?,
-            };
-            check_recursive_depth(&doc, recursive_depth)?;
+    // checkout-gateway patch: a shared document is used as it is (no copy) when no
+    // extension could ask to see or replace it.
+    let mut document = match request.parsed_query.take() {
+        Some(shared) if extensions.is_empty() => {
+            check_recursive_depth(&shared, recursive_depth)?;
             if let Some(max_directives) = max_directives {
-                check_max_directives(&doc, max_directives)?;
+                check_max_directives(&shared, max_directives)?;
             }
-            Ok(doc)
-        };
-        futures_util::pin_mut!(fut_parse);
-        extensions
-            .parse_query(query, &request.variables, &mut fut_parse)
-            .await?
+            shared
+        }
+        parsed_doc => {
+            let query = &request.query;
+            let fut_parse = async move {
+                let doc = match parsed_doc {
+                    Some(parsed_doc) => Arc::unwrap_or_clone(parsed_doc),
+                    None => parse_query(query)?,
+                };
+                check_recursive_depth(&doc, recursive_depth)?;
+                if let Some(max_directives) = max_directives {
+                    check_max_directives(&doc, max_directives)?;
+                }
+                Ok(doc)
+            };
+            futures_util::pin_mut!(fut_parse);
+            Arc::new(
+                extensions
+                    .parse_query(query, &request.variables, &mut fut_parse)
+                    .await?,
+            )
+        }
     };
 
     // check rules
@@ -900,11 +935,11 @@ pub(crate) async fn prepare_request(
     };
 
     let operation = if let Some(operation_name) = &request.operation_name {
-        match document.operations {
+        match &document.operations {
             DocumentOperations::Single(_) => None,
-            DocumentOperations::Multiple(mut operations) => operations
-                .remove(operation_name.as_str())
-                .map(|operation| (Some(operation_name.clone()), operation)),
+            DocumentOperations::Multiple(operations) => operations
+                .get_key_value(operation_name.as_str())
+                .map(|(key, _)| (Some(operation_name.clone()), Some(key.clone()))),
         }
         .ok_or_else(|| {
             ServerError::new(
@@ -913,11 +948,11 @@ pub(crate) async fn prepare_request(
             )
         })
     } else {
-        match document.operations {
-            DocumentOperations::Single(operation) => Ok((None, operation)),
+        match &document.operations {
+            DocumentOperations::Single(_) => Ok((None, None)),
             DocumentOperations::Multiple(map) if map.len() == 1 => {
-                let (operation_name, operation) = map.into_iter().next().unwrap();
-                Ok((Some(operation_name.to_string()), operation))
+                let key = map.keys().next().unwrap();
+                Ok((Some(key.to_string()), Some(key.clone())))
             }
             DocumentOperations::Multiple(_) => Err(ServerError::new(
                 "Operation name required in request.",
@@ -926,20 +961,30 @@ pub(crate) async fn prepare_request(
         }
     };
 
-    let (operation_name, mut operation) = operation.map_err(|err| vec![err])?;
+    let (operation_name, operation_key) = operation.map_err(|err| vec![err])?;
 
-    // remove skipped fields
-    for fragment in document.fragments.values_mut() {
-        remove_skipped_selection(&mut fragment.node.selection_set.node, &request.variables);
+    // remove skipped fields (copying a shared document only when there are some)
+    if has_conditions(&document) {
+        let document = Arc::make_mut(&mut document);
+        for fragment in document.fragments.values_mut() {
+            remove_skipped_selection(&mut fragment.node.selection_set.node, &request.variables);
+        }
+        let operation = match (&mut document.operations, &operation_key) {
+            (DocumentOperations::Multiple(operations), Some(key)) => operations.get_mut(key),
+            (DocumentOperations::Single(operation), _) => Some(operation),
+            (DocumentOperations::Multiple(_), None) => None,
+        };
+        if let Some(operation) = operation {
+            remove_skipped_selection(&mut operation.node.selection_set.node, &request.variables);
+        }
     }
-    remove_skipped_selection(&mut operation.node.selection_set.node, &request.variables);
 
     let env = QueryEnvInner {
         extensions,
         variables: request.variables,
         operation_name,
-        operation,
-        fragments: document.fragments,
+        document,
+        operation_key,
         uploads: request.uploads,
         session_data,
         query_data,

@@ -339,7 +339,10 @@ fn collect_fields<'a>(
                 let (type_condition, selection_set) = match selection {
                     Selection::Field(_) => unreachable!(),
                     Selection::FragmentSpread(spread) => {
-                        let fragment = ctx.query_env.fragments.get(&spread.node.fragment_name.node);
+                        let fragment = ctx
+                            .query_env
+                            .fragments()
+                            .get(&spread.node.fragment_name.node);
                         let fragment = match fragment {
                             Some(fragment) => fragment,
                             None => {

@@ -37,6 +37,14 @@ pub enum ValidationMode {
     /// The executor itself also has error handling, so it can improve
     /// performance, but it can lose some error messages.
     Fast,
+
+    /// Run no rule and no visitor: the document passed `Strict` validation
+    /// against the same registry, with the same limits, before. Complexity and
+    /// depth are not computed (they are reported as 0, and no limit is checked)
+    /// and the cache control is the default: the caller vouches for all three.
+    /// (checkout-gateway patch: a document a service has validated once need not
+    /// pay for the walk on every request.)
+    Prevalidated,
 }
 
 pub(crate) fn check_rules(
@@ -54,6 +62,13 @@ pub(crate) fn check_rules(
 
     let mut ctx = VisitorContext::new(registry, doc, variables, operation_name);
     let errors = match mode {
+        ValidationMode::Prevalidated => {
+            return Ok(ValidationResult {
+                cache_control,
+                complexity,
+                depth,
+            });
+        }
         ValidationMode::Strict => {
             let mut visitor = VisitorNil
                 .with(rules::ArgumentsOfCorrectType::default())
