@@ -324,7 +324,8 @@ def section_abc():
     ratios2 = [c["rps"] / l["rps"] for c, l in zip(assembled, livez2)]
     rows.append(("(a′) the same with response replay off (`GATEWAY_RESPONSE_CACHE_BYTES=0`)",
                  f"{med(assembled, 'rps'):,.0f} req/s; p50 {med(assembled, 'p50_us') / 1000:.2f} ms, p99 {med(assembled, 'p99_us') / 1000:.2f} ms; "
-                 f"/livez on that server {med(livez2, 'rps'):,.0f} req/s", f"ratio {median(ratios2):.2f}; ≥ 0.4: {'met' if median(ratios2) >= 0.4 else 'missed'}"))
+                 f"/livez on that server {med(livez2, 'rps'):,.0f} req/s; ratio {median(ratios2):.2f} (per run: {', '.join(f'{r:.2f}' for r in ratios2)})",
+                 f"≥ 0.4: {'met' if median(ratios2) >= 0.4 else f'missed by {0.4 - median(ratios2):.2f}'}"))
     # (a″) production logging: `RUST_LOG=info`, JSON, every request logged, replay on and off.
     prod = {"RUST_LOG": "info", "LOG_FORMAT": "json"}
     gateway = Gateway(latency_ms=0, extra_env=prod)
@@ -341,14 +342,15 @@ def section_abc():
     gateway.stop()
     prod_gateway_off.stop()
     prod_ratio = median([c["rps"] / l["rps"] for c, l in zip(prod_cached, prod_livez)])
-    prod_off_ratio = median([c["rps"] / l["rps"] for c, l in zip(prod_off, prod_livez)])
+    prod_off_ratios = [c["rps"] / l["rps"] for c, l in zip(prod_off, prod_livez)]
+    prod_off_ratio = median(prod_off_ratios)
     rows.append(("(a″) cached `checkoutSession` at the production log setting (`RUST_LOG=info`, JSON)",
                  f"{med(prod_cached, 'rps'):,.0f} req/s; p50 {med(prod_cached, 'p50_us') / 1000:.2f} ms, p99 {med(prod_cached, 'p99_us') / 1000:.2f} ms; "
                  f"/livez {med(prod_livez, 'rps'):,.0f} req/s; ratio {prod_ratio:.2f}",
                  f"≥ 0.7: {'met' if prod_ratio >= 0.7 else f'missed by {0.7 - prod_ratio:.2f}'}"))
     rows.append(("(a″′) the same with response replay off (executed every time)",
                  f"{med(prod_off, 'rps'):,.0f} req/s; p50 {med(prod_off, 'p50_us') / 1000:.2f} ms, p99 {med(prod_off, 'p99_us') / 1000:.2f} ms; "
-                 f"ratio to that /livez {prod_off_ratio:.2f}",
+                 f"ratio to that /livez {prod_off_ratio:.2f} (per run: {', '.join(f'{r:.2f}' for r in prod_off_ratios)})",
                  f"≥ 0.4: {'met' if prod_off_ratio >= 0.4 else f'missed by {0.4 - prod_off_ratio:.2f}'}"))
     overhead50 = med(cold, "p50_us") - med(direct, "p50_us")
     overhead99 = med(cold, "p99_us") - med(direct, "p99_us")

@@ -712,7 +712,8 @@ async fn a_shared_document_answers_each_request_by_its_own_variables_and_operati
         assert_eq!(keys, expected, "{operation} email={email} brief={brief}: {text}");
         // Fields come in the order the document selects them (checked on the text: a parsed
         // JSON object need not keep its order).
-        let positions: Vec<usize> = fields.iter().map(|field| text.find(&format!("\"{field}\"")).unwrap()).collect();
+        let positions: Vec<usize> =
+            fields.iter().map(|field| text.find(&format!("\"{field}\"")).unwrap()).collect();
         assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{operation}: {text}");
     }
 }
