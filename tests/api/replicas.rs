@@ -102,15 +102,22 @@ impl Replica {
         Replica { addr: process.addr, _process: std::sync::Mutex::new(process) }
     }
 
+    /// Waits until the replica serves and is connected to Redis, both for commands and for
+    /// pub/sub: readiness alone does not wait for Redis (its trouble is never an outage), and a
+    /// replica that had not connected yet would fetch for itself what the tests expect it to
+    /// share.
     async fn ready(self, http: &reqwest::Client) -> Replica {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(response) = http.get(format!("http://{}/readyz", self.addr)).send().await {
                 if response.status() == 200 {
-                    return self;
+                    let body: Value = response.json().await.unwrap_or_default();
+                    if body["shared"]["state"] == "up" && body["shared"]["pubsub"] == true {
+                        return self;
+                    }
                 }
             }
-            assert!(Instant::now() < deadline, "the replica did not become ready");
+            assert!(Instant::now() < deadline, "the replica did not become ready with Redis");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
