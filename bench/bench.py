@@ -436,19 +436,15 @@ def section_g():
     return rows
 
 
-class FakeDodo:
-    """Dodo's `GET /checkouts/{id}` on 127.0.0.1, answering with `self.status` (changed between
-    webhooks, so that each refetch finds a change to send)."""
+class JsonServer:
+    """An HTTP server on 127.0.0.1 answering every GET with `answer(path)` as JSON."""
 
-    def __init__(self):
+    def __init__(self, answer):
         import http.server
-        fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                fake.requests += 1
-                body = json.dumps({"id": self.path.rsplit("/", 1)[-1], "created_at": "2025-06-01T12:00:00Z",
-                                   "payment_id": "pay_bench", "payment_status": fake.status}).encode()
+                body = json.dumps(answer(self.path)).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -458,11 +454,27 @@ class FakeDodo:
             def log_message(self, *args):
                 pass
 
-        self.status = "processing"
-        self.requests = 0
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def shutdown(self):
+        self.server.shutdown()
+
+
+class FakeDodo(JsonServer):
+    """Dodo's `GET /checkouts/{id}` on 127.0.0.1, answering with `self.status` (changed between
+    webhooks, so that each refetch finds a change to send)."""
+
+    def __init__(self):
+        self.status = "processing"
+        self.requests = 0
+        super().__init__(self.session)
+
+    def session(self, path):
+        self.requests += 1
+        return {"id": path.rsplit("/", 1)[-1], "created_at": "2025-06-01T12:00:00Z",
+                "payment_id": "pay_bench", "payment_status": self.status}
 
 
 WEBHOOK_SECRET_BYTES = b"bench-webhook-secret"
@@ -558,7 +570,7 @@ def section_h():
     gateway.wait_ready()
     latencies = sorted(asyncio.run(webhook_latencies(gateway, "cks_bench_live")))
     gateway.stop()
-    fake.server.shutdown()
+    fake.shutdown()
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return [(f"(h) webhook to subscriber, {SUBSCRIBERS:,} SSE subscribers of one session",
@@ -647,7 +659,7 @@ def section_i():
             gateway.stop()
         if redis:
             redis.stop()
-        fake.server.shutdown()
+        fake.shutdown()
     rows.append(("(i) 3 replicas: upstream calls per hot session",
                  f"{per_session[True] / sessions:.3f} with Redis ({per_session[True]} calls), "
                  f"{per_session[False] / sessions:.3f} without ({per_session[False]} calls) "
@@ -688,28 +700,13 @@ def es256_issuer(directory):
 def section_j():
     """(j): (a) again from a client with a JWT, against /livez on the same server: what
     `GATEWAY_AUTH=jwt` (the production overlay's mode) costs a cached answer."""
-    import http.server
     import tempfile
     log(f"(j): {RUNS} runs of {SECONDS}s with an ES256 JWT")
     with tempfile.TemporaryDirectory() as directory:
         jwks, token = es256_issuer(directory)
-    body = json.dumps(jwks).encode()
-
-    class Jwks(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = JsonServer(lambda path: jwks)
     gateway = Gateway(latency_ms=0, extra_env={
-        "GATEWAY_AUTH": "jwt", "GATEWAY_JWT_JWKS_URL": f"http://127.0.0.1:{server.server_address[1]}/jwks.json",
+        "GATEWAY_AUTH": "jwt", "GATEWAY_JWT_JWKS_URL": f"{server.url}/jwks.json",
         "GATEWAY_JWT_ISSUER": "https://auth.bench.test/", "GATEWAY_JWT_AUDIENCE": "checkout-gateway",
         "GATEWAY_JWT_ALGORITHMS": "ES256"})
     gateway.wait_ready()

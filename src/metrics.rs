@@ -57,6 +57,17 @@ pub fn operation_name(request: &mut async_graphql::Request) -> Option<String> {
     }
 }
 
+/// `metric`, registered: definitions and names are fixed in code, so a failure is a bug that
+/// every start (and every test) shows.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+    metric
+}
+
 /// Latency buckets in seconds: sub-millisecond cache hits up to slow provider calls.
 const BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -102,40 +113,27 @@ impl Metrics {
         let registry = Registry::new_custom(Some("checkout_gateway".into()), None)
             .expect("a static prefix is a valid metric namespace");
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-            metric
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-            let metric = HistogramVec::new(opts, labels).expect("static metric definition");
-            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-            metric
+            registered(&registry, HistogramVec::new(opts, labels))
         };
-        let gauge = |name: &str, help: &str| {
-            let metric = IntGauge::new(name, help).expect("static metric");
-            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-            metric
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels))
         };
-        let single = |name: &str, help: &str| {
-            let metric = IntCounter::new(name, help).expect("static metric");
-            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-            metric
-        };
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
+        let single = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
         let cache_entries = gauge("cache_entries", "Answers in the cache now.");
         let response_cache_hits = single(
             "response_cache_hits_total",
             "GraphQL requests answered by replaying a stored response (no session lookup at all).",
         );
-        let circuit_state = IntGaugeVec::new(
-            Opts::new(
-                "circuit_state",
-                "Each account's circuit: 0 closed, 1 half-open (one trial call), 2 open.",
-            ),
+        let circuit_state = gauges(
+            "circuit_state",
+            "Each account's circuit: 0 closed, 1 half-open (one trial call), 2 open.",
             &["provider", "account"],
-        )
-        .expect("static metric definition");
-        registry.register(Box::new(circuit_state.clone())).expect("each metric is registered once");
+        );
         let log_lines_dropped = single(
             "log_lines_dropped_total",
             "Log lines dropped because stdout could not keep up (the writer never blocks a request).",
@@ -151,14 +149,11 @@ impl Metrics {
             "live_updates_total",
             "Changes of a session sent to its subscribers (a same-content refetch is not one).",
         );
-        let subscription_connections = IntGaugeVec::new(
-            Opts::new("subscription_connections", "Subscription connections open now, by transport."),
+        let subscription_connections = gauges(
+            "subscription_connections",
+            "Subscription connections open now, by transport.",
             &["transport"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(subscription_connections.clone()))
-            .expect("each metric is registered once");
+        );
         let redis_up =
             gauge("redis_up", "1 while the shared tier (Redis) answers, 0 while its breaker is open.");
         Self {

@@ -267,12 +267,13 @@ pub struct QueryEnvInner {
 impl QueryEnvInner {
     /// The operation that runs.
     pub fn operation(&self) -> &Positioned<OperationDefinition> {
-        match (&self.document.operations, &self.operation_key) {
-            (DocumentOperations::Multiple(operations), Some(key)) => &operations[key],
-            (DocumentOperations::Single(operation), _) => operation,
-            // `prepare_request` sets a key exactly when there are several.
-            (DocumentOperations::Multiple(operations), None) => {
-                operations.values().next().expect("an operation")
+        match &self.document.operations {
+            DocumentOperations::Single(operation) => operation,
+            DocumentOperations::Multiple(operations) => {
+                &operations[self
+                    .operation_key
+                    .as_ref()
+                    .expect("`prepare_request` sets a key when there are several")]
             }
         }
     }

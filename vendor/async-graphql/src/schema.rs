@@ -798,6 +798,20 @@ fn check_recursive_depth(doc: &ExecutableDocument, max_depth: usize) -> ServerRe
     Ok(())
 }
 
+/// The document's nesting and directive bounds (checkout-gateway patch: one place for the
+/// checks both the shared and the owned document take).
+fn check_shape(
+    doc: &ExecutableDocument,
+    recursive_depth: usize,
+    max_directives: Option<usize>,
+) -> ServerResult<()> {
+    check_recursive_depth(doc, recursive_depth)?;
+    if let Some(max_directives) = max_directives {
+        check_max_directives(doc, max_directives)?;
+    }
+    Ok(())
+}
+
 /// Whether any selection in the document has `@skip` or `@include`, which
 /// `remove_skipped_selection` acts on (checkout-gateway patch).
 fn has_conditions(doc: &ExecutableDocument) -> bool {
@@ -889,10 +903,7 @@ pub(crate) async fn prepare_request(
     // extension could ask to see or replace it.
     let mut document = match request.parsed_query.take() {
         Some(shared) if extensions.is_empty() => {
-            check_recursive_depth(&shared, recursive_depth)?;
-            if let Some(max_directives) = max_directives {
-                check_max_directives(&shared, max_directives)?;
-            }
+            check_shape(&shared, recursive_depth, max_directives)?;
             shared
         }
         parsed_doc => {
@@ -902,10 +913,7 @@ pub(crate) async fn prepare_request(
                     Some(parsed_doc) => Arc::unwrap_or_clone(parsed_doc),
                     None => parse_query(query)?,
                 };
-                check_recursive_depth(&doc, recursive_depth)?;
-                if let Some(max_directives) = max_directives {
-                    check_max_directives(&doc, max_directives)?;
-                }
+                check_shape(&doc, recursive_depth, max_directives)?;
                 Ok(doc)
             };
             futures_util::pin_mut!(fut_parse);
@@ -969,10 +977,11 @@ pub(crate) async fn prepare_request(
         for fragment in document.fragments.values_mut() {
             remove_skipped_selection(&mut fragment.node.selection_set.node, &request.variables);
         }
-        let operation = match (&mut document.operations, &operation_key) {
-            (DocumentOperations::Multiple(operations), Some(key)) => operations.get_mut(key),
-            (DocumentOperations::Single(operation), _) => Some(operation),
-            (DocumentOperations::Multiple(_), None) => None,
+        let operation = match &mut document.operations {
+            DocumentOperations::Single(operation) => Some(operation),
+            DocumentOperations::Multiple(operations) => operation_key
+                .as_ref()
+                .and_then(|key| operations.get_mut(key)),
         };
         if let Some(operation) = operation {
             remove_skipped_selection(&mut operation.node.selection_set.node, &request.variables);
