@@ -11,34 +11,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v wrk >/dev/null || ! command -v taskset >/dev/null; then
+# Installs what is missing (as root, with apt), or says what to install.
+apt_updated=0
+need() { # command debian-package [why]
+  command -v "$1" >/dev/null && return
   if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk util-linux >/dev/null
+    [[ $apt_updated -eq 1 ]] || { apt-get update -qq; apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
   else
-    echo "bench/run.sh: please install wrk and taskset (Debian: apt-get install wrk util-linux)" >&2
+    echo "bench/run.sh: please install $1 (Debian: apt-get install $2)${3:+; $3}" >&2
     exit 2
   fi
-fi
+}
+need wrk wrk
+need taskset util-linux
 command -v python3 >/dev/null || { echo "bench/run.sh: python3 is required" >&2; exit 2; }
-if ! command -v openssl >/dev/null; then  # (j) makes its issuer's key and token with it
-  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
-  else
-    echo "bench/run.sh: please install openssl (Debian: apt-get install openssl)" >&2
-    exit 2
-  fi
-fi
-if ! command -v redis-server >/dev/null; then
-  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "bench/run.sh: please install redis-server (Debian: apt-get install redis-server)" >&2
-    exit 2
-  fi
-fi
+need openssl openssl "(j) makes its issuer's key and token with it"
+need redis-server redis-server "(i) runs replicas that share a Redis"
 
 cargo build --release --locked --bin checkout-gateway
 # 1,000 concurrent connections need more than the usual 1,024 descriptors on both ends.
