@@ -31,8 +31,8 @@ LATENCY_MS = int(os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "20"))
 GATEWAY_CPU = os.environ.get("BENCH_GATEWAY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 FILL = int(os.environ.get("BENCH_FILL_SESSIONS", "100000"))
-# Sections to run: any of "abc", "de", "f", "g", "h", "i", "j" (comma-separated); all by default.
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h,i,j").split(",")))
+# Sections to run: any of "abc", "de", "f", "g", "h", "i", "j", "k" (comma-separated); all by default.
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h,i,j,k").split(",")))
 SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "1000"))
 WEBHOOK_ROUNDS = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", "20"))
 
@@ -42,9 +42,9 @@ def log(message):
 
 
 class Gateway:
-    """The release binary in --demo mode on a free port, pinned to GATEWAY_CPU."""
+    """The release binary in --demo mode on a free port, pinned to GATEWAY_CPU (or `cpu`)."""
 
-    def __init__(self, latency_ms=0, extra_env=None, demo=True):
+    def __init__(self, latency_ms=0, extra_env=None, demo=True, cpu=GATEWAY_CPU):
         env = dict(os.environ)
         env.update({
             "GATEWAY_LISTEN": "127.0.0.1:0",
@@ -65,7 +65,7 @@ class Gateway:
         env.update(extra_env or {})
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            ["taskset", "-c", GATEWAY_CPU, BINARY] + (["--demo"] if demo else []), env=env,
+            ["taskset", "-c", cpu, BINARY] + (["--demo"] if demo else []), env=env,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.addr = None
         self.sandbox = {}
@@ -284,6 +284,8 @@ def main():
         rows += section_i()
     if "j" in ONLY:
         rows += section_j()
+    if "k" in ONLY:
+        rows += section_k()
     print_table(commit, dirty, cpu, rows)
 
 
@@ -722,6 +724,84 @@ def section_j():
              f"{median([r['rps'] for r in with_token]):,.0f} req/s; p50 {median([r['p50_us'] for r in with_token]) / 1000:.2f} ms, "
              f"p99 {median([r['p99_us'] for r in with_token]) / 1000:.2f} ms; /livez {median([r['rps'] for r in livez]):,.0f} req/s; "
              f"ratio {ratio:.2f} (compare (a)/(b))", "")]
+
+
+def free_port():
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def section_k():
+    """(k): Hive Gateway over GraphQL Mesh (bench/mesh: Mesh's JSON Schema source for Dodo's
+    `GET /checkouts/{id}`) against the gateway, the same session, each on the gateway's core,
+    runs interleaved. Hive, at its defaults, has no cache, so each of its answers is a call to
+    the Dodo sandbox of a separate --demo process on the load core (cheap next to Hive)."""
+    import tempfile
+    mesh_dir = os.path.join(BENCH_DIR, "mesh")
+    bin_dir = os.path.join(mesh_dir, "node_modules", ".bin")
+    if not os.path.exists(os.path.join(bin_dir, "hive-gateway")):
+        raise RuntimeError("bench/mesh has no node_modules: bench/run.sh installs them (npm ci)")
+    log(f"(k): Hive Gateway + Mesh against the gateway, {RUNS} runs of {SECONDS}s each")
+    upstream = Gateway(latency_ms=0, cpu=LOAD_CPU)
+    upstream.wait_ready()
+    with tempfile.TemporaryDirectory() as directory:
+        supergraph = os.path.join(directory, "supergraph.graphql")
+        subprocess.run([os.path.join(bin_dir, "mesh-compose")], cwd=mesh_dir, check=True, capture_output=True,
+                       env=dict(os.environ, DODO_URL=upstream.sandbox["dodo"], SUPERGRAPH=supergraph))
+        port = free_port()
+        # Started outside bench/mesh: Hive would otherwise load mesh.config.mjs as its own config.
+        hive = subprocess.Popen(
+            ["taskset", "-c", GATEWAY_CPU, os.path.join(bin_dir, "hive-gateway"), "supergraph", supergraph,
+             "--port", str(port), "--host", "127.0.0.1"],
+            cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        hive_url = f"http://127.0.0.1:{port}/graphql"
+        body = json.dumps({"query": '{ checkout(id: "cks_demo_succeeded") { id payment_status customer_email created_at } }'})
+
+        def hive_answer():
+            request = urllib.request.Request(hive_url, data=body.encode(), headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = hive_answer()
+                break
+            except OSError:
+                if time.monotonic() > deadline or hive.poll() is not None:
+                    raise RuntimeError("Hive Gateway did not start")
+                time.sleep(0.2)
+        if (answer.get("data") or {}).get("checkout", {}).get("payment_status") != "succeeded":
+            raise RuntimeError(f"Hive Gateway + Mesh gave a wrong answer: {answer}")
+        replay = Gateway(latency_ms=0)
+        executed = Gateway(latency_ms=0, extra_env={"GATEWAY_RESPONSE_CACHE_BYTES": "0"})
+        for gateway in (replay, executed):
+            gateway.wait_ready()
+            wrk("cached.lua", gateway.url + "/graphql", CONNECTIONS, 1)
+        wrk("mesh.lua", hive_url, CONNECTIONS, SECONDS)  # warm-up: Node's JIT
+        hive_runs, replay_runs, executed_runs = [], [], []
+        for _ in range(RUNS):
+            hive_runs.append(wrk("mesh.lua", hive_url, CONNECTIONS, SECONDS))
+            replay_runs.append(wrk("cached.lua", replay.url + "/graphql", CONNECTIONS, SECONDS))
+            executed_runs.append(wrk("cached.lua", executed.url + "/graphql", CONNECTIONS, SECONDS))
+        # wrk counts HTTP statuses only; GraphQL errors come with 200.
+        if (hive_answer().get("data") or {}).get("checkout", {}).get("id") != "cks_demo_succeeded":
+            raise RuntimeError("Hive Gateway + Mesh failed under load")
+        hive.terminate()
+        hive.wait(timeout=30)
+    for gateway in (replay, executed, upstream):
+        gateway.stop()
+    hive_rps = median([r["rps"] for r in hive_runs])
+    times = lambda runs: [r["rps"] / h["rps"] for r, h in zip(runs, hive_runs)]
+    return [("(k) Hive Gateway 2.15.1 + Mesh (JSON Schema source, no cache) on the same Dodo session, same core",
+             f"{hive_rps:,.0f} req/s; p50 {median([r['p50_us'] for r in hive_runs]) / 1000:.2f} ms, "
+             f"p99 {median([r['p99_us'] for r in hive_runs]) / 1000:.2f} ms", ""),
+            ("(k) the gateway in the same runs: replay on (a), replay off (a′)",
+             f"{median([r['rps'] for r in replay_runs]):,.0f} req/s = {median(times(replay_runs)):.0f} × Hive + Mesh; "
+             f"{median([r['rps'] for r in executed_runs]):,.0f} req/s = {median(times(executed_runs)):.0f} × "
+             f"(per run: {', '.join(f'{t:.0f}' for t in times(executed_runs))})", "")]
 
 
 def print_table(commit, dirty, cpu, rows):

@@ -6,8 +6,9 @@
 #
 # Knobs (environment): BENCH_RUNS (5), BENCH_SECONDS (5 per wrk run), BENCH_CONNECTIONS (32),
 # BENCH_UPSTREAM_LATENCY_MS (20), BENCH_FILL_SESSIONS (100000), BENCH_GATEWAY_CPU (0),
-# BENCH_LOAD_CPU (1), BENCH_SUBSCRIBERS (1000), BENCH_WEBHOOK_ROUNDS (20), BENCH_ONLY (sections).
-# Takes about 7 minutes on 2 cores after the build.
+# BENCH_LOAD_CPU (1), BENCH_SUBSCRIBERS (1000), BENCH_WEBHOOK_ROUNDS (20), BENCH_ONLY (sections,
+# e.g. `abc,k`; all of abc, de, f, g, h, i, j, k by default).
+# Takes about 8 minutes on 2 cores after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,11 @@ need taskset util-linux
 command -v python3 >/dev/null || { echo "bench/run.sh: python3 is required" >&2; exit 2; }
 need openssl openssl "(j) makes its issuer's key and token with it"
 need redis-server redis-server "(i) runs replicas that share a Redis"
+if [[ ",${BENCH_ONLY:-k}," == *,k,* ]]; then  # (k): Hive Gateway + Mesh (bench/mesh)
+  need node nodejs "(k) runs Hive Gateway + GraphQL Mesh"
+  need npm npm "(k) installs Hive Gateway + GraphQL Mesh"
+  (cd bench/mesh && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 cargo build --release --locked --bin checkout-gateway
 # 1,000 concurrent connections need more than the usual 1,024 descriptors on both ends.
