@@ -253,8 +253,31 @@ async def fill(gateway, sessions):
         writer.close()
 
 
+def free_port():
+    """A port free on 127.0.0.1 now."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def median(values):
     return statistics.median(values)
+
+
+def med(runs, key):
+    """The median of one figure over wrk runs."""
+    return median([run[key] for run in runs])
+
+
+def throughput(runs):
+    """Requests per second and latency, the medians over wrk runs."""
+    return (f"{med(runs, 'rps'):,.0f} req/s; p50 {med(runs, 'p50_us') / 1000:.2f} ms, "
+            f"p99 {med(runs, 'p99_us') / 1000:.2f} ms")
+
+
+def per_run(values, digits=2):
+    return ", ".join(f"{value:.{digits}f}" for value in values)
 
 
 def ms(seconds):
@@ -305,13 +328,10 @@ def section_abc():
         direct.append(wrk("direct.lua", gateway.sandbox["dodo"], 1, SECONDS, f"d{run}_{time.time_ns()}"))
     gateway.stop()
     ratios = [c["rps"] / l["rps"] for c, l in zip(cached, livez)]
-    med = lambda runs, key: median([r[key] for r in runs])
-    rows.append(("(a) cached `checkoutSession`", f"{med(cached, 'rps'):,.0f} req/s; p50 {med(cached, 'p50_us') / 1000:.2f} ms, "
-                 f"p99 {med(cached, 'p99_us') / 1000:.2f} ms ({CONNECTIONS} connections)", ""))
-    rows.append(("(b) `/livez`, same server", f"{med(livez, 'rps'):,.0f} req/s; p50 {med(livez, 'p50_us') / 1000:.2f} ms, "
-                 f"p99 {med(livez, 'p99_us') / 1000:.2f} ms", ""))
+    rows.append(("(a) cached `checkoutSession`", f"{throughput(cached)} ({CONNECTIONS} connections)", ""))
+    rows.append(("(b) `/livez`, same server", throughput(livez), ""))
     ratio = median(ratios)
-    rows.append(("(a)/(b)", f"{ratio:.2f} (per run: {', '.join(f'{r:.2f}' for r in ratios)})",
+    rows.append(("(a)/(b)", f"{ratio:.2f} (per run: {per_run(ratios)})",
                  f"≥ 0.5: {'met' if ratio >= 0.5 else f'missed by {0.5 - ratio:.2f}'}"))
     # (a′) the same, with whole-response replay off: every request parsed-document-cached,
     # validated, executed against the session cache and serialised.
@@ -325,8 +345,8 @@ def section_abc():
     gateway.stop()
     ratios2 = [c["rps"] / l["rps"] for c, l in zip(assembled, livez2)]
     rows.append(("(a′) the same with response replay off (`GATEWAY_RESPONSE_CACHE_BYTES=0`)",
-                 f"{med(assembled, 'rps'):,.0f} req/s; p50 {med(assembled, 'p50_us') / 1000:.2f} ms, p99 {med(assembled, 'p99_us') / 1000:.2f} ms; "
-                 f"/livez on that server {med(livez2, 'rps'):,.0f} req/s; ratio {median(ratios2):.2f} (per run: {', '.join(f'{r:.2f}' for r in ratios2)})",
+                 f"{throughput(assembled)}; /livez on that server {med(livez2, 'rps'):,.0f} req/s; "
+                 f"ratio {median(ratios2):.2f} (per run: {per_run(ratios2)})",
                  f"≥ 0.4: {'met' if median(ratios2) >= 0.4 else f'missed by {0.4 - median(ratios2):.2f}'}"))
     # (a″) production logging: `RUST_LOG=info`, JSON, every request logged, replay on and off.
     prod = {"RUST_LOG": "info", "LOG_FORMAT": "json"}
@@ -347,12 +367,12 @@ def section_abc():
     prod_off_ratios = [c["rps"] / l["rps"] for c, l in zip(prod_off, prod_livez)]
     prod_off_ratio = median(prod_off_ratios)
     rows.append(("(a″) cached `checkoutSession` at the production log setting (`RUST_LOG=info`, JSON)",
-                 f"{med(prod_cached, 'rps'):,.0f} req/s; p50 {med(prod_cached, 'p50_us') / 1000:.2f} ms, p99 {med(prod_cached, 'p99_us') / 1000:.2f} ms; "
+                 f"{throughput(prod_cached)}; "
                  f"/livez {med(prod_livez, 'rps'):,.0f} req/s; ratio {prod_ratio:.2f}",
                  f"≥ 0.7: {'met' if prod_ratio >= 0.7 else f'missed by {0.7 - prod_ratio:.2f}'}"))
     rows.append(("(a″′) the same with response replay off (executed every time)",
-                 f"{med(prod_off, 'rps'):,.0f} req/s; p50 {med(prod_off, 'p50_us') / 1000:.2f} ms, p99 {med(prod_off, 'p99_us') / 1000:.2f} ms; "
-                 f"ratio to that /livez {prod_off_ratio:.2f} (per run: {', '.join(f'{r:.2f}' for r in prod_off_ratios)})",
+                 f"{throughput(prod_off)}; "
+                 f"ratio to that /livez {prod_off_ratio:.2f} (per run: {per_run(prod_off_ratios)})",
                  f"≥ 0.4: {'met' if prod_off_ratio >= 0.4 else f'missed by {0.4 - prod_off_ratio:.2f}'}"))
     overhead50 = med(cold, "p50_us") - med(direct, "p50_us")
     overhead99 = med(cold, "p99_us") - med(direct, "p99_us")
@@ -586,9 +606,7 @@ class RedisServer:
 
     def __init__(self):
         import socket
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL)
@@ -721,16 +739,8 @@ def section_j():
     server.shutdown()
     ratio = median([t["rps"] / l["rps"] for t, l in zip(with_token, livez)])
     return [("(j) cached `checkoutSession` with a JWT (ES256, `GATEWAY_AUTH=jwt`)",
-             f"{median([r['rps'] for r in with_token]):,.0f} req/s; p50 {median([r['p50_us'] for r in with_token]) / 1000:.2f} ms, "
-             f"p99 {median([r['p99_us'] for r in with_token]) / 1000:.2f} ms; /livez {median([r['rps'] for r in livez]):,.0f} req/s; "
+             f"{throughput(with_token)}; /livez {med(livez, 'rps'):,.0f} req/s; "
              f"ratio {ratio:.2f} (compare (a)/(b))", "")]
-
-
-def free_port():
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def section_k():
@@ -759,22 +769,23 @@ def section_k():
         hive_url = f"http://127.0.0.1:{port}/graphql"
         body = json.dumps({"query": '{ checkout(id: "cks_demo_succeeded") { id payment_status customer_email created_at } }'})
 
-        def hive_answer():
+        def check_hive(when):
+            """Hive's answer is the session (wrk sees only statuses: GraphQL errors come with 200)."""
             request = urllib.request.Request(hive_url, data=body.encode(), headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=5) as response:
-                return json.loads(response.read())
+                answer = json.loads(response.read())
+            if ((answer.get("data") or {}).get("checkout") or {}).get("payment_status") != "succeeded":
+                raise RuntimeError(f"Hive Gateway + Mesh {when}: {answer}")
 
         deadline = time.monotonic() + 60
         while True:
             try:
-                answer = hive_answer()
+                check_hive("gave a wrong answer")
                 break
             except OSError:
                 if time.monotonic() > deadline or hive.poll() is not None:
                     raise RuntimeError("Hive Gateway did not start")
                 time.sleep(0.2)
-        if (answer.get("data") or {}).get("checkout", {}).get("payment_status") != "succeeded":
-            raise RuntimeError(f"Hive Gateway + Mesh gave a wrong answer: {answer}")
         replay = Gateway(latency_ms=0)
         executed = Gateway(latency_ms=0, extra_env={"GATEWAY_RESPONSE_CACHE_BYTES": "0"})
         for gateway in (replay, executed):
@@ -786,22 +797,18 @@ def section_k():
             hive_runs.append(wrk("mesh.lua", hive_url, CONNECTIONS, SECONDS))
             replay_runs.append(wrk("cached.lua", replay.url + "/graphql", CONNECTIONS, SECONDS))
             executed_runs.append(wrk("cached.lua", executed.url + "/graphql", CONNECTIONS, SECONDS))
-        # wrk counts HTTP statuses only; GraphQL errors come with 200.
-        if (hive_answer().get("data") or {}).get("checkout", {}).get("id") != "cks_demo_succeeded":
-            raise RuntimeError("Hive Gateway + Mesh failed under load")
+        check_hive("failed under load")
         hive.terminate()
         hive.wait(timeout=30)
     for gateway in (replay, executed, upstream):
         gateway.stop()
-    hive_rps = median([r["rps"] for r in hive_runs])
     times = lambda runs: [r["rps"] / h["rps"] for r, h in zip(runs, hive_runs)]
     return [("(k) Hive Gateway 2.15.1 + Mesh (JSON Schema source, no cache) on the same Dodo session, same core",
-             f"{hive_rps:,.0f} req/s; p50 {median([r['p50_us'] for r in hive_runs]) / 1000:.2f} ms, "
-             f"p99 {median([r['p99_us'] for r in hive_runs]) / 1000:.2f} ms", ""),
+             throughput(hive_runs), ""),
             ("(k) the gateway in the same runs: replay on (a), replay off (a′)",
-             f"{median([r['rps'] for r in replay_runs]):,.0f} req/s = {median(times(replay_runs)):.0f} × Hive + Mesh; "
-             f"{median([r['rps'] for r in executed_runs]):,.0f} req/s = {median(times(executed_runs)):.0f} × "
-             f"(per run: {', '.join(f'{t:.0f}' for t in times(executed_runs))})", "")]
+             f"{med(replay_runs, 'rps'):,.0f} req/s = {median(times(replay_runs)):.0f} × Hive + Mesh; "
+             f"{med(executed_runs, 'rps'):,.0f} req/s = {median(times(executed_runs)):.0f} × "
+             f"(per run: {per_run(times(executed_runs), 0)})", "")]
 
 
 def print_table(commit, dirty, cpu, rows):

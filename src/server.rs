@@ -80,7 +80,7 @@ struct StateInner {
     schema: GatewaySchema,
     /// The same schema validating nothing: for documents that passed the strict one before
     /// (validation was 44 % of an executed request; their limits held then and hold now).
-    fast_schema: GatewaySchema,
+    prevalidated_schema: GatewaySchema,
     documents: Arc<DocumentCache>,
     responses: Arc<ResponseCache>,
     service: Arc<SessionService>,
@@ -182,7 +182,7 @@ impl Application {
             apq: ApqStore::new(config.apq.then_some(APQ_BYTES)),
         };
         let schema = graphql::schema(gateway.clone(), &kinds, config.introspection, limits, false);
-        let fast_schema = graphql::schema(gateway, &kinds, config.introspection, limits, true);
+        let prevalidated_schema = graphql::schema(gateway, &kinds, config.introspection, limits, true);
         let ready = Arc::new(AtomicBool::new(false));
         let shape_limits =
             ShapeLimits { max_aliases: config.max_aliases, max_root_fields: config.max_root_fields };
@@ -226,7 +226,7 @@ impl Application {
         };
         let state = AppState(Arc::new(StateInner {
             schema,
-            fast_schema,
+            prevalidated_schema,
             documents: Arc::new(DocumentCache::new(DOCUMENT_CACHE_BYTES)),
             responses,
             service,
@@ -752,7 +752,7 @@ async fn execute(
     let operation = state.operations.label(&mut request);
     let scope = RequestScope::default();
     let request = request.data(scope.clone()).data(client.clone());
-    let schema = if validated { &state.fast_schema } else { &state.schema };
+    let schema = if validated { &state.prevalidated_schema } else { &state.schema };
     let response = schema.execute(request).await;
     let outcome = if response.is_ok() { "ok" } else { "error" };
     state.metrics.graphql_operations.with_label_values(&[operation.as_str(), outcome]).inc();

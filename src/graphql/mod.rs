@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{
     Context, EmptyMutation, ErrorExtensions, Object, PathSegment, SDLExportOptions, Schema, SchemaBuilder,
-    Subscription as SubscriptionRoot, Value, ID,
+    SharedDocument, Subscription as SubscriptionRoot, Value, ID,
 };
 use futures::{Stream, StreamExt};
 
@@ -79,7 +78,7 @@ impl Default for QueryLimits {
 }
 
 /// `introspection`: answer `__schema` and `__type` (federation's `_service` is answered
-/// either way: routers compose with it). `fast`: validate nothing, for documents that passed
+/// either way: routers compose with it). `prevalidated`: validate nothing, for documents that passed
 /// strict validation once (see [`Prepared`]); depth and complexity are properties of the
 /// document, so the limits that strict pass checked hold for every later run.
 pub fn schema(
@@ -87,10 +86,10 @@ pub fn schema(
     providers: &[&'static ProviderKind],
     introspection: bool,
     limits: QueryLimits,
-    fast: bool,
+    prevalidated: bool,
 ) -> GatewaySchema {
     let mut builder = builder(providers, limits).data(gateway);
-    if fast {
+    if prevalidated {
         // `Prevalidated` is our patch to async-graphql (vendor/async-graphql): its `Fast`
         // mode still walks the document for depth, complexity and cache control, a sixth of
         // an executed request.
@@ -200,7 +199,7 @@ pub struct DocumentCache(moka::sync::Cache<String, Arc<CachedDocument>>);
 struct CachedDocument {
     /// Shared with every request that runs it (`set_shared_query`, our async-graphql patch):
     /// copying it for each request cost a tenth of an executed request.
-    document: Arc<ExecutableDocument>,
+    document: SharedDocument,
     validated: AtomicBool,
 }
 
@@ -209,7 +208,7 @@ struct CachedDocument {
 pub struct Prepared(Option<Arc<CachedDocument>>);
 
 impl Prepared {
-    /// The document passed strict validation before: the fast schema may run it.
+    /// The document passed strict validation before: the prevalidated schema may run it.
     pub fn validated(&self) -> bool {
         self.0.as_ref().is_some_and(|cached| cached.validated.load(Ordering::Relaxed))
     }
@@ -253,7 +252,7 @@ impl DocumentCache {
         }
         match async_graphql::parser::parse_query(&request.query) {
             Ok(document) => {
-                let document = Arc::new(document);
+                let document = SharedDocument::new(document);
                 request.set_shared_query(document.clone());
                 let cached = Arc::new(CachedDocument { document, validated: AtomicBool::new(false) });
                 self.0.insert(request.query.clone(), cached.clone());

@@ -242,7 +242,7 @@ pub use look_ahead::Lookahead;
 #[doc(no_inline)]
 pub use parser::{Pos, Positioned};
 pub use registry::{CacheControl, SDLExportOptions};
-pub use request::{BatchRequest, Request};
+pub use request::{BatchRequest, Request, SharedDocument};
 #[doc(no_inline)]
 pub use resolver_utils::{ContainerType, EnumType, ScalarType};
 pub use response::{BatchResponse, Response};

@@ -49,12 +49,36 @@ pub struct Request {
 
     // checkout-gateway patch: shared, so that a document parsed once runs without a copy.
     #[serde(skip)]
-    pub(crate) parsed_query: Option<Arc<ExecutableDocument>>,
+    pub(crate) parsed_query: Option<SharedDocument>,
 
     /// Sets the introspection mode for this request (defaults to
     /// [IntrospectionMode::Enabled]).
     #[serde(skip)]
     pub introspection_mode: IntrospectionMode,
+}
+
+/// A parsed document that requests share without copying it, and whether it has `@skip` or
+/// `@include` (found once, here: only then does a request need its own copy).
+/// (checkout-gateway patch)
+#[derive(Clone, Debug)]
+pub struct SharedDocument {
+    pub(crate) document: Arc<ExecutableDocument>,
+    pub(crate) has_conditions: bool,
+}
+
+impl SharedDocument {
+    /// Wraps a parsed document for sharing.
+    pub fn new(document: ExecutableDocument) -> Self {
+        Self {
+            has_conditions: crate::schema::has_conditions(&document),
+            document: Arc::new(document),
+        }
+    }
+
+    /// The document.
+    pub fn document(&self) -> &ExecutableDocument {
+        &self.document
+    }
 }
 
 impl Request {
@@ -116,14 +140,14 @@ impl Request {
     pub fn parsed_query(&mut self) -> Result<&ExecutableDocument, ServerError> {
         if self.parsed_query.is_none() {
             match parse_query(&self.query) {
-                Ok(parsed) => self.parsed_query = Some(Arc::new(parsed)),
+                Ok(parsed) => self.parsed_query = Some(SharedDocument::new(parsed)),
                 Err(error) => return Err(error.into()),
             }
         }
 
         // forbid_unsafe effectively bans optimize away else branch here so use unwrap
         // but this unwrap never panics
-        Ok(self.parsed_query.as_deref().unwrap())
+        Ok(self.parsed_query.as_ref().unwrap().document())
     }
 
     /// Sets the parsed query into the request.
@@ -132,14 +156,14 @@ impl Request {
     /// parsed ahead of time. It can reduce performance overhead of parsing
     /// the query again.
     pub fn set_parsed_query(&mut self, doc: ExecutableDocument) {
-        self.parsed_query = Some(Arc::new(doc));
+        self.parsed_query = Some(SharedDocument::new(doc));
     }
 
     /// Sets a parsed query that other requests share (checkout-gateway patch).
     ///
     /// A schema without extensions runs it without copying it; the copy is
     /// made only when `@skip` or `@include` must remove selections.
-    pub fn set_shared_query(&mut self, doc: Arc<ExecutableDocument>) {
+    pub fn set_shared_query(&mut self, doc: SharedDocument) {
         self.parsed_query = Some(doc);
     }
 

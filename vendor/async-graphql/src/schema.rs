@@ -11,7 +11,7 @@ use futures_util::stream::{self, BoxStream, FuturesOrdered, StreamExt};
 use crate::{
     BatchRequest, BatchResponse, CacheControl, ContextBase, EmptyMutation, EmptySubscription,
     Executor, InputType, ObjectType, OutputType, QueryEnv, Request, Response, ServerError,
-    ServerResult, SubscriptionType, Variables,
+    ServerResult, SharedDocument, SubscriptionType, Variables,
     context::{Data, QueryEnvInner},
     custom_directive::CustomDirectiveFactory,
     extensions::{ExtensionFactory, Extensions},
@@ -814,7 +814,7 @@ fn check_shape(
 
 /// Whether any selection in the document has `@skip` or `@include`, which
 /// `remove_skipped_selection` acts on (checkout-gateway patch).
-fn has_conditions(doc: &ExecutableDocument) -> bool {
+pub(crate) fn has_conditions(doc: &ExecutableDocument) -> bool {
     fn in_set(selection_set: &SelectionSet) -> bool {
         selection_set.items.iter().any(|selection| {
             selection.node.directives().iter().any(|directive| {
@@ -901,27 +901,33 @@ pub(crate) async fn prepare_request(
 
     // checkout-gateway patch: a shared document is used as it is (no copy) when no
     // extension could ask to see or replace it.
-    let mut document = match request.parsed_query.take() {
+    let (mut document, has_conditions) = match request.parsed_query.take() {
         Some(shared) if extensions.is_empty() => {
-            check_shape(&shared, recursive_depth, max_directives)?;
-            shared
+            // A prevalidated document passed these checks, with the same limits, when it
+            // was validated.
+            if !matches!(validation_mode, ValidationMode::Prevalidated) {
+                check_shape(&shared.document, recursive_depth, max_directives)?;
+            }
+            (shared.document, shared.has_conditions)
         }
         parsed_doc => {
             let query = &request.query;
             let fut_parse = async move {
                 let doc = match parsed_doc {
-                    Some(parsed_doc) => Arc::unwrap_or_clone(parsed_doc),
+                    Some(parsed_doc) => Arc::unwrap_or_clone(parsed_doc.document),
                     None => parse_query(query)?,
                 };
                 check_shape(&doc, recursive_depth, max_directives)?;
                 Ok(doc)
             };
             futures_util::pin_mut!(fut_parse);
-            Arc::new(
+            // An extension may have replaced the document: its own conditions.
+            let shared = SharedDocument::new(
                 extensions
                     .parse_query(query, &request.variables, &mut fut_parse)
                     .await?,
-            )
+            );
+            (shared.document, shared.has_conditions)
         }
     };
 
@@ -972,7 +978,7 @@ pub(crate) async fn prepare_request(
     let (operation_name, operation_key) = operation.map_err(|err| vec![err])?;
 
     // remove skipped fields (copying a shared document only when there are some)
-    if has_conditions(&document) {
+    if has_conditions {
         let document = Arc::make_mut(&mut document);
         for fragment in document.fragments.values_mut() {
             remove_skipped_selection(&mut fragment.node.selection_set.node, &request.variables);

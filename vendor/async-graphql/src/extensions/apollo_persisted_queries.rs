@@ -106,7 +106,7 @@ impl<T: CacheStorage> Extension for ApolloPersistedQueriesExtension<T> {
             if request.query.is_empty() {
                 if let Some(doc) = self.storage.get(persisted_query.sha256_hash).await {
                     Ok(Request {
-                        parsed_query: Some(doc),
+                        parsed_query: Some(crate::SharedDocument::new(doc)),
                         ..request
                     })
                 } else {
@@ -122,7 +122,7 @@ impl<T: CacheStorage> Extension for ApolloPersistedQueriesExtension<T> {
                     self.storage.set(sha256_hash, doc.clone()).await;
                     Ok(Request {
                         query: String::new(),
-                        parsed_query: Some(doc),
+                        parsed_query: Some(crate::SharedDocument::new(doc)),
                         ..request
                     })
                 }
