@@ -97,6 +97,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_BREAKER_COOLDOWN", value_name = "DURATION")]
     pub breaker_cooldown: Option<String>,
 
+    /// The longest any wait signal may hold an account's calls: a 429's `Retry-After`,
+    /// DHMAD's `retryAfter`, a hold read from Redis; longer ones are cut to this [default: 1h].
+    #[arg(long, env = "GATEWAY_UPSTREAM_MAX_WAIT", value_name = "DURATION")]
+    pub upstream_max_wait: Option<String>,
+
     /// How old a session may be and still be served (marked `stale`) when its provider cannot
     /// answer; 0s turns it off [default: 1h].
     #[arg(long, env = "GATEWAY_STALE_IF_ERROR", value_name = "DURATION")]
@@ -330,6 +335,7 @@ impl Settings {
             upstream_rate_limit,
             breaker_failures,
             breaker_cooldown,
+            upstream_max_wait,
             stale_if_error,
             upstream_concurrency,
             cache_max_entries,
@@ -675,6 +681,8 @@ pub struct Config {
     pub upstream_rate_limit: Option<RateLimit>,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    /// The longest wait any signal may impose on an account's calls.
+    pub upstream_max_wait: Duration,
     pub cache: CachePolicy,
     /// Bytes of whole responses kept for replay; 0: none.
     pub response_cache_bytes: u64,
@@ -815,6 +823,7 @@ impl Config {
                 .map_err(|reason| names.invalid("upstream_rate_limit", reason))?,
             breaker_failures: positive("breaker_failures", &settings.breaker_failures, 5, 1000)? as u32,
             breaker_cooldown: positive_duration("breaker_cooldown", &settings.breaker_cooldown, "30s")?,
+            upstream_max_wait: positive_duration("upstream_max_wait", &settings.upstream_max_wait, "1h")?,
             cache: CachePolicy {
                 terminal: duration("cache_ttl_terminal", &settings.cache_ttl_terminal, "1h")?,
                 failed: duration("cache_ttl_failed", &settings.cache_ttl_failed, "30s")?,
@@ -959,6 +968,7 @@ impl Config {
             retries: self.upstream_retries,
             breaker_failures: self.breaker_failures,
             breaker_cooldown: self.breaker_cooldown,
+            max_wait: self.upstream_max_wait,
             // The application adds the shared tier's, when it has one.
             shared_quota: None,
         }
@@ -1302,9 +1312,17 @@ fn choose_defaults(accounts: &mut [AccountConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The longest duration any setting takes: longer ones are typing mistakes, and added to a
+/// clock (`Instant::now() + d`) a huge one overflows at first use instead of here.
+const MAX_SETTING_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw.trim())
-        .map_err(|e| format!("`{raw}` is not a duration ({e}); write e.g. 500ms, 5s, 1h"))
+    let duration = humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("`{raw}` is not a duration ({e}); write e.g. 500ms, 5s, 1h"))?;
+    if duration > MAX_SETTING_DURATION {
+        return Err(format!("`{raw}` is longer than 30 days, the longest any duration setting takes"));
+    }
+    Ok(duration)
 }
 
 fn parse_whole(raw: &str, range: RangeInclusive<u64>) -> Result<u64, String> {

@@ -68,6 +68,11 @@ pub struct GuardPolicy {
     pub breaker_failures: u32,
     /// How long an open circuit refuses calls before one trial call may close it.
     pub breaker_cooldown: Duration,
+    /// The longest wait any signal may impose (a 429's `Retry-After`, DHMAD's `retryAfter`,
+    /// a hold read from the shared tier): a provider, or whoever writes to Redis, can ask for
+    /// years (or send epoch milliseconds where seconds were meant) and would hold the account
+    /// for that long on every replica.
+    pub max_wait: Duration,
 }
 
 /// The circuit's state, as `/readyz` and `/metrics` report it.
@@ -235,26 +240,32 @@ impl Guard {
     /// Waits until a call may be made, or refuses at once: while a 429's wait lasts
     /// (`RATE_LIMITED`), while the circuit is open (`CIRCUIT_OPEN`), or when the quota has no
     /// room before `deadline` (`RATE_LIMITED`). A quota that frees up before the deadline is
-    /// waited for.
-    pub async fn admit(&self, deadline: Instant) -> Result<(), FetchError> {
+    /// waited for. The [`Ticket`] reports the call's outcome; dropped without one (the call was
+    /// never made, or the caller was cancelled), it gives back the half-open trial it may hold,
+    /// so that the circuit never stays half-open with a trial nobody will finish.
+    pub async fn admit(&self, deadline: Instant) -> Result<Ticket<'_>, FetchError> {
         if let Some(until) = *locked(&self.held_until) {
             let now = Instant::now();
             if now < until {
                 return Err(refused(UnavailableReason::RateLimited, until - now));
             }
         }
-        self.admit_breaker()?;
+        // From here on, every way out (a refusal below, a cancelled wait) drops the ticket.
+        let ticket = Ticket { guard: self, trial: self.admit_breaker()? };
         if let Some((quota, scope)) = self.shared.get() {
             loop {
                 match quota.take(scope, &self.policy.rate_limit.0).await {
-                    Some(Taken::Now) => return Ok(()),
+                    Some(Taken::Now) => return Ok(ticket),
                     Some(Taken::Held(wait)) => {
-                        self.release_trial();
+                        let wait = self.clamp(wait);
+                        // What the shared tier says is held for every replica is held here
+                        // too, within the clamp.
+                        self.hold_locally(wait);
                         return Err(refused(UnavailableReason::RateLimited, wait));
                     }
                     Some(Taken::After(wait)) => {
+                        let wait = self.clamp(wait);
                         if Instant::now() + wait >= deadline {
-                            self.release_trial();
                             return Err(refused(UnavailableReason::RateLimited, wait));
                         }
                         tokio::time::sleep(wait).await;
@@ -270,7 +281,6 @@ impl Guard {
                     Ok(()) => break,
                     Err(wait) => {
                         if Instant::now() + wait >= deadline {
-                            self.release_trial();
                             return Err(refused(UnavailableReason::RateLimited, wait));
                         }
                         tokio::time::sleep(wait).await;
@@ -278,24 +288,25 @@ impl Guard {
                 }
             }
         }
-        Ok(())
+        Ok(ticket)
     }
 
-    fn admit_breaker(&self) -> Result<(), FetchError> {
+    /// Whether the call let through is the half-open circuit's one trial.
+    fn admit_breaker(&self) -> Result<bool, FetchError> {
         let mut breaker = locked(&self.breaker);
         match *breaker {
-            Breaker::Closed { .. } => Ok(()),
+            Breaker::Closed { .. } => Ok(false),
             Breaker::Open { until } => {
                 let now = Instant::now();
                 if now < until {
                     return Err(refused(UnavailableReason::CircuitOpen, until - now));
                 }
                 *breaker = Breaker::HalfOpen { trial: true };
-                Ok(())
+                Ok(true)
             }
             Breaker::HalfOpen { trial: false } => {
                 *breaker = Breaker::HalfOpen { trial: true };
-                Ok(())
+                Ok(true)
             }
             Breaker::HalfOpen { trial: true } => {
                 Err(refused(UnavailableReason::CircuitOpen, Duration::from_secs(1)))
@@ -303,7 +314,8 @@ impl Guard {
         }
     }
 
-    /// An admitted call that was not made (no quota in time) gives its trial slot back.
+    /// A trial that ended without an outcome (never made, or cancelled) gives its slot back:
+    /// the next call is the trial.
     fn release_trial(&self) {
         let mut breaker = locked(&self.breaker);
         if let Breaker::HalfOpen { trial: true } = *breaker {
@@ -311,18 +323,28 @@ impl Guard {
         }
     }
 
-    /// Takes note of a finished attempt: a 429 holds further calls; failures count towards
-    /// the circuit, anything else resets it.
-    pub fn record(&self, outcome: Outcome) {
+    /// `wait`, but never longer than the policy's `max_wait`.
+    pub fn clamp(&self, wait: Duration) -> Duration {
+        wait.min(self.policy.max_wait)
+    }
+
+    /// No call of this replica before `wait` has passed (kept if a longer hold is in force).
+    fn hold_locally(&self, wait: Duration) {
+        let until = Instant::now() + self.clamp(wait);
+        let mut held = locked(&self.held_until);
+        *held = Some(held.map_or(until, |current| current.max(until)));
+    }
+
+    /// Takes note of a finished attempt: a 429 holds further calls (within the clamp);
+    /// failures count towards the circuit, anything else resets it.
+    fn record(&self, outcome: Outcome) {
         if let Outcome::RateLimited(wait) = outcome {
-            let wait = wait.unwrap_or(DEFAULT_HOLD);
+            let wait = self.clamp(wait.unwrap_or(DEFAULT_HOLD));
             if let Some((quota, scope)) = self.shared.get() {
                 let (quota, scope) = (quota.clone(), scope.clone());
                 tokio::spawn(async move { quota.hold(&scope, wait).await });
             }
-            let until = Instant::now() + wait;
-            let mut held = locked(&self.held_until);
-            *held = Some(held.map_or(until, |current| current.max(until)));
+            self.hold_locally(wait);
         }
         let mut breaker = locked(&self.breaker);
         let failed = outcome == Outcome::Failed;
@@ -343,13 +365,40 @@ impl Guard {
         if attempt > self.policy.retries {
             return None;
         }
-        let wait = asked.unwrap_or_else(|| {
+        let wait = asked.map(|asked| self.clamp(asked)).unwrap_or_else(|| {
             let base = Duration::from_millis(500)
                 .saturating_mul(1 << (attempt - 1).min(5))
                 .min(Duration::from_secs(8));
             base.mul_f64(0.75 + fastrand::f64() * 0.25)
         });
         (Instant::now() + wait < deadline).then_some(wait)
+    }
+}
+
+/// One admitted call. [`Ticket::record`] reports how it went; a ticket dropped without a
+/// report (the call was not made, or the lookup was cancelled: a client gone, a stream reset,
+/// a request timeout) ends the trial it may hold, so the circuit cannot stay half-open.
+#[derive(Debug)]
+#[must_use = "a call's outcome must be recorded, or the ticket dropped when no call was made"]
+pub struct Ticket<'a> {
+    guard: &'a Guard,
+    /// Whether this call is the half-open circuit's trial.
+    trial: bool,
+}
+
+impl Ticket<'_> {
+    /// Reports the call's outcome to the guard.
+    pub fn record(mut self, outcome: Outcome) {
+        self.trial = false;
+        self.guard.record(outcome);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.trial {
+            self.guard.release_trial();
+        }
     }
 }
 
@@ -363,6 +412,7 @@ mod tests {
             retries: 2,
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(200),
+            max_wait: Duration::from_secs(3600),
         }
     }
 
@@ -412,17 +462,46 @@ mod tests {
         let guard = Guard::new(policy("off"));
         let deadline = Instant::now() + Duration::from_secs(5);
         for _ in 0..3 {
-            guard.admit(deadline).await.unwrap();
-            guard.record(Outcome::Failed);
+            guard.admit(deadline).await.unwrap().record(Outcome::Failed);
         }
         assert_eq!(guard.circuit(), CircuitState::Open);
         let refused = guard.admit(deadline).await.unwrap_err();
         assert!(matches!(refused, FetchError::Unavailable { reason: UnavailableReason::CircuitOpen, .. }));
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(guard.circuit(), CircuitState::HalfOpen);
-        guard.admit(deadline).await.unwrap();
+        let trial = guard.admit(deadline).await.unwrap();
         assert!(guard.admit(deadline).await.is_err(), "one trial at a time");
-        guard.record(Outcome::Answered);
+        trial.record(Outcome::Answered);
         assert_eq!(guard.circuit(), CircuitState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_trial_that_ends_without_an_outcome_lets_the_next_call_try() {
+        let guard = Guard::new(policy("off"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            guard.admit(deadline).await.unwrap().record(Outcome::Failed);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The trial's lookup is cancelled (its client left): the ticket is dropped unreported.
+        drop(guard.admit(deadline).await.unwrap());
+        let next = guard.admit(deadline).await.expect("the next call is the trial");
+        next.record(Outcome::Answered);
+        assert_eq!(guard.circuit(), CircuitState::Closed);
+    }
+
+    #[tokio::test]
+    async fn waits_are_clamped() {
+        let guard = Guard::new(GuardPolicy { max_wait: Duration::from_secs(2), ..policy("off") });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // A year-long (or epoch-milliseconds) Retry-After: no overflow, held for max_wait only.
+        guard.admit(deadline).await.unwrap().record(Outcome::RateLimited(Some(Duration::MAX)));
+        let FetchError::Unavailable { retry_after_seconds, .. } = guard.admit(deadline).await.unwrap_err()
+        else {
+            panic!("held")
+        };
+        assert_eq!(retry_after_seconds, Some(2));
+        let far = Instant::now() + Duration::from_secs(60);
+        assert_eq!(guard.retry_wait(1, Some(Duration::MAX), far), Some(Duration::from_secs(2)));
     }
 }

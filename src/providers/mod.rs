@@ -132,6 +132,8 @@ pub struct Limits {
     pub retries: u32,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    /// The longest wait a provider's signal (or the shared tier) may impose on calls.
+    pub max_wait: Duration,
     /// Where every replica's calls are counted together (the shared tier); `None`: each
     /// replica counts its own.
     pub shared_quota: Option<Arc<dyn SharedQuota>>,
@@ -147,6 +149,7 @@ impl Default for Limits {
             retries: 2,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
+            max_wait: Duration::from_secs(3600),
             shared_quota: None,
         }
     }
@@ -202,6 +205,7 @@ impl Account {
             retries: defaults.retries,
             breaker_failures: defaults.breaker_failures,
             breaker_cooldown: defaults.breaker_cooldown,
+            max_wait: defaults.max_wait,
         }));
         let limits = Limits {
             upstream_timeout: config.upstream_timeout.unwrap_or(defaults.upstream_timeout),

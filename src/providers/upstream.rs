@@ -131,12 +131,14 @@ impl Upstream {
         let deadline = Instant::now() + self.deadline;
         let mut attempt = 0;
         loop {
-            self.guard.admit(deadline).await.inspect_err(|refused| self.record_refusal(refused))?;
+            let ticket =
+                self.guard.admit(deadline).await.inspect_err(|refused| self.record_refusal(refused))?;
             let outcome = self.attempt(&url, authorization, deadline).await;
             let (verdict, asked) = judge(&outcome, self.kind);
-            // A wait for a permit that outlasted the deadline says nothing about the provider.
+            // A wait for a permit that outlasted the deadline says nothing about the provider:
+            // the ticket is dropped unreported (a trial it held is given back).
             if !matches!(outcome, Err(Queued)) {
-                self.guard.record(verdict);
+                ticket.record(verdict);
             }
             let outcome = outcome.map_err(|Queued| FetchError::unavailable(UnavailableReason::Timeout));
             let retry = match verdict {
@@ -278,7 +280,7 @@ impl Upstream {
                 },
                 upstream_status: Some(status),
                 retry_after_seconds: asked_wait(response, self.kind)
-                    .map(|wait| wait.as_secs().min(i32::MAX as u64)),
+                    .map(|wait| self.guard.clamp(wait).as_secs().min(i32::MAX as u64)),
             },
         }
     }

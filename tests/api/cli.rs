@@ -158,3 +158,16 @@ fn the_production_config_file_and_its_account_example_are_valid() {
     assert_eq!((&*account.name, account.base_url.as_str()), ("dodo_test", "https://test.dodopayments.com"));
     assert_eq!(account.api_key.as_ref().map(|k| k.expose()), Some("dodo-test-key"));
 }
+
+#[test]
+fn a_duration_past_thirty_days_stops_startup_naming_the_setting() {
+    // Unbounded, this was accepted and overflowed the clock at the first lookup.
+    let output = gateway()
+        .env("GATEWAY_LOOKUP_DEADLINE", "100000000years")
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("GATEWAY_LOOKUP_DEADLINE") && stderr.contains("30 days"), "{stderr}");
+}

@@ -22,4 +22,5 @@ mod ops;
 mod process;
 mod readme;
 mod replicas;
+mod resilience;
 mod third_provider;
