@@ -109,6 +109,9 @@ pub struct Client {
     pub rights: Rights,
     /// Came through the router's shared secret: query-planner operations, not a client's own.
     pub via_router: bool,
+    /// When the credential stops proving anything (a JWT's `exp` plus the leeway); `None` for
+    /// credentials that do not expire. A stream opened with it ends then.
+    pub expires_at: Option<Instant>,
 }
 
 impl Client {
@@ -116,7 +119,12 @@ impl Client {
     pub fn anonymous() -> Client {
         static ANONYMOUS: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
         ANONYMOUS
-            .get_or_init(|| Client { name: Arc::from("anonymous"), rights: Rights::all(), via_router: false })
+            .get_or_init(|| Client {
+                name: Arc::from("anonymous"),
+                rights: Rights::all(),
+                via_router: false,
+                expires_at: None,
+            })
             .clone()
     }
 }
@@ -139,6 +147,9 @@ pub struct JwtConfig {
     pub algorithms: Vec<Algorithm>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// How often the JWKS is fetched again whatever happens, so that a key the issuer
+    /// withdraws stops being accepted within this time.
+    pub jwks_refresh: Duration,
     /// The claim listing the accounts a token may read (`*` for all).
     pub rights_claim: String,
 }
@@ -196,6 +207,10 @@ const JWKS_REFRESH_MIN: Duration = Duration::from_secs(10);
 /// A verified token is trusted again without verifying its signature for at most this long
 /// (never past its own `exp`).
 const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// The longest a token is taken to live, whatever its `exp` says (a stream opened with it is
+/// closed then at the latest).
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Verified tokens kept at most (each ~200 bytes: its digest and the client it proved).
 const VERIFIED_TOKENS_MAX: u64 = 10_000;
 
@@ -254,7 +269,12 @@ impl Access {
                 return Err(Denied::BadRouterSecret);
             }
             if !self.config.trust_router_identity {
-                return Ok(Client { name: Arc::from("router"), rights: Rights::all(), via_router: true });
+                return Ok(Client {
+                    name: Arc::from("router"),
+                    rights: Rights::all(),
+                    via_router: true,
+                    expires_at: None,
+                });
             }
             let mut client = self.client(bearer(headers)).await?;
             client.via_router = true;
@@ -275,6 +295,7 @@ impl Access {
                     name: Arc::from(known.name.as_str()),
                     rights: known.rights.clone(),
                     via_router: false,
+                    expires_at: None,
                 })
             }
             AuthMode::Jwt => self.verify_jwt(credential.ok_or(Denied::Missing)?).await,
@@ -313,6 +334,8 @@ impl Access {
         // refuses a key whose family differs from any algorithm listed here.
         let mut validation = Validation::new(header.alg);
         validation.leeway = config.leeway.as_secs();
+        // Off by default in jsonwebtoken: a token issued for later is not valid now.
+        validation.validate_nbf = true;
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
@@ -343,7 +366,12 @@ impl Access {
             exp + config.leeway.as_secs_f64() - chrono::Utc::now().timestamp_millis() as f64 / 1000.0
         });
         let name = data.claims.sub.unwrap_or_else(|| "unnamed".into());
-        let client = Client { name: Arc::from(name), rights, via_router: false };
+        // `exp` is required and was checked above; the clamp keeps a far-future one (any
+        // number fits in a JSON token) from overflowing the clock.
+        let expires_at =
+            Instant::now() + Duration::from_secs_f64(left.clamp(0.0, MAX_TOKEN_LIFE.as_secs_f64()));
+        let client =
+            Client { name: Arc::from(name), rights, via_router: false, expires_at: Some(expires_at) };
         if left > 0.0 {
             let until = Instant::now() + Duration::from_secs_f64(left.min(VERIFIED_TOKEN_TTL.as_secs_f64()));
             self.verified.insert(digest, (client.clone(), until));
@@ -356,13 +384,32 @@ impl Access {
         jwks.0.find(kid).and_then(|jwk| DecodingKey::from_jwk(jwk).ok())
     }
 
-    /// Fetches the JWKS, unless it was fetched moments ago.
-    pub async fn refresh_jwks(&self) {
+    /// Fetches the JWKS now, then again every `jwks_refresh` for as long as the gateway runs:
+    /// without a schedule a known key was never fetched again, so a key the issuer withdrew
+    /// kept working until a restart.
+    pub async fn keep_jwks_fresh(self: Arc<Self>) {
+        let Some(config) = &self.config.jwt else { return };
+        let mut ticks = tokio::time::interval(config.jwks_refresh);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.fetch_jwks(true).await;
+        }
+    }
+
+    /// Fetches the JWKS for a `kid` it does not have, unless it was fetched moments ago.
+    async fn refresh_jwks(&self) {
+        self.fetch_jwks(false).await;
+    }
+
+    /// `scheduled`: the schedule's own fetch, which no recent fetch for an unknown `kid`
+    /// replaces.
+    async fn fetch_jwks(&self, scheduled: bool) {
         let Some(config) = &self.config.jwt else { return };
         let _one = self.refreshing.lock().await;
         let recent =
             self.jwks.read().ok().and_then(|jwks| jwks.1).is_some_and(|at| at.elapsed() < JWKS_REFRESH_MIN);
-        if recent {
+        if recent && !scheduled {
             return;
         }
         let fetched = async {

@@ -258,6 +258,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_JWT_JWKS_URL", value_name = "URL")]
     pub jwt_jwks_url: Option<String>,
 
+    /// With `jwt`: how often the JWKS is fetched again in any case, so a key the issuer
+    /// withdraws stops being accepted within it [default: 5m].
+    #[arg(long, env = "GATEWAY_JWT_JWKS_REFRESH", value_name = "DURATION")]
+    pub jwt_jwks_refresh: Option<String>,
+
     /// With `jwt`: the `iss` tokens must carry [default: none].
     #[arg(long, env = "GATEWAY_JWT_ISSUER", value_name = "ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -370,6 +375,7 @@ impl Settings {
             redis_timeout,
             auth,
             jwt_jwks_url,
+            jwt_jwks_refresh,
             jwt_issuer,
             jwt_audience,
             jwt_algorithms,
@@ -1046,13 +1052,22 @@ fn resolve_access(
         let leeway = parse_duration(settings.jwt_leeway.as_deref().unwrap_or("60s"))
             .map_err(|reason| names.invalid("jwt_leeway", reason))?;
         let jwks_url = required("jwt_jwks_url", &settings.jwt_jwks_url)?;
-        check_base_url(&jwks_url).map_err(|reason| names.invalid("jwt_jwks_url", reason))?;
+        check_jwks_url(&jwks_url).map_err(|reason| names.invalid("jwt_jwks_url", reason))?;
+        let jwks_refresh = parse_duration(settings.jwt_jwks_refresh.as_deref().unwrap_or("5m"))
+            .and_then(|every| {
+                if every < Duration::from_secs(1) {
+                    return Err("must be at least 1s".into());
+                }
+                Ok(every)
+            })
+            .map_err(|reason| names.invalid("jwt_jwks_refresh", reason))?;
         Some(JwtConfig {
             jwks_url,
             issuer: required("jwt_issuer", &settings.jwt_issuer)?,
             audience: required("jwt_audience", &settings.jwt_audience)?,
             algorithms,
             leeway,
+            jwks_refresh,
             rights_claim: settings.jwt_rights_claim.clone().unwrap_or_else(|| "checkout_accounts".into()),
         })
     } else {
@@ -1337,6 +1352,21 @@ fn parse_base_url(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
     check_base_url(raw)?;
     Ok(raw.trim_end_matches('/').to_owned())
+}
+
+/// The keys every token is checked against: fetched over plain HTTP, anyone on the path could
+/// substitute their own and mint tokens. `http://` is allowed only to a loopback address (a
+/// sidecar, a test issuer).
+fn check_jwks_url(raw: &str) -> Result<(), String> {
+    check_base_url(raw)?;
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL ({e})"))?;
+    let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() != "https" && !loopback {
+        return Err(format!("`{raw}` must be https:// (plain http:// only to a loopback address)"));
+    }
+    Ok(())
 }
 
 /// A base URL must be plain http(s) with a host, and carry no credentials, query or fragment

@@ -200,8 +200,7 @@ impl Application {
         }
         let access = Arc::new(Access::new(access, http.clone()));
         if access.mode() == AuthMode::Jwt {
-            let access = access.clone();
-            tokio::spawn(async move { access.refresh_jwks().await });
+            tokio::spawn(access.clone().keep_jwks_fresh());
         }
         let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
         let streams = Streams::new(

@@ -201,6 +201,27 @@ fn token(pem: &[u8], kid: &str, claims: Value) -> String {
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap()).unwrap()
 }
 
+/// A gateway verifying JWTs against `issuer`'s JWKS, fetched again every `refresh`.
+async fn jwt_app(issuer: &MockServer, refresh: Duration) -> TestApp {
+    let jwks_url = format!("{}/.well-known/jwks.json", issuer.uri());
+    spawn_app(|config| {
+        config.access = Some(AccessConfig {
+            mode: AuthMode::Jwt,
+            jwt: Some(JwtConfig {
+                jwks_url,
+                issuer: "https://auth.example.test/".into(),
+                audience: "checkout-gateway".into(),
+                algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
+                leeway: Duration::from_secs(5),
+                jwks_refresh: refresh,
+                rights_claim: "checkout_accounts".into(),
+            }),
+            ..AccessConfig::open()
+        })
+    })
+    .await
+}
+
 #[tokio::test]
 async fn jwts_are_verified_against_the_issuers_jwks() {
     let issuer = MockServer::start().await;
@@ -210,22 +231,7 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
         .mount(&issuer)
         .await;
-    let jwks_url = format!("{}/.well-known/jwks.json", issuer.uri());
-    let app = spawn_app(|config| {
-        config.access = Some(AccessConfig {
-            mode: AuthMode::Jwt,
-            jwt: Some(JwtConfig {
-                jwks_url,
-                issuer: "https://auth.example.test/".into(),
-                audience: "checkout-gateway".into(),
-                algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
-                leeway: Duration::from_secs(5),
-                rights_claim: "checkout_accounts".into(),
-            }),
-            ..AccessConfig::open()
-        })
-    })
-    .await;
+    let app = jwt_app(&issuer, Duration::from_secs(300)).await;
     mount_dodo(&app, "cks_j", Some("succeeded")).await;
     let body = json!({"query": QUERY, "variables": {"p": "DODO", "id": "cks_j"}});
     let now = chrono::Utc::now().timestamp();
@@ -298,6 +304,43 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(issuer.received_requests().await.unwrap().len(), 1, "one fetch, for the unknown kid");
     // k1 is withdrawn: a token it signed, verified before, proves nothing any more.
+    let (status, answer) = as_client(&app, &good, &body).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["errors"][0]["message"].as_str().unwrap().contains("not in the issuer's JWKS"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawn_key_stops_working_at_the_scheduled_refresh_and_nbf_is_checked() {
+    let issuer = MockServer::start().await;
+    let (pem, jwk) = key_pair("k1");
+    let (_, other_jwk) = key_pair("k2");
+    Mock::given(path("/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
+        .mount(&issuer)
+        .await;
+    let app = jwt_app(&issuer, Duration::from_secs(1)).await;
+    mount_dodo(&app, "cks_j", Some("succeeded")).await;
+    let body = json!({"query": QUERY, "variables": {"p": "DODO", "id": "cks_j"}});
+    let now = chrono::Utc::now().timestamp();
+    let claims = |nbf: i64| json!({"sub": "dashboard-7", "iss": "https://auth.example.test/", "aud": "checkout-gateway", "exp": now + 300, "nbf": nbf, "checkout_accounts": ["dodo"]});
+    let good = token(&pem, "k1", claims(now - 10));
+    assert_eq!(as_client(&app, &good, &body).await.0, 200);
+    // Issued for later (past the 5 s leeway): not valid yet.
+    let (status, answer) = as_client(&app, &token(&pem, "k1", claims(now + 300)), &body).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["errors"][0]["message"].as_str().unwrap().contains("not valid yet"), "{answer}");
+    // The issuer withdraws k1. No token names an unknown kid, yet the schedule fetches the
+    // JWKS again, and k1's tokens (verified and remembered before) stop working.
+    issuer.reset().await;
+    Mock::given(path("/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [other_jwk]})))
+        .mount(&issuer)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(!issuer.received_requests().await.unwrap().is_empty(), "fetched on schedule");
     let (status, answer) = as_client(&app, &good, &body).await;
     assert_eq!(status, 401, "{answer}");
     assert!(

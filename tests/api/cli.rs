@@ -171,3 +171,26 @@ fn a_duration_past_thirty_days_stops_startup_naming_the_setting() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("GATEWAY_LOOKUP_DEADLINE") && stderr.contains("30 days"), "{stderr}");
 }
+
+#[test]
+fn a_jwks_url_over_plain_http_is_refused_unless_it_is_loopback() {
+    // Over plain HTTP anyone on the path could substitute the keys and mint tokens.
+    let jwt = |url: &str| {
+        gateway()
+            .env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY_AUTH", "jwt")
+            .env("GATEWAY_JWT_JWKS_URL", url)
+            .env("GATEWAY_JWT_ISSUER", "https://auth.example.test/")
+            .env("GATEWAY_JWT_AUDIENCE", "checkout-gateway")
+            .env("GATEWAY_JWT_JWKS_REFRESH", "not-a-duration")
+            .output()
+            .unwrap()
+    };
+    let output = jwt("http://auth.example.test/.well-known/jwks.json");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("GATEWAY_JWT_JWKS_URL") && stderr.contains("https://"), "{stderr}");
+    // Loopback passes that check: the next setting is the one refused.
+    let stderr = String::from_utf8(jwt("http://127.0.0.1:9/jwks.json").stderr).unwrap();
+    assert!(stderr.contains("GATEWAY_JWT_JWKS_REFRESH"), "{stderr}");
+}
