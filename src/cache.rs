@@ -78,6 +78,17 @@ impl CachePolicy {
             Err(_) => None,
         }
     }
+
+    /// Until when an answer reusable until `expires_at` is kept: a session for
+    /// `stale_if_error` from `now` (it may stand in while its provider cannot answer), a
+    /// not-found only while fresh.
+    fn kept_until(&self, answer: &FetchResult, expires_at: Instant, now: Instant) -> Instant {
+        if answer.is_ok() {
+            expires_at.max(now + self.stale_if_error)
+        } else {
+            expires_at
+        }
+    }
 }
 
 /// An entry's weight for a cache bounded to `max_bytes`: its bytes (key, bookkeeping,
@@ -197,11 +208,15 @@ fn to_unix_ms(at: Instant) -> i64 {
     }
 }
 
+/// Moments further ahead than this are read as this far: no lifetime the gateway gives is
+/// longer, and an `Instant` cannot hold every `i64` of milliseconds.
+const FURTHEST_AHEAD: Duration = Duration::from_secs(31 * 24 * 3600);
+
 fn from_unix_ms(ms: i64) -> Instant {
     let now = Utc::now().timestamp_millis();
     let base = Instant::now();
     if ms >= now {
-        base + Duration::from_millis(u64::try_from(ms - now).unwrap_or(0))
+        base + Duration::from_millis(u64::try_from(ms.saturating_sub(now)).unwrap_or(0)).min(FURTHEST_AHEAD)
     } else {
         base.checked_sub(Duration::from_millis(u64::try_from(now - ms).unwrap_or(0))).unwrap_or(base)
     }
@@ -236,8 +251,10 @@ fn encode(entry: &Entry) -> Option<Vec<u8>> {
     serde_json::to_vec(&shared).ok()
 }
 
-/// An entry another replica shared, if it is of this format.
-fn decode(bytes: &[u8], account: &Account, id: &Arc<str>) -> Option<Entry> {
+/// An entry another replica shared, if it is of this format, its moments held to what
+/// `policy` allows for its answer: whoever can write to Redis must not make a replica serve an
+/// answer longer than the gateway would have kept it.
+fn decode(bytes: &[u8], account: &Account, id: &Arc<str>, policy: &CachePolicy) -> Option<Entry> {
     #[derive(serde::Deserialize)]
     struct Version {
         v: u32,
@@ -265,12 +282,10 @@ fn decode(bytes: &[u8], account: &Account, id: &Arc<str>) -> Option<Entry> {
             details: record.details.as_ref().and_then(account.kind().details_from_json),
         })),
     };
-    Some(Entry {
-        answer,
-        expires_at: from_unix_ms(shared.expires_at),
-        kept_until: from_unix_ms(shared.kept_until),
-        asked_at: from_unix_ms(shared.asked_at),
-    })
+    let now = Instant::now();
+    let expires_at = from_unix_ms(shared.expires_at).min(now + policy.lifetime(&answer).unwrap_or_default());
+    let kept_until = from_unix_ms(shared.kept_until).min(policy.kept_until(&answer, expires_at, now));
+    Some(Entry { answer, expires_at, kept_until, asked_at: from_unix_ms(shared.asked_at).min(now) })
 }
 
 /// An answer and until when a client may reuse it (`None`: not at all). The moment is
@@ -521,7 +536,7 @@ impl SessionCache {
     /// The answer another replica shared for `key`, if it is of this format and still fresh.
     async fn read_shared(&self, shared: &Shared, account: &Account, key: &Key) -> Option<Entry> {
         let bytes = shared.get(&key.0, &key.1).await?;
-        let entry = decode(&bytes, account, &key.1)?;
+        let entry = decode(&bytes, account, &key.1, &self.policy)?;
         (entry.expires_at > Instant::now()).then_some(entry)
     }
 
@@ -587,8 +602,7 @@ impl SessionCache {
     fn entry(&self, answer: FetchResult, asked_at: Instant) -> Entry {
         let now = Instant::now();
         let expires_at = now + self.policy.lifetime(&answer).unwrap_or_default();
-        let kept_until =
-            if answer.is_ok() { expires_at.max(now + self.policy.stale_if_error) } else { expires_at };
+        let kept_until = self.policy.kept_until(&answer, expires_at, now);
         Entry { answer, expires_at, kept_until, asked_at }
     }
 

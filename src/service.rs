@@ -250,10 +250,15 @@ impl SessionService {
         let Some(shared) = self.cache.shared().cloned() else { return };
         let (service, cleared) = (self.clone(), self.clone());
         let replica = shared.replica.clone();
+        // Messages are acted on a bounded number at a time: a flood (from a replica, or from
+        // whoever can publish on the channel) cannot start unbounded work. Past the bound,
+        // every local answer is dropped at once, as after a reconnection: nothing stale is
+        // served, and that costs nothing per message.
+        let working = Arc::new(tokio::sync::Semaphore::new(ADOPTING_MAX));
         shared.listen(
             move |bytes| {
                 let Ok(message) = serde_json::from_slice::<Message>(&bytes) else { return };
-                if message.from == replica {
+                if message.from == replica || !matches!(message.kind.as_str(), "invalidate" | "update") {
                     return;
                 }
                 let Some(account) = service.accounts.values().find(|a| *a.scope == *message.scope).cloned()
@@ -261,9 +266,14 @@ impl SessionService {
                     return;
                 };
                 changed();
+                let Ok(permit) = working.clone().try_acquire_owned() else {
+                    service.cache.clear_local();
+                    return;
+                };
                 let service = service.clone();
                 tokio::spawn(async move {
                     service.cache.adopt(&account, &message.id, message.kind == "update").await;
+                    drop(permit);
                 });
             },
             move || {
@@ -303,6 +313,9 @@ async fn poll_while_watched(
     }
     metrics.live_pollers.dec();
 }
+
+/// Messages from other replicas acted on at once, at most.
+const ADOPTING_MAX: usize = 64;
 
 /// However short an answer's lifetime, a poller waits at least this long between calls.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);

@@ -87,21 +87,31 @@ pub enum SharedState {
 }
 
 /// GCRA over every window of a quota at once, with Redis's own clock (replicas' clocks may
-/// differ). KEYS: the hold key, then one key per window. ARGV: per window its emission
-/// interval and burst tolerance, in microseconds. Returns {0, 0} when a call may be made now,
-/// {1, wait} when the quota has room again in `wait` µs, {2, wait} while a 429's hold lasts.
+/// differ). KEYS: the hold key, then one key per window. ARGV: the longest hold allowed, then
+/// per window its emission interval and burst tolerance, in microseconds. Returns {0, 0} when
+/// a call may be made now, {1, wait} when the quota has room again in `wait` µs, {2, wait}
+/// while a 429's hold lasts.
+///
+/// What it reads is checked, not trusted: a hold longer than the clamp, or a window's state
+/// further ahead than one whole window can be, was not written by a gateway (or by a gateway
+/// with a longer clamp): it is dropped rather than obeyed, so nobody who can write to Redis
+/// holds an account for ever.
 const TAKE: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local held = tonumber(redis.call('GET', KEYS[1]) or '0')
+local held = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if held > now + tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  held = 0
+end
 if held > now then return {2, held - now} end
 local tats = {}
 local wait = 0
 for i = 2, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 3])
-  local tolerance = tonumber(ARGV[2 * i - 2])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
+  local interval = tonumber(ARGV[2 * i - 2])
+  local tolerance = tonumber(ARGV[2 * i - 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if tat < now or tat > now + interval + tolerance then tat = now end
   local allowed_at = tat - tolerance
   if allowed_at > now and allowed_at - now > wait then wait = allowed_at - now end
   tats[i] = tat + interval
@@ -126,6 +136,18 @@ if until_ > held then
 end
 return 1
 "#;
+
+/// The largest answer read back from Redis: a provider's answer is read up to 1 MiB, and its
+/// shared form is about the same size.
+const VALUE_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// Sessions read under one reference (a payment, an escrow), and the longest id taken from
+/// there: a set is read by sampling, never whole.
+pub const REFERENCES_READ_MAX: usize = 64;
+const REFERENCE_ID_MAX_BYTES: usize = 256;
+
+/// The largest pub/sub message read: a replica's messages name an account scope and an id.
+pub const MESSAGE_MAX_BYTES: usize = 4096;
 
 /// Releases a lock only if it is still this holder's.
 const UNLOCK: &str = r#"
@@ -221,11 +243,24 @@ impl Shared {
         format!("{}events", self.prefix)
     }
 
-    /// The stored answer for `scope` and `id`.
+    /// The stored answer for `scope` and `id`. At most [`VALUE_MAX_BYTES`] are read (one
+    /// command, on the hot path): a longer value, which no gateway writes, arrives cut and is
+    /// not read as an answer.
     pub async fn get(&self, scope: &str, id: &str) -> Option<Vec<u8>> {
         let key = self.key("session", scope, id);
         let mut redis = self.manager.clone();
-        self.run("get", async move { redis.get::<_, Option<Vec<u8>>>(key).await }).await.flatten()
+        let value = self
+            .run("get", async move {
+                redis::cmd("GETRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(VALUE_MAX_BYTES)
+                    .query_async::<Vec<u8>>(&mut redis)
+                    .await
+            })
+            .await?;
+        // A missing key reads as nothing; a value past the bound is refused whole.
+        (!value.is_empty() && value.len() <= VALUE_MAX_BYTES).then_some(value)
     }
 
     /// Stores an answer until `until` (Unix milliseconds: an absolute expiry, the same for
@@ -265,13 +300,20 @@ impl Shared {
         .await;
     }
 
-    /// The sessions any replica saw under `reference`.
+    /// Some of the sessions any replica saw under `reference`: at most
+    /// [`REFERENCES_READ_MAX`], each a plausible id (the set is sampled, never read whole).
     pub async fn references(&self, scope: &str, reference: &str) -> Vec<String> {
         let key = self.key("reference", scope, reference);
         let mut redis = self.manager.clone();
-        self.run("references", async move { redis.smembers::<_, Vec<String>>(key).await })
+        let count = REFERENCES_READ_MAX;
+        let mut ids = self
+            .run("references", async move {
+                redis::cmd("SRANDMEMBER").arg(key).arg(count).query_async::<Vec<String>>(&mut redis).await
+            })
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        ids.retain(|id| !id.is_empty() && id.len() <= REFERENCE_ID_MAX_BYTES);
+        ids
     }
 
     /// Takes the lock on calling the provider for `scope` and `id`: `Some(true)` when taken
@@ -285,14 +327,32 @@ impl Shared {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.run("lock", async move {
             let set: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(token)
+                .arg(&key)
+                .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(millis)
                 .query_async(&mut redis)
                 .await?;
-            Ok(set.is_some())
+            if set.is_some() {
+                return Ok(true);
+            }
+            // Held. A lock no replica could have written (no expiry, or one further off than a
+            // lock lasts) would make every replica wait on each cold lookup of the session:
+            // it is taken over. (Two replicas may both take it over; each then asks the
+            // provider, as without Redis.)
+            let left: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await?;
+            if left == -1 || left > i64::try_from(millis).unwrap_or(i64::MAX) {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("PX")
+                    .arg(millis)
+                    .query_async::<()>(&mut redis)
+                    .await?;
+                return Ok(true);
+            }
+            Ok(false)
         })
         .await
     }
@@ -356,7 +416,11 @@ impl Shared {
                 first = false;
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {
-                    on_message(message.get_payload_bytes().to_vec());
+                    let bytes = message.get_payload_bytes();
+                    // No replica writes more: whoever did is not read.
+                    if bytes.len() <= MESSAGE_MAX_BYTES {
+                        on_message(bytes.to_vec());
+                    }
                 }
                 shared.listening.store(false, Ordering::Relaxed);
                 tracing::warn!("Redis pub/sub connection lost; reconnecting");
@@ -371,10 +435,12 @@ impl SharedQuota for Shared {
         &'a self,
         scope: &'a str,
         windows: &'a [(u32, Duration)],
+        max_wait: Duration,
     ) -> std::pin::Pin<Box<dyn Future<Output = Option<Taken>> + Send + 'a>> {
         Box::pin(async move {
             let mut invocation = self.take_script.prepare_invoke();
             invocation.key(self.key("hold", scope, ""));
+            invocation.arg(u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX));
             for (index, &(count, period)) in windows.iter().enumerate() {
                 let period = period.as_micros() as u64;
                 let interval = period / u64::from(count.max(1));

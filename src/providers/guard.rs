@@ -130,11 +130,13 @@ impl Window {
 /// A quota counted for every replica at once (the shared tier). Each call returns `None`
 /// when the store cannot answer: the guard then counts locally.
 pub trait SharedQuota: Send + Sync + fmt::Debug {
-    /// Takes one call of `scope`'s quota (`windows`: at most `count` per `period`).
+    /// Takes one call of `scope`'s quota (`windows`: at most `count` per `period`). A hold
+    /// longer than `max_wait` found there is not obeyed.
     fn take<'a>(
         &'a self,
         scope: &'a str,
         windows: &'a [(u32, Duration)],
+        max_wait: Duration,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Taken>> + Send + 'a>>;
 
     /// Holds every replica's calls of `scope` for `wait` (a 429 asked it).
@@ -254,7 +256,7 @@ impl Guard {
         let ticket = Ticket { guard: self, trial: self.admit_breaker()? };
         if let Some((quota, scope)) = self.shared.get() {
             loop {
-                match quota.take(scope, &self.policy.rate_limit.0).await {
+                match quota.take(scope, &self.policy.rate_limit.0, self.policy.max_wait).await {
                     Some(Taken::Now) => return Ok(ticket),
                     Some(Taken::Held(wait)) => {
                         let wait = self.clamp(wait);

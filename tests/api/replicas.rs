@@ -337,12 +337,12 @@ async fn a_stuck_lock_delays_a_cold_lookup_a_bounded_while_then_it_asks_itself()
     let keys: Vec<String> =
         redis::cmd("KEYS").arg("checkout-gateway:session:*").query_async(&mut connection).await.unwrap();
     let scope = keys[0].strip_prefix("checkout-gateway:session:").unwrap().strip_suffix(":cks_seen").unwrap();
-    // A replica that died holding the lock: it would expire in a minute.
+    // A replica that died holding the lock: it would expire in 9 s (a lock lasts 10 s at most).
     let _: () = redis::cmd("SET")
         .arg(format!("checkout-gateway:lock:{scope}:cks_stuck"))
         .arg("a-replica-that-died")
         .arg("PX")
-        .arg(60_000)
+        .arg(9_000)
         .query_async(&mut connection)
         .await
         .unwrap();
@@ -351,4 +351,155 @@ async fn a_stuck_lock_delays_a_cold_lookup_a_bounded_while_then_it_asks_itself()
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(5), "{took:?}");
     assert_eq!(calls(&dodo, "cks_stuck").await, 1);
+}
+
+/// The account's scope, read from the key of a session `replica` stored (`id`).
+async fn scope_of(replica: &Replica, redis: &Redis, http: &reqwest::Client, id: &str) -> String {
+    replica.status(http, id).await;
+    let mut connection = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("checkout-gateway:session:*:{id}"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let key = keys.first().expect("the session was shared");
+    key.strip_prefix("checkout-gateway:session:").unwrap().strip_suffix(&format!(":{id}")).unwrap().to_owned()
+}
+
+async fn redis_set(redis: &Redis, key: &str, value: impl redis::ToRedisArgs) {
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("SET").arg(key).arg(value).query_async(&mut connection).await.unwrap();
+}
+
+// ---- Whoever can write to Redis: what is read there is bounded, not obeyed as written. ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_in_redis_lives_no_longer_than_the_cache_policy_allows() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    upstream(&dodo, "cks_seen", None, Duration::ZERO).await;
+    upstream(&dodo, "cks_forged", Some("succeeded"), Duration::ZERO).await;
+    upstream(&dodo, "cks_forever", Some("succeeded"), Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 1, &[("GATEWAY_CACHE_TTL_OPEN", "1s")]).await;
+    let scope = scope_of(&group[0], &redis, &http, "cks_seen").await;
+    let mut connection = redis.connection().await;
+    let stored: String = redis::cmd("GET")
+        .arg(format!("checkout-gateway:session:{scope}:cks_seen"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    // An OPEN answer said to be fresh for ten years, and one for the end of time (past what a
+    // clock can add: read as written, it overflowed).
+    let ten_years = chrono::Utc::now().timestamp_millis() + 10 * 365 * 24 * 3600 * 1000;
+    for (id, until) in [("cks_forged", ten_years), ("cks_forever", i64::MAX)] {
+        let mut forged: Value = serde_json::from_str(&stored).unwrap();
+        forged["expires_at"] = json!(until);
+        forged["kept_until"] = json!(until);
+        redis_set(&redis, &format!("checkout-gateway:session:{scope}:{id}"), forged.to_string()).await;
+        assert_eq!(group[0].status(&http, id).await, "OPEN", "{id}: read from Redis");
+        let _: () = redis::cmd("DEL")
+            .arg(format!("checkout-gateway:session:{scope}:{id}"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    // Taken as an OPEN answer may be (GATEWAY_CACHE_TTL_OPEN), not for the years it claimed.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for id in ["cks_forged", "cks_forever"] {
+        assert_eq!(group[0].status(&http, id).await, "COMPLETED", "{id}: asked the provider again");
+        assert_eq!(calls(&dodo, id).await, 1, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_or_a_lock_in_redis_that_no_replica_wrote_is_not_obeyed() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
+    upstream(&dodo, "cks_held", Some("succeeded"), Duration::ZERO).await;
+    upstream(&dodo, "cks_locked", Some("succeeded"), Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 1, &[]).await;
+    let scope = scope_of(&group[0], &redis, &http, "cks_seen").await;
+    // A 429's hold for ten years, with no expiry: past GATEWAY_UPSTREAM_MAX_WAIT, so no
+    // replica wrote it.
+    let micros = (chrono::Utc::now().timestamp_millis() + 10 * 365 * 24 * 3600 * 1000) * 1000;
+    redis_set(&redis, &format!("checkout-gateway:hold:{scope}:"), micros).await;
+    assert_eq!(group[0].status(&http, "cks_held").await, "COMPLETED", "the forged hold is dropped");
+    // A lock with no expiry: every cold lookup of the session would wait on it.
+    let lock = format!("checkout-gateway:lock:{scope}:cks_locked");
+    redis_set(&redis, &lock, "forged").await;
+    let started = Instant::now();
+    assert_eq!(group[0].status(&http, "cks_locked").await, "COMPLETED");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}: not waited on", started.elapsed());
+    let mut connection = redis.connection().await;
+    let holder: Option<String> = redis::cmd("GET").arg(&lock).query_async(&mut connection).await.unwrap();
+    assert_eq!(holder, None, "taken over and released, not left standing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_reference_set_in_redis_is_read_in_a_bounded_sample() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 1, &[("DODO_PAYMENTS_WEBHOOK_KEY", WEBHOOK_SECRET)]).await;
+    let scope = scope_of(&group[0], &redis, &http, "cks_seen").await;
+    let mut connection = redis.connection().await;
+    let members: Vec<String> = (0..5_000).map(|i| format!("cks_{i}")).collect();
+    let _: () = redis::cmd("SADD")
+        .arg(format!("checkout-gateway:reference:{scope}:pay_big"))
+        .arg(&members)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let (headers, body) =
+        dodo_delivery(WEBHOOK_SECRET, "msg_big", now(), "refund.succeeded", json!({"payment_id": "pay_big"}));
+    let mut request = http.post(format!("http://{}/webhooks/dodo", group[0].addr)).body(body);
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+    // Each session named is invalidated for every replica (one DEL each): 64 at most, not 5,000.
+    let metrics = group[0].metrics(&http).await;
+    let deleted: u64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("checkout_gateway_redis_operations_total") && line.contains(r#"op="del""#)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!((1..=64).contains(&deleted), "{deleted} sessions invalidated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_on_the_channel_that_no_replica_sends_are_ignored() {
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
+    let group = replicas(&redis, &dodo, 1, &[]).await;
+    let scope = scope_of(&group[0], &redis, &http, "cks_seen").await;
+    let replays = |metrics: String| {
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("checkout_gateway_response_cache_hits_total ")?.parse::<u64>().ok()
+            })
+            .unwrap_or(0)
+    };
+    // Answered, then replayed.
+    group[0].status(&http, "cks_seen").await;
+    let before = replays(group[0].metrics(&http).await);
+    assert!(before >= 1);
+    let mut connection = redis.connection().await;
+    for message in [
+        // Larger than any replica writes.
+        json!({"kind": "invalidate", "scope": scope, "id": "x".repeat(8192), "from": "elsewhere"}),
+        // A kind no replica sends.
+        json!({"kind": "flush", "scope": scope, "id": "cks_seen", "from": "elsewhere"}),
+    ] {
+        let _: () = redis::cmd("PUBLISH")
+            .arg("checkout-gateway:events")
+            .arg(message.to_string())
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    group[0].status(&http, "cks_seen").await;
+    assert_eq!(replays(group[0].metrics(&http).await), before + 1, "the replayed answers were kept");
 }
