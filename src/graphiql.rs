@@ -49,10 +49,23 @@ pub fn page() -> Response {
   <script>
     const params = new URLSearchParams(location.search);
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const fetcher = GraphiQL.createFetcher({{
+    // GraphiQL's fetcher (the bundle's graphql-ws client over `subscriptionUrl` for a
+    // subscription, HTTP for the rest) picks the transport from GraphiQL's parse of the editor,
+    // made 100 ms after its last change: a subscription pasted and run within that time went
+    // over HTTP, which cannot run it. The document sent decides, parsed here.
+    const httpOrWs = GraphiQL.createFetcher({{
       url: location.origin + '/graphql',
       subscriptionUrl: scheme + '//' + location.host + '/ws',
     }});
+    const fetcher = (request, options) => {{
+      let documentAST;
+      // A document that does not parse goes over HTTP, whose answer says why.
+      try {{ documentAST = GraphiQL.GraphQL.parse(request.query); }} catch {{}}
+      // One operation is the one to run, whatever name GraphiQL remembers from before the edit.
+      const operations = documentAST?.definitions.filter((d) => d.kind === 'OperationDefinition') ?? [];
+      if (operations.length === 1) request = {{ ...request, operationName: operations[0].name?.value }};
+      return httpOrWs(request, {{ ...options, documentAST }});
+    }};
     const props = {{ fetcher, defaultEditorToolsVisibility: true }};
     if (params.get('query')) {{ props.query = params.get('query'); props.defaultQuery = params.get('query'); }}
     ReactDOM.createRoot(document.getElementById('graphiql')).render(React.createElement(GraphiQL, props));
