@@ -225,19 +225,31 @@ fn check_variable_values(
             }
             Some(_) if !check_values => {}
             Some(crate::Value::Null) => check.suspect = true,
-            Some(value) => {
-                check.suspect |= utils::is_valid_input_value(
-                    registry,
-                    &definition.var_type.node.to_string(),
-                    value,
-                    crate::context::QueryPathNode {
-                        parent: None,
-                        segment: crate::QueryPathSegment::Name(name),
-                    },
-                )
-                .is_some();
-            }
+            Some(value) => check.suspect |= !fits(registry, &definition.var_type.node, value),
         }
     }
     check
+}
+
+/// Whether `value` is of type `ty`: `is_valid_input_value`'s verdict, on the parsed type (no
+/// type name written and parsed again per request). Only the verdict counts here: a value
+/// that does not fit is reported by the `Strict` rules, in their words.
+fn fits(registry: &Registry, ty: &crate::parser::types::Type, value: &crate::Value) -> bool {
+    use crate::parser::types::BaseType;
+
+    match (value, &ty.base) {
+        (crate::Value::Null, _) => ty.nullable,
+        (_, BaseType::Named(name)) => {
+            let path = crate::context::QueryPathNode {
+                parent: None,
+                segment: crate::QueryPathSegment::Name(name),
+            };
+            utils::is_valid_input_value(registry, name, value, path).is_none()
+        }
+        (crate::Value::List(items), BaseType::List(item)) => {
+            items.iter().all(|value| fits(registry, item, value))
+        }
+        // A single value where a list is expected is a list of one (input coercion).
+        (_, BaseType::List(item)) => fits(registry, item, value),
+    }
 }
