@@ -198,6 +198,20 @@ fn coded(message: &str, code: &'static str) -> async_graphql::ServerError {
         .into_server_error(async_graphql::Pos::default())
 }
 
+/// How a request passed the trusted documents. A replayed answer skips admission, so it is
+/// stored with this, and replayed only to a client the same verdict would admit: the
+/// manifest's verdict is the same for the same text (it is read once, at start), the router's
+/// exemption holds for the router alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Listed in the manifest, or there is none: any client.
+    Listed,
+    /// Not listed, and run in log mode: any client, logged again.
+    Logged,
+    /// Not checked: the router's operation.
+    ByRouter,
+}
+
 /// The one gate every operation passes before it runs (HTTP and streams alike): the trusted
 /// documents, then APQ.
 #[derive(Clone, Debug)]
@@ -215,15 +229,19 @@ impl Admission {
         &self,
         request: &mut async_graphql::Request,
         via_router: bool,
-    ) -> Result<(), async_graphql::ServerError> {
-        if let Some(trusted) = self.trusted.as_deref().filter(|_| !via_router) {
-            if trusted.check(request) == Verdict::NotListed {
+    ) -> Result<Admitted, async_graphql::ServerError> {
+        let mut admitted = Admitted::Listed;
+        if let Some(trusted) = &self.trusted {
+            if via_router {
+                admitted = Admitted::ByRouter;
+            } else if trusted.check(request) == Verdict::NotListed {
                 match trusted.mode() {
                     TrustMode::Log => {
                         // The document's own name when the request gives none.
                         let operation =
                             crate::metrics::operation_name(request).unwrap_or_else(|| "anonymous".into());
-                        tracing::warn!(%operation, "an operation not in the trusted documents ran (log mode)");
+                        log_unlisted(&operation);
+                        admitted = Admitted::Logged;
                     }
                     TrustMode::Enforce => return Err(coded(
                         "this gateway runs only its trusted documents, and this operation is not one of them",
@@ -232,6 +250,25 @@ impl Admission {
                 }
             }
         }
-        self.apq.resolve(request)
+        self.apq.resolve(request)?;
+        Ok(admitted)
     }
+
+    /// Whether an answer stored for a request `admitted` so may be replayed to this client
+    /// without admitting it again: one check of a stored verdict, on the replay path.
+    /// `operation`: the stored answer's label, for the log-mode line.
+    pub fn may_replay(&self, admitted: Admitted, via_router: bool, operation: &str) -> bool {
+        match admitted {
+            Admitted::Listed => true,
+            Admitted::Logged => {
+                log_unlisted(operation);
+                true
+            }
+            Admitted::ByRouter => via_router,
+        }
+    }
+}
+
+fn log_unlisted(operation: &str) {
+    tracing::warn!(%operation, "an operation not in the trusted documents ran (log mode)");
 }

@@ -41,17 +41,34 @@ impl OperationLabels {
     }
 }
 
+/// The most characters of an operation's name that reach a log line: a client chooses the
+/// name, up to the body's bound, and a log line of it costs every reader of the logs.
+pub const OPERATION_NAME_MAX_CHARS: usize = 100;
+
+/// `name` cut to `OPERATION_NAME_MAX_CHARS` characters (on a character boundary).
+pub fn bounded_name(name: &str) -> &str {
+    // A name of at most that many bytes has at most that many characters.
+    if name.len() <= OPERATION_NAME_MAX_CHARS {
+        return name;
+    }
+    match name.char_indices().nth(OPERATION_NAME_MAX_CHARS) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    }
+}
+
 /// The name of the operation `request` runs: `operationName`, else the name of the
-/// document's only operation (parsed once; execution reuses the parse); `None` without one.
+/// document's only operation (parsed once; execution reuses the parse), cut to
+/// `OPERATION_NAME_MAX_CHARS`; `None` without one.
 pub fn operation_name(request: &mut async_graphql::Request) -> Option<String> {
     if let Some(name) = &request.operation_name {
-        return Some(name.clone());
+        return Some(bounded_name(name).to_owned());
     }
     match request.parsed_query().map(|document| &document.operations) {
         Ok(async_graphql::parser::types::DocumentOperations::Multiple(operations))
             if operations.len() == 1 =>
         {
-            operations.keys().next().map(|name| name.to_string())
+            operations.keys().next().map(|name| bounded_name(name).to_owned())
         }
         _ => None,
     }

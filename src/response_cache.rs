@@ -14,6 +14,8 @@ use bytes::Bytes;
 use moka::sync::Cache;
 use moka::Expiry;
 
+use crate::documents::Admitted;
+
 /// A stored answer, ready to send.
 #[derive(Debug)]
 pub struct StoredResponse {
@@ -23,6 +25,8 @@ pub struct StoredResponse {
     pub operation: String,
     /// Sessions the answer holds, for the access log on replay.
     pub sessions: usize,
+    /// How the request passed the trusted documents: who else may be sent this answer.
+    pub admitted: Admitted,
 }
 
 struct UntilExpiry;
@@ -72,11 +76,19 @@ impl ResponseCache {
     /// Keeps `body` until `until` (nothing is kept for less than a second: not worth it).
     /// Keeps exact copies of `key` and `body`: the request's bytes may be a view of a larger
     /// read buffer, and the body's buffer has spare capacity; a kept answer costs what it weighs.
-    pub fn insert(&self, key: &[u8], body: &[u8], until: Instant, operation: String, sessions: usize) {
+    pub fn insert(
+        &self,
+        key: &[u8],
+        body: &[u8],
+        until: Instant,
+        operation: String,
+        sessions: usize,
+        admitted: Admitted,
+    ) {
         if let Some(cache) = &self.0 {
             if until.saturating_duration_since(Instant::now()) >= Duration::from_secs(1) {
                 let body = Bytes::copy_from_slice(body);
-                let stored = StoredResponse { body, expires_at: until, operation, sessions };
+                let stored = StoredResponse { body, expires_at: until, operation, sessions, admitted };
                 cache.insert(Bytes::copy_from_slice(key), Arc::new(stored));
             }
         }

@@ -601,7 +601,9 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
     let key = replay_key(&client, bytes.clone());
     if !sse {
         if let Some(stored) = state.responses.get(&key) {
-            return replay(&state, &stored, media, &client);
+            if state.admission.may_replay(stored.admitted, client.via_router, &stored.operation) {
+                return replay(&state, &stored, media, &client);
+            }
         }
     }
     match serde_json::from_slice::<async_graphql::Request>(&bytes) {
@@ -675,7 +677,9 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     }
     let key = request.uri().query().map(|query| replay_key(&client, Bytes::from(format!("GET?{query}"))));
     if let Some(stored) = key.as_deref().and_then(|key| state.responses.get(key)) {
-        return replay(&state, &stored, media, &client);
+        if state.admission.may_replay(stored.admitted, client.via_router, &stored.operation) {
+            return replay(&state, &stored, media, &client);
+        }
     }
     match GraphQLRequest::<GraphQLRejection>::from_request(request, &state).await {
         Ok(request) => Box::pin(execute(&state, request.into_inner(), key, media, client)).await,
@@ -734,10 +738,13 @@ async fn execute(
     media: MediaType,
     client: Client,
 ) -> Response {
-    if let Err(refused) = state.admission.admit(&mut request, client.via_router) {
-        log_access(&client, "refused", 0);
-        return request_error(refused, media);
-    }
+    let admitted = match state.admission.admit(&mut request, client.via_router) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            log_access(&client, "refused", 0);
+            return request_error(refused, media);
+        }
+    };
     let prepared = state.documents.prepare(&mut request);
     let validated = prepared.validated();
     // A document that ran before passed these checks then: they depend on nothing else.
@@ -765,7 +772,16 @@ async fn execute(
     }
     // Sized for a single session's answer, so that it is written without growing.
     let mut body = Vec::with_capacity(512);
-    if let Err(error) = serde_json::to_writer(&mut body, &response) {
+    // A request error has no `data` entry (GraphQL over HTTP): `null` would say it ran.
+    let written = if not_run {
+        serde_json::to_writer(
+            &mut body,
+            &RequestErrors { errors: &response.errors, extensions: &response.extensions },
+        )
+    } else {
+        serde_json::to_writer(&mut body, &response)
+    };
+    if let Err(error) = written {
         tracing::error!(%error, "a GraphQL response could not be serialised");
         return graphql_error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be serialised");
     }
@@ -773,13 +789,21 @@ async fn execute(
     let sessions = scope.sessions();
     log_access(&client, &operation, sessions);
     if let (Some(key), Some(until)) = (cache_key, reusable_until) {
-        state.responses.insert(&key, &body, until, operation, sessions);
+        state.responses.insert(&key, &body, until, operation, sessions, admitted);
     }
     let mut response = graphql_response(body, reusable_until, media);
     if not_run {
         *response.status_mut() = media.not_run_status();
     }
     response
+}
+
+/// The body of a request that never ran: its errors (and extensions, if any), no `data`.
+#[derive(serde::Serialize)]
+struct RequestErrors<'a> {
+    errors: &'a [async_graphql::ServerError],
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    extensions: &'a std::collections::BTreeMap<String, async_graphql::Value>,
 }
 
 fn replay(state: &AppState, stored: &StoredResponse, media: MediaType, client: &Client) -> Response {

@@ -68,6 +68,8 @@ pub fn access(client: &str, operation: &str, sessions: usize) {
     if !tracing::enabled!(target: "checkout_gateway::access", tracing::Level::INFO) {
         return;
     }
+    // Callers pass bounded names already; a line is never longer for one that did not.
+    let operation = crate::metrics::bounded_name(operation);
     let Some((writer, format)) = ACCESS_WRITER.get() else {
         // No writer of ours (tests that install no subscriber of their own): an ordinary event.
         tracing::info!(target: "checkout_gateway::access", client, operation, sessions, "access");

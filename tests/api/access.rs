@@ -483,6 +483,53 @@ async fn trusted_documents_run_alone_in_enforce_mode_and_are_logged_in_log_mode(
     std::fs::remove_file(path).unwrap();
 }
 
+/// A replayed answer skips admission: it is replayed only to a client the manifest would
+/// admit. The router's operations pass unlisted; an answer given to the router is not a way
+/// around the manifest for a client sending the same body.
+#[tokio::test]
+async fn a_replayed_answer_is_no_way_around_the_trusted_documents() {
+    let listed = r#"query Listed { checkoutSession(provider: DODO, id: "cks_t") { ... on CheckoutSession { status } } }"#;
+    let other = json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_t") { __typename } }"#});
+    let path = manifest(&[listed]);
+    let trusted = checkout_gateway::documents::TrustedDocuments::load(
+        &path,
+        checkout_gateway::documents::TrustMode::Enforce,
+    )
+    .unwrap();
+    let app = spawn_app(|config| {
+        config.trusted_documents = Some(std::sync::Arc::new(trusted));
+        config.access = Some(api_keys());
+    })
+    .await;
+    mount_dodo(&app, "cks_t", Some("succeeded")).await;
+    let router = Some(("router-authorization", "router-current"));
+    let hits = |metrics: String| {
+        metrics.lines().find_map(|line| {
+            line.strip_prefix("checkout_gateway_response_cache_hits_total ")?.parse::<u64>().ok()
+        })
+    };
+    for _ in 0..2 {
+        let (_, routed) = ask(&app, router, &other).await;
+        assert_eq!(routed["data"]["checkoutSession"]["__typename"], "CheckoutSession", "{routed}");
+    }
+    // The router's second ask was replayed: the answer is stored under this very body.
+    assert_eq!(hits(app.metrics().await), Some(1));
+    for _ in 0..2 {
+        let (_, answer) = as_client(&app, ALL_KEY, &other).await;
+        assert_eq!(answer["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_IN_LIST", "{answer}");
+    }
+    // A listed document is replayed to clients and the router alike.
+    for credential in [bearer(ALL_KEY), None, bearer(ALL_KEY)] {
+        let (_, answer) = match &credential {
+            Some((header, value)) => ask(&app, Some((header, value)), &json!({"query": listed})).await,
+            None => ask(&app, router, &json!({"query": listed})).await,
+        };
+        assert_eq!(answer["data"]["checkoutSession"]["status"], "COMPLETED", "{answer}");
+    }
+    assert_eq!(hits(app.metrics().await), Some(3));
+    std::fs::remove_file(path).unwrap();
+}
+
 #[tokio::test]
 async fn metrics_can_move_to_a_port_of_their_own() {
     let mut config = checkout_gateway::config::Config {

@@ -303,3 +303,54 @@ async fn aliases_cannot_multiply_a_request_past_the_batch_limit() {
     assert_eq!(over.cache_control(), "no-store");
     assert!(app.dodo.received_requests().await.unwrap().len() <= 100, "never more calls than the limit");
 }
+
+/// Variables are per request: a document that passed validation before (and so runs on the
+/// prevalidated schema, vendor/async-graphql/PATCHED.md) is still refused for a bad or missing
+/// variable, with the very answer it got before it ever ran: a request error, no `data`.
+#[tokio::test]
+async fn variables_are_checked_on_every_request_however_often_the_document_ran() {
+    let app = spawn_app(|_| {}).await;
+    mount_dodo(&app, "cks_ok", Some("succeeded")).await;
+    let query = "query Q($p: Provider!, $id: ID!) { checkoutSession(provider: $p, id: $id) { __typename } }";
+    let ask = |variables: Value| {
+        let request = app
+            .http
+            .post(format!("http://{}/graphql", app.addr))
+            .header("accept", "application/graphql-response+json")
+            .json(&json!({"query": query, "variables": variables}));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let bad = [
+        json!({"p": "NOPE", "id": "x"}),
+        json!({"id": "x"}),
+        json!({"p": null, "id": "x"}),
+        json!({"p": "DODO", "id": {"not": "an id"}}),
+    ];
+    let mut first = Vec::new();
+    for variables in &bad {
+        let (status, body) = ask(variables.clone()).await;
+        assert_eq!(status, 400, "{variables}: {body}");
+        assert!(body.get("data").is_none(), "a request error has no data: {body}");
+        first.push(body);
+    }
+    let message = |body: &Value| body["errors"][0]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        message(&first[0]).contains(r#"enumeration type "Provider" does not contain the value "NOPE""#),
+        "{}",
+        first[0]
+    );
+    assert!(message(&first[1]).contains(r#"Variable "$p" of required type "Provider!" was not provided"#));
+    for _ in 0..2 {
+        let (status, body) = ask(json!({"p": "DODO", "id": "cks_ok"})).await;
+        assert_eq!(
+            (status, &body["data"]["checkoutSession"]["__typename"]),
+            (200, &json!("CheckoutSession"))
+        );
+        for (variables, first) in bad.iter().zip(&first) {
+            assert_eq!(ask(variables.clone()).await, (400, first.clone()), "{variables}, after a valid run");
+        }
+    }
+}

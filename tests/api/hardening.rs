@@ -420,9 +420,13 @@ async fn bad_requests_get_graphql_errors_with_the_status_their_media_type_calls_
         let (status, cache, reply) = refusal(strict).await;
         assert_eq!((status, cache.as_str()), (400, "no-store"), "{document}");
         assert!(reply["errors"].is_array());
+        // A request error: no `data` entry at all (`null` would say it ran).
+        assert!(reply.get("data").is_none(), "{document}: {reply}");
         let legacy = post(document, "application/json").await.unwrap();
         assert_eq!(legacy.headers()["content-type"], "application/json");
         assert_eq!(legacy.status(), 200, "{document}");
+        let legacy: Value = legacy.json().await.unwrap();
+        assert!(legacy.get("data").is_none(), "{document}: {legacy}");
     }
     // Any route's refusal is not stored either.
     let missing = app.http.get(format!("http://{}/nowhere", app.addr)).send().await.unwrap();

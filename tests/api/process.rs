@@ -459,3 +459,50 @@ async fn in_log_mode_an_operation_outside_the_trusted_documents_runs_and_is_logg
     assert_eq!(warned[0]["operation"], "Other");
     std::fs::remove_file(path).unwrap();
 }
+
+/// An operation's name comes from the client, up to the body's bound: what reaches a log line
+/// is cut to 100 characters (on a character boundary), and `/metrics` never sees it.
+#[tokio::test]
+async fn a_long_operation_name_is_cut_in_every_log_line() {
+    // 10 KB of two-byte characters, so that a cut by bytes would fall inside one.
+    let given = "é".repeat(5_000);
+    // A name in a document is ASCII; kept well under any bound on a WebSocket message.
+    let named = "A".repeat(1_000);
+    let manifest = json!({"format": "apollo-persisted-query-manifest", "version": 1, "operations": []});
+    let path = std::env::temp_dir().join(format!("cg-long-name-{}.json", std::process::id()));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    // Log mode: every operation is unlisted, runs, and is logged by its name.
+    let gateway = Gateway::start(
+        &["--demo"],
+        &[("GATEWAY_TRUSTED_DOCUMENTS", path.to_str().unwrap()), ("GATEWAY_TRUSTED_DOCUMENTS_MODE", "log")],
+    );
+    let http = crate::helpers::http();
+    let query = r#"{ checkoutSession(provider: DODO, id: "cks_demo_succeeded") { __typename } }"#;
+    let response = http
+        .post(format!("http://{}/graphql", gateway.addr))
+        .json(&json!({"query": query, "operationName": given}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A subscription's trail takes the document's own name.
+    let mut socket = crate::live::Socket::open_with(gateway.addr, "/ws", json!({})).await;
+    let subscription = format!(
+        r#"subscription {named} {{ checkoutSessionUpdated(provider: DODO, id: "cks_demo_succeeded") {{
+        ... on CheckoutSession {{ status }} }} }}"#
+    );
+    socket.send(json!({"id": "1", "type": "subscribe", "payload": {"query": subscription}})).await;
+    assert_eq!(socket.update().await.1, "COMPLETED");
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics =
+        http.get(format!("http://{}/metrics", gateway.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("éé") && !metrics.contains("AA"), "a client's name became a label");
+    let (_, logs) = gateway.stop("TERM").await;
+    let operations: Vec<&str> = logs.iter().filter_map(|line| line["operation"].as_str()).collect();
+    let count = |name: String| operations.iter().filter(|operation| **operation == name).count();
+    // The HTTP one warned of; the subscription warned of, then its trail.
+    assert_eq!((count("é".repeat(100)), count("A".repeat(100))), (1, 2), "{operations:?}");
+    assert!(operations.iter().all(|operation| operation.chars().count() <= 100), "{operations:?}");
+    std::fs::remove_file(path).unwrap();
+}

@@ -38,10 +38,14 @@ pub enum ValidationMode {
     /// performance, but it can lose some error messages.
     Fast,
 
-    /// Run no rule and no visitor: the document passed `Strict` validation
-    /// against the same registry, with the same limits, before. Complexity and
-    /// depth are not computed (they are reported as 0, and no limit is checked)
-    /// and the cache control is the default: the caller vouches for all three.
+    /// Run no rule and no visitor over the document: it passed `Strict`
+    /// validation against the same registry, with the same limits, before.
+    /// Complexity and depth are not computed (they are reported as 0, and no
+    /// limit is checked) and the cache control is the default: the caller
+    /// vouches for all three. The request's variable values are still checked,
+    /// since they change with every request: against the selected operation's
+    /// variable definitions (not the document), and when one could be wrong,
+    /// the `Strict` rules run, so the answer is the one `Strict` gives.
     /// (checkout-gateway patch: a document a service has validated once need not
     /// pay for the walk on every request.)
     Prevalidated,
@@ -61,8 +65,24 @@ pub(crate) fn check_rules(
     let mut depth = 0;
 
     let mut ctx = VisitorContext::new(registry, doc, variables, operation_name);
-    let errors = match mode {
+    let mut errors = match mode {
         ValidationMode::Prevalidated => {
+            // checkout-gateway patch: variables are per request. When one could be
+            // wrong, the `Strict` rules say what and where (an argument's position,
+            // its path): the answer `Strict` gave when the document was first
+            // validated.
+            let check = check_variable_values(registry, doc, variables, operation_name, true);
+            if check.suspect || !check.missing.is_empty() {
+                return check_rules(
+                    registry,
+                    doc,
+                    variables,
+                    operation_name,
+                    ValidationMode::Strict,
+                    limit_complexity,
+                    limit_depth,
+                );
+            }
             return Ok(ValidationResult {
                 cache_control,
                 complexity,
@@ -117,6 +137,9 @@ pub(crate) fn check_rules(
             ctx.errors
         }
     };
+    // checkout-gateway patch: a required variable without a value is a request
+    // error (GraphQL spec, CoerceVariableValues), not a field error at execution.
+    errors.extend(check_variable_values(registry, doc, variables, operation_name, false).missing);
 
     // check limit
     if let Some(limit_complexity) = limit_complexity
@@ -140,4 +163,93 @@ pub(crate) fn check_rules(
         complexity,
         depth,
     })
+}
+
+/// What the request's variable values are, next to the selected operation's
+/// definitions (checkout-gateway patch).
+struct VariableCheck {
+    /// Non-null variables without a default that have no value.
+    missing: Vec<visitor::RuleError>,
+    /// A value may be wrong where it is used: only the `Strict` rules can tell,
+    /// and say where.
+    suspect: bool,
+}
+
+/// Checks the values against the declared types only: a document that passed
+/// `Strict` validation uses each variable only where its declared type is
+/// allowed, so a value of that type fits every use. An explicit `null` is
+/// suspect, since a nullable variable with a default may be used where `null`
+/// is not allowed. Costs one lookup per declared variable, no walk of the
+/// document. `check_values` only for a validated document: the declared types
+/// of any other may be unknown to the registry.
+fn check_variable_values(
+    registry: &Registry,
+    doc: &ExecutableDocument,
+    variables: Option<&Variables>,
+    operation_name: Option<&str>,
+    check_values: bool,
+) -> VariableCheck {
+    use crate::parser::types::DocumentOperations;
+
+    // The operation that will run, chosen as `prepare_request` chooses it; none
+    // (an unknown name) is reported there.
+    let operation = match (&doc.operations, operation_name) {
+        (DocumentOperations::Single(operation), None) => Some(operation),
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            operations.values().next()
+        }
+        _ => None,
+    };
+    let mut check = VariableCheck {
+        missing: Vec::new(),
+        suspect: false,
+    };
+    let Some(operation) = operation else {
+        return check;
+    };
+    for definition in &operation.node.variable_definitions {
+        let definition = &definition.node;
+        let name = &definition.name.node;
+        match variables.and_then(|variables| variables.get(name)) {
+            None => {
+                if definition.default_value().is_none() {
+                    check.missing.push(visitor::RuleError::new(
+                        vec![definition.name.pos],
+                        format!(
+                            "Variable \"${}\" of required type \"{}\" was not provided.",
+                            name, definition.var_type.node
+                        ),
+                    ));
+                }
+            }
+            Some(_) if !check_values => {}
+            Some(crate::Value::Null) => check.suspect = true,
+            Some(value) => check.suspect |= !fits(registry, &definition.var_type.node, value),
+        }
+    }
+    check
+}
+
+/// Whether `value` is of type `ty`: `is_valid_input_value`'s verdict, on the parsed type (no
+/// type name written and parsed again per request). Only the verdict counts here: a value
+/// that does not fit is reported by the `Strict` rules, in their words.
+fn fits(registry: &Registry, ty: &crate::parser::types::Type, value: &crate::Value) -> bool {
+    use crate::parser::types::BaseType;
+
+    match (value, &ty.base) {
+        (crate::Value::Null, _) => ty.nullable,
+        (_, BaseType::Named(name)) => {
+            let path = crate::context::QueryPathNode {
+                parent: None,
+                segment: crate::QueryPathSegment::Name(name),
+            };
+            utils::is_valid_input_value(registry, name, value, path).is_none()
+        }
+        (crate::Value::List(items), BaseType::List(item)) => {
+            items.iter().all(|value| fits(registry, item, value))
+        }
+        // A single value where a list is expected is a list of one (input coercion).
+        (_, BaseType::List(item)) => fits(registry, item, value),
+    }
 }
