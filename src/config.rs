@@ -176,6 +176,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT", value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
 
+    /// How long a connection may stay open with no request in flight (HTTP/1.1 between
+    /// requests, HTTP/2 with no open stream); then it is closed [default: 60s].
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
     /// The longest a request may take; past it the client gets 503 [default: 30s].
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
@@ -348,6 +353,7 @@ impl Settings {
             max_connections,
             metrics_listen,
             header_read_timeout,
+            idle_timeout,
             request_timeout,
             max_body_bytes,
             graphiql,
@@ -688,6 +694,8 @@ pub struct Config {
     /// `/metrics` on its own port; `None`: on the main one.
     pub metrics_listen: Option<SocketAddr>,
     pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight is kept.
+    pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub graphiql: bool,
@@ -766,6 +774,14 @@ impl Config {
             let d = duration(id, value, default)?;
             if d.is_zero() {
                 return Err(names.invalid(id, "must be longer than zero".into()));
+            }
+            Ok(d)
+        };
+        // A timer's deadline is `now + d`: an unbounded duration would overflow it at first use.
+        let duration_up_to = |id: &str, value: &Option<String>, default: &str, max: Duration| {
+            let d = positive_duration(id, value, default)?;
+            if d > max {
+                return Err(names.invalid(id, format!("must be at most {}", humantime::format_duration(max))));
             }
             Ok(d)
         };
@@ -867,6 +883,7 @@ impl Config {
                 &settings.header_read_timeout,
                 "10s",
             )?,
+            idle_timeout: duration_up_to("idle_timeout", &settings.idle_timeout, "60s", DAY)?,
             request_timeout: positive_duration("request_timeout", &settings.request_timeout, "30s")?,
             max_body_bytes: positive("max_body_bytes", &settings.max_body_bytes, 2 * 1024 * 1024, 1 << 30)?
                 as usize,
@@ -1302,6 +1319,9 @@ fn choose_defaults(accounts: &mut [AccountConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Upper bound of a timeout that is added to "now".
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw.trim())
         .map_err(|e| format!("`{raw}` is not a duration ({e}); write e.g. 500ms, 5s, 1h"))
@@ -1441,6 +1461,23 @@ mod tests {
         let err = Config::resolve_sources(legacy("dhmad", None, Some("https://user:pw@dhmad.tn/api/v1")))
             .unwrap_err();
         assert!(err.to_string().contains("DHMAD_BASE_URL") && !err.to_string().contains("pw@"), "{err}");
+    }
+
+    #[test]
+    fn connection_bounds_are_checked_when_loading() {
+        let defaults = resolve(Settings::default()).unwrap();
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+        // Each would overflow a timer's deadline, or is no bound at all.
+        for (settings, name) in [
+            (
+                Settings { idle_timeout: Some("100000000y".into()), ..Default::default() },
+                "GATEWAY_IDLE_TIMEOUT",
+            ),
+            (Settings { idle_timeout: Some("0s".into()), ..Default::default() }, "GATEWAY_IDLE_TIMEOUT"),
+        ] {
+            let err = resolve(settings).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

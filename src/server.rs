@@ -282,6 +282,7 @@ impl Application {
         let limits = EdgeLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
         };
         let mut server = tokio::spawn(edge::serve(listener, router, limits, phases));
         ready.store(true, Ordering::SeqCst);
