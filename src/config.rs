@@ -232,6 +232,16 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_SUBSCRIPTION_PING_INTERVAL", value_name = "DURATION")]
     pub subscription_ping_interval: Option<String>,
 
+    /// Time a WebSocket client has to send `connection_init` after the upgrade; then the
+    /// socket is closed with 4408 [default: 3s].
+    #[arg(long, env = "GATEWAY_CONNECTION_INIT_TIMEOUT", value_name = "DURATION")]
+    pub connection_init_timeout: Option<String>,
+
+    /// The largest WebSocket message (and frame) a client may send; a larger one closes the
+    /// socket with 1009 [default: 65536 (64 KiB)].
+    #[arg(long, env = "GATEWAY_MAX_WS_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_ws_message_bytes: Option<String>,
+
     /// The shared tier replicas use together: `redis://[user:password@]host:port[/db]` or
     /// `rediss://…` (TLS); unset, each replica works alone [default: none].
     #[arg(long, env = "GATEWAY_REDIS_URL", value_name = "URL", hide_env_values = true)]
@@ -365,6 +375,8 @@ impl Settings {
             max_subscription_connections,
             subscriptions_per_connection,
             subscription_ping_interval,
+            connection_init_timeout,
+            max_ws_message_bytes,
             redis_url,
             redis_prefix,
             redis_timeout,
@@ -707,6 +719,10 @@ pub struct Config {
     pub max_subscription_connections: usize,
     pub subscriptions_per_connection: usize,
     pub subscription_ping_interval: Duration,
+    /// Time a WebSocket client has to send `connection_init`.
+    pub connection_init_timeout: Duration,
+    /// The largest WebSocket message a client may send.
+    pub max_ws_message_bytes: usize,
     /// The shared tier; `None`: each replica works alone.
     pub redis: Option<SharedConfig>,
     /// Who may ask; `None`: not chosen (allowed only with `--demo`, where it means none).
@@ -911,6 +927,19 @@ impl Config {
                 &settings.subscription_ping_interval,
                 "15s",
             )?,
+            connection_init_timeout: duration_up_to(
+                "connection_init_timeout",
+                &settings.connection_init_timeout,
+                "3s",
+                HOUR,
+            )?,
+            // Below 1 KiB no `subscribe` message fits; tungstenite's own default is 64 MiB.
+            max_ws_message_bytes: whole(
+                "max_ws_message_bytes",
+                &settings.max_ws_message_bytes,
+                64 * 1024,
+                1024..=64 * 1024 * 1024,
+            )? as usize,
             redis: match settings.redis_url.as_ref().filter(|url| !url.expose().trim().is_empty()) {
                 None => None,
                 Some(url) => {
@@ -1319,7 +1348,8 @@ fn choose_defaults(accounts: &mut [AccountConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Upper bound of a timeout that is added to "now".
+/// Upper bounds of the timeouts that are added to "now" (idle, connection_init).
+const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -1467,6 +1497,8 @@ mod tests {
     fn connection_bounds_are_checked_when_loading() {
         let defaults = resolve(Settings::default()).unwrap();
         assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.connection_init_timeout, Duration::from_secs(3));
+        assert_eq!(defaults.max_ws_message_bytes, 64 * 1024);
         // Each would overflow a timer's deadline, or is no bound at all.
         for (settings, name) in [
             (
@@ -1474,6 +1506,18 @@ mod tests {
                 "GATEWAY_IDLE_TIMEOUT",
             ),
             (Settings { idle_timeout: Some("0s".into()), ..Default::default() }, "GATEWAY_IDLE_TIMEOUT"),
+            (
+                Settings { connection_init_timeout: Some("2h".into()), ..Default::default() },
+                "GATEWAY_CONNECTION_INIT_TIMEOUT",
+            ),
+            (
+                Settings { max_ws_message_bytes: Some("100".into()), ..Default::default() },
+                "GATEWAY_MAX_WS_MESSAGE_BYTES",
+            ),
+            (
+                Settings { max_ws_message_bytes: Some("1099511627776".into()), ..Default::default() },
+                "GATEWAY_MAX_WS_MESSAGE_BYTES",
+            ),
         ] {
             let err = resolve(settings).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
