@@ -181,6 +181,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT", value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
 
+    /// How long a connection may stay open with no request in flight (HTTP/1.1 between
+    /// requests, HTTP/2 with no open stream); then it is closed [default: 60s].
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
     /// The longest a request may take; past it the client gets 503 [default: 30s].
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
@@ -231,6 +236,16 @@ pub struct Settings {
     /// that proxies keep it and a vanished peer is noticed [default: 15s].
     #[arg(long, env = "GATEWAY_SUBSCRIPTION_PING_INTERVAL", value_name = "DURATION")]
     pub subscription_ping_interval: Option<String>,
+
+    /// Time a WebSocket client has to send `connection_init` after the upgrade; then the
+    /// socket is closed with 4408 [default: 3s].
+    #[arg(long, env = "GATEWAY_CONNECTION_INIT_TIMEOUT", value_name = "DURATION")]
+    pub connection_init_timeout: Option<String>,
+
+    /// The largest WebSocket message (and frame) a client may send; a larger one closes the
+    /// socket with 1009 [default: 65536 (64 KiB)].
+    #[arg(long, env = "GATEWAY_MAX_WS_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_ws_message_bytes: Option<String>,
 
     /// The shared tier replicas use together: `redis://[user:password@]host:port[/db]` or
     /// `rediss://…` (TLS); unset, each replica works alone [default: none].
@@ -359,6 +374,7 @@ impl Settings {
             max_connections,
             metrics_listen,
             header_read_timeout,
+            idle_timeout,
             request_timeout,
             max_body_bytes,
             graphiql,
@@ -370,6 +386,8 @@ impl Settings {
             max_subscription_connections,
             subscriptions_per_connection,
             subscription_ping_interval,
+            connection_init_timeout,
+            max_ws_message_bytes,
             redis_url,
             redis_prefix,
             redis_timeout,
@@ -702,6 +720,8 @@ pub struct Config {
     /// `/metrics` on its own port; `None`: on the main one.
     pub metrics_listen: Option<SocketAddr>,
     pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight is kept.
+    pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub graphiql: bool,
@@ -713,6 +733,10 @@ pub struct Config {
     pub max_subscription_connections: usize,
     pub subscriptions_per_connection: usize,
     pub subscription_ping_interval: Duration,
+    /// Time a WebSocket client has to send `connection_init`.
+    pub connection_init_timeout: Duration,
+    /// The largest WebSocket message a client may send.
+    pub max_ws_message_bytes: usize,
     /// The shared tier; `None`: each replica works alone.
     pub redis: Option<SharedConfig>,
     /// Who may ask; `None`: not chosen (allowed only with `--demo`, where it means none).
@@ -780,6 +804,14 @@ impl Config {
             let d = duration(id, value, default)?;
             if d.is_zero() {
                 return Err(names.invalid(id, "must be longer than zero".into()));
+            }
+            Ok(d)
+        };
+        // A timer's deadline is `now + d`: an unbounded duration would overflow it at first use.
+        let duration_up_to = |id: &str, value: &Option<String>, default: &str, max: Duration| {
+            let d = positive_duration(id, value, default)?;
+            if d > max {
+                return Err(names.invalid(id, format!("must be at most {}", humantime::format_duration(max))));
             }
             Ok(d)
         };
@@ -882,6 +914,7 @@ impl Config {
                 &settings.header_read_timeout,
                 "10s",
             )?,
+            idle_timeout: duration_up_to("idle_timeout", &settings.idle_timeout, "60s", DAY)?,
             request_timeout: positive_duration("request_timeout", &settings.request_timeout, "30s")?,
             max_body_bytes: positive("max_body_bytes", &settings.max_body_bytes, 2 * 1024 * 1024, 1 << 30)?
                 as usize,
@@ -909,6 +942,19 @@ impl Config {
                 &settings.subscription_ping_interval,
                 "15s",
             )?,
+            connection_init_timeout: duration_up_to(
+                "connection_init_timeout",
+                &settings.connection_init_timeout,
+                "3s",
+                HOUR,
+            )?,
+            // Below 1 KiB no `subscribe` message fits; tungstenite's own default is 64 MiB.
+            max_ws_message_bytes: whole(
+                "max_ws_message_bytes",
+                &settings.max_ws_message_bytes,
+                64 * 1024,
+                1024..=64 * 1024 * 1024,
+            )? as usize,
             redis: match settings.redis_url.as_ref().filter(|url| !url.expose().trim().is_empty()) {
                 None => None,
                 Some(url) => {
@@ -1330,6 +1376,9 @@ fn choose_defaults(accounts: &mut [AccountConfig]) -> Result<(), ConfigError> {
 /// The longest duration any setting takes: longer ones are typing mistakes, and added to a
 /// clock (`Instant::now() + d`) a huge one overflows at first use instead of here.
 const MAX_SETTING_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Upper bounds of the timeouts that are added to "now" (idle, connection_init).
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(raw.trim())
@@ -1489,6 +1538,37 @@ mod tests {
         let err = Config::resolve_sources(legacy("dhmad", None, Some("https://user:pw@dhmad.tn/api/v1")))
             .unwrap_err();
         assert!(err.to_string().contains("DHMAD_BASE_URL") && !err.to_string().contains("pw@"), "{err}");
+    }
+
+    #[test]
+    fn connection_bounds_are_checked_when_loading() {
+        let defaults = resolve(Settings::default()).unwrap();
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.connection_init_timeout, Duration::from_secs(3));
+        assert_eq!(defaults.max_ws_message_bytes, 64 * 1024);
+        // Each would overflow a timer's deadline, or is no bound at all.
+        for (settings, name) in [
+            (
+                Settings { idle_timeout: Some("100000000y".into()), ..Default::default() },
+                "GATEWAY_IDLE_TIMEOUT",
+            ),
+            (Settings { idle_timeout: Some("0s".into()), ..Default::default() }, "GATEWAY_IDLE_TIMEOUT"),
+            (
+                Settings { connection_init_timeout: Some("2h".into()), ..Default::default() },
+                "GATEWAY_CONNECTION_INIT_TIMEOUT",
+            ),
+            (
+                Settings { max_ws_message_bytes: Some("100".into()), ..Default::default() },
+                "GATEWAY_MAX_WS_MESSAGE_BYTES",
+            ),
+            (
+                Settings { max_ws_message_bytes: Some("1099511627776".into()), ..Default::default() },
+                "GATEWAY_MAX_WS_MESSAGE_BYTES",
+            ),
+        ] {
+            let err = resolve(settings).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -209,6 +209,8 @@ impl Application {
                 max_connections: config.max_subscription_connections,
                 per_connection: config.subscriptions_per_connection,
                 ping: config.subscription_ping_interval,
+                init_timeout: config.connection_init_timeout,
+                max_message_bytes: config.max_ws_message_bytes,
             },
             phases,
             access.clone(),
@@ -281,6 +283,7 @@ impl Application {
         let limits = EdgeLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
         };
         let mut server = tokio::spawn(edge::serve(listener, router, limits, phases));
         ready.store(true, Ordering::SeqCst);
@@ -693,6 +696,8 @@ const URL_REFUSAL: &str = "the URL is not a GraphQL request: `query`, and `varia
 /// `/graphql`).
 async fn websocket(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
+    // The connection's place among GATEWAY_MAX_CONNECTIONS, kept by the WebSocket it becomes.
+    let slot = parts.extensions.remove::<edge::ConnectionSlot>();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
     let protocol = GraphQLProtocol::from_request_parts(&mut parts, &state).await;
     // Credentials in the upgrade's headers (routers, servers), or else in the protocol's
@@ -703,7 +708,7 @@ async fn websocket(State(state): State<AppState>, request: Request) -> Response 
         Err(denied) => return unauthorized(denied),
     };
     match (upgrade, protocol) {
-        (Ok(upgrade), Ok(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol, client),
+        (Ok(upgrade), Ok(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol, client, slot),
         _ => graphql_error(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade with the `graphql-transport-ws` (or `graphql-ws`) subprotocol is expected here",

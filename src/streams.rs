@@ -3,13 +3,15 @@
 //! clients speak them), and over Server-Sent Events on `/graphql` (GraphQL over SSE, distinct
 //! connections: Hive Gateway's default for subgraphs).
 //!
-//! Owns: how many stream connections are open at once, how many subscriptions one WebSocket
-//! may run, the idle ping, closing streams at shutdown (so clients reconnect to another
-//! replica), and the checks every streamed operation goes through (the document's shape, the
-//! per-operation session budget) like one sent over HTTP.
+//! Owns: how many stream connections are open at once (a WebSocket counts once its client is
+//! admitted), how long a WebSocket may wait for `connection_init`, how large a message it may
+//! send, how many subscriptions it may run, the idle ping, closing streams at shutdown (so
+//! clients reconnect to another replica), and the checks every streamed operation goes through
+//! (the document's shape, the per-operation session budget) like one sent over HTTP.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
@@ -27,7 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::access::{bearer_credential, Access, Client};
 use crate::documents::Admission;
-use crate::edge::Phase;
+use crate::edge::{ConnectionSlot, Phase};
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
 use crate::metrics::{operation_name, Metrics};
@@ -54,6 +56,8 @@ impl std::fmt::Debug for Streams {
             .field("max_connections", &self.max_connections)
             .field("per_connection", &self.per_connection)
             .field("ping", &self.ping)
+            .field("init_timeout", &self.init_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -141,11 +145,13 @@ impl Drop for Trail {
 #[derive(Clone)]
 pub struct Streams {
     executor: Guarded,
-    /// One permit per open WebSocket connection or SSE stream.
+    /// One permit per admitted WebSocket connection or open SSE stream.
     connections: Arc<Semaphore>,
     max_connections: usize,
     per_connection: usize,
     ping: Duration,
+    init_timeout: Duration,
+    max_message_bytes: usize,
     phase: watch::Receiver<Phase>,
     access: Arc<Access>,
     metrics: Arc<Metrics>,
@@ -157,6 +163,10 @@ pub struct StreamLimits {
     pub max_connections: usize,
     pub per_connection: usize,
     pub ping: Duration,
+    /// Time a WebSocket client has to send `connection_init`.
+    pub init_timeout: Duration,
+    /// The largest WebSocket message (and frame) a client may send.
+    pub max_message_bytes: usize,
 }
 
 impl Streams {
@@ -173,6 +183,8 @@ impl Streams {
             max_connections: limits.max_connections,
             per_connection: limits.per_connection,
             ping: limits.ping,
+            init_timeout: limits.init_timeout,
+            max_message_bytes: limits.max_message_bytes,
             phase,
             access,
             metrics,
@@ -209,12 +221,18 @@ impl Streams {
     /// Upgrades to a WebSocket speaking whichever GraphQL protocol the client asked for.
     /// A browser page from another site may open a WebSocket here (browsers apply no CORS to
     /// them): a request whose `Origin` is not this host is refused.
+    ///
+    /// Until its client is admitted (`connection_init` accepted) a socket holds no stream slot:
+    /// it is bounded by its connection's place among GATEWAY_MAX_CONNECTIONS (`connection`,
+    /// held until the socket closes), the init timeout (4408, as graphql-transport-ws says) and
+    /// the message size bound (1009).
     pub fn websocket(
         &self,
         headers: &HeaderMap,
         upgrade: WebSocketUpgrade,
         protocol: GraphQLProtocol,
         client: Option<Client>,
+        connection: Option<ConnectionSlot>,
     ) -> Response {
         if !same_origin(headers) {
             return graphql_error(
@@ -222,19 +240,38 @@ impl Streams {
                 "a WebSocket from a page of another site is not accepted",
             );
         }
-        let Some(slot) = self.open("websocket") else { return self.full() };
+        // A replica that is full says so at once (503, another replica may have room); the
+        // slot itself is taken at admission.
+        if self.connections.available_permits() == 0 {
+            return self.full();
+        }
         let (executor, per_connection, ping) = (self.executor.clone(), self.per_connection, self.ping);
-        let access = self.access.clone();
+        let (access, streams, init_timeout) = (self.access.clone(), self.clone(), self.init_timeout);
         let closing = self.closing();
         upgrade
             .protocols(ALL_WEBSOCKET_PROTOCOLS)
+            // A subscription document is small; tungstenite's defaults (64 MiB messages, 16 MiB
+            // frames) would be buffered whole before anything reads them.
+            .max_message_size(self.max_message_bytes)
+            .max_frame_size(self.max_message_bytes)
             .on_upgrade(move |socket| async move {
-                let _slot = slot;
+                let _connection = connection;
+                let handshake = Arc::new(Handshake::default());
                 let (mut sink, incoming) = socket.split();
+                // A message over the bound ends the input with tungstenite's capacity error and
+                // nothing else: the socket is closed with 1009 below.
+                let oversize = handshake.clone();
+                let incoming = incoming.inspect(move |read| {
+                    if read.as_ref().is_err_and(is_too_big) {
+                        let _ = oversize.verdict.set(CloseFrame { code: 1009, reason: "message too big".into() });
+                    }
+                });
                 // The protocol writes into a channel; one loop writes it and the pings out.
                 let (outgoing, mut queued) = futures::channel::mpsc::channel::<Message>(32);
+                let admitted = handshake.clone();
                 let serve = GraphQLWebSocket::new_with_pair(outgoing, incoming, executor, protocol)
                     .on_connection_init(move |payload| async move {
+                        admitted.received.store(true, Ordering::Relaxed);
                         let client = match client {
                             Some(client) => client,
                             // Not in the upgrade's headers: in the payload, as browsers send it.
@@ -242,31 +279,63 @@ impl Streams {
                                 async_graphql::Error::new(denied.message())
                             })?,
                         };
+                        let Some(slot) = streams.open("websocket") else {
+                            // 1013 "try again later": another replica may have room.
+                            let reason = "subscription connections are all taken; try again later";
+                            let _ = admitted.verdict.set(CloseFrame { code: 1013, reason: reason.into() });
+                            return Err(async_graphql::Error::new(reason));
+                        };
+                        let _ = admitted.slot.set(slot);
                         let mut data = Data::default();
                         data.insert(SubscriptionBudget::new(per_connection));
                         data.insert(client);
                         Ok(data)
                     })
                     .serve();
+                // A peer that takes no message for a whole ping interval is not reading: it is
+                // given up, so that nothing (a shutdown's close included) waits on it.
                 let write = async move {
                     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
-                    tokio::pin!(closing);
+                    let init_by = tokio::time::sleep(init_timeout);
+                    tokio::pin!(closing, init_by);
+                    let mut awaiting_init = true;
                     loop {
                         tokio::select! {
                             message = queued.next() => match message {
-                                Some(message) => if sink.send(message).await.is_err() { return },
+                                // The protocol closes; with the gateway's own code if it has one.
+                                Some(Message::Close(frame)) => {
+                                    let frame = handshake.verdict.get().cloned().or(frame);
+                                    let _ = deliver(&mut sink, Message::Close(frame), ping).await;
+                                    return;
+                                }
+                                Some(message) => if !deliver(&mut sink, message, ping).await { return },
                                 None => break,
                             },
-                            _ = pings.tick() => if sink.send(Message::Ping(Bytes::new())).await.is_err() { return },
+                            _ = pings.tick() => if !deliver(&mut sink, Message::Ping(Bytes::new()), ping).await { return },
+                            () = &mut init_by, if awaiting_init => {
+                                awaiting_init = false;
+                                if !handshake.received.load(Ordering::Relaxed) {
+                                    let frame = CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() };
+                                    let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
+                                    return;
+                                }
+                            }
                             () = &mut closing => {
                                 // 1001 "going away": clients reconnect, to another replica.
                                 let frame = CloseFrame { code: 1001, reason: "the server is shutting down".into() };
-                                let _ = sink.send(Message::Close(Some(frame))).await;
+                                let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
                                 return;
                             }
                         }
                     }
-                    let _ = sink.close().await;
+                    match handshake.verdict.get() {
+                        Some(frame) => {
+                            let _ = deliver(&mut sink, Message::Close(Some(frame.clone())), ping).await;
+                        }
+                        None => {
+                            let _ = tokio::time::timeout(ping, sink.close()).await;
+                        }
+                    }
                 };
                 tokio::pin!(serve, write);
                 tokio::select! {
@@ -296,6 +365,32 @@ impl Streams {
         });
         Sse::new(events).keep_alive(KeepAlive::new().interval(self.ping).text("ping")).into_response()
     }
+}
+
+/// What a WebSocket's protocol task and its writer share.
+#[derive(Default)]
+struct Handshake {
+    /// `connection_init` came: the init timeout no longer applies.
+    received: AtomicBool,
+    /// The stream slot, taken once the client is admitted; held until the socket closes.
+    slot: OnceLock<Slot>,
+    /// How the socket closes when the gateway decided it (1009, 1013) rather than the protocol.
+    verdict: OnceLock<CloseFrame>,
+}
+
+/// Writes one message, within `within`; false when the socket is gone or not reading.
+async fn deliver<S>(sink: &mut S, message: Message, within: Duration) -> bool
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    matches!(tokio::time::timeout(within, sink.send(message)).await, Ok(Ok(())))
+}
+
+/// Whether a read failed because the message (or a frame) is over the bound.
+fn is_too_big(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
 }
 
 /// A stream connection's place among the open ones.

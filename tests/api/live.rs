@@ -608,6 +608,135 @@ async fn a_websocket_from_another_sites_page_is_refused() {
     assert!(tokio_tungstenite::connect_async(request).await.is_ok());
 }
 
+type RawSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The code of the close frame the server sends within `within` (other messages skipped).
+async fn close_code(socket: &mut RawSocket, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|frame| u16::from(frame.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server closes the socket in time")
+}
+
+#[tokio::test]
+async fn a_websocket_without_connection_init_is_closed_with_4408() {
+    let app = spawn_app(|config| config.connection_init_timeout = Duration::from_millis(500)).await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(upgrade_request(app.addr, "/ws", protocol)).await.unwrap();
+        let opened = Instant::now();
+        assert_eq!(close_code(&mut socket, Duration::from_secs(3)).await, Some(4408), "{protocol}");
+        assert!(opened.elapsed() >= Duration::from_millis(400), "{protocol}: closed before the timeout");
+    }
+    // A client that sends it in time stays.
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    socket.send(json!({"type": "ping"})).await;
+    assert_eq!(socket.next().await["type"], "pong");
+}
+
+#[tokio::test]
+async fn sockets_that_never_send_connection_init_take_no_subscription_slot() {
+    let app = spawn_app(|config| {
+        config.max_subscription_connections = 2;
+        config.connection_init_timeout = Duration::from_secs(30);
+    })
+    .await;
+    crate::helpers::mount_dodo(&app, "cks_slot", Some("processing")).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let request = upgrade_request(app.addr, "/ws", "graphql-transport-ws");
+        idle.push(tokio_tungstenite::connect_async(request).await.unwrap().0);
+    }
+    // Admitted, so counted: the two silent ones do not keep it out.
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", "cks_slot").await;
+    assert_eq!(socket.update().await, ("1".into(), "PROCESSING".into()));
+    let admitted = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    // Both slots are taken by admitted clients: the next is told at once.
+    let request = upgrade_request(app.addr, "/ws", "graphql-transport-ws");
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    drop((idle, admitted));
+}
+
+#[tokio::test]
+async fn a_websocket_message_over_the_bound_closes_the_socket_with_1009() {
+    let app = spawn_app(|_| {}).await;
+    crate::helpers::mount_dodo(&app, "cks_big", Some("processing")).await;
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(upgrade_request(app.addr, "/ws", "graphql-transport-ws"))
+            .await
+            .unwrap();
+    socket.send(Message::Text(json!({"type": "connection_init"}).to_string().into())).await.unwrap();
+    // A subscription whose document is padded (a comment) past the default 64 KiB.
+    let query = format!("# {}\n{UPDATED}", "x".repeat(100 * 1024));
+    let payload = json!({"query": query, "variables": {"p": "DODO", "id": "cks_big"}});
+    let subscribe = json!({"id": "1", "type": "subscribe", "payload": payload});
+    socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
+    assert_eq!(close_code(&mut socket, Duration::from_secs(5)).await, Some(1009));
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_on_a_websocket_client_that_does_not_read() {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shutdown_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(30),
+        // Also how long one write may wait on the peer.
+        subscription_ping_interval: Duration::from_secs(2),
+        introspection: true,
+        access: Some(checkout_gateway::access::AccessConfig::open()),
+        ..Config::default()
+    };
+    let app = checkout_gateway::server::Application::build(config).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    // A client with a small receive window that, once admitted, never reads again, and asks for
+    // megabytes (introspection results, tens of KiB each) to be written to it.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(addr).await.unwrap();
+    let request = upgrade_request(addr, "/ws", "graphql-transport-ws");
+    let (socket, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+    let (mut write, mut read) = socket.split();
+    write.send(Message::Text(json!({"type": "connection_init"}).to_string().into())).await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(5), read.next()).await.unwrap().unwrap().unwrap();
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let query =
+        "{ __schema { types { name description fields { name description args { name description } } } } }";
+    let sending = tokio::spawn(async move {
+        for id in 0..300 {
+            let subscribe = json!({"id": id.to_string(), "type": "subscribe", "payload": {"query": query}});
+            if write.send(Message::Text(subscribe.to_string().into())).await.is_err() {
+                break;
+            }
+        }
+        write
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the shutdown finishes well within its 30 s grace")
+        .unwrap()
+        .unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(6), "{:?}", asked.elapsed());
+    drop((sending, read));
+}
+
 #[tokio::test]
 async fn a_dhmad_escrow_event_refreshes_every_session_of_the_escrow() {
     let app =
