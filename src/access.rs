@@ -109,6 +109,10 @@ pub struct Client {
     pub rights: Rights,
     /// Came through the router's shared secret: query-planner operations, not a client's own.
     pub via_router: bool,
+    /// Whether `GATEWAY_CLIENT_RATE_LIMIT` counts this client's lookups (by `name`). Not for
+    /// `anonymous` nor the router's own identity: each stands for everyone behind it, and one
+    /// budget shared by all would let any one of them spend it for the rest.
+    pub metered: bool,
 }
 
 impl Client {
@@ -116,7 +120,12 @@ impl Client {
     pub fn anonymous() -> Client {
         static ANONYMOUS: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
         ANONYMOUS
-            .get_or_init(|| Client { name: Arc::from("anonymous"), rights: Rights::all(), via_router: false })
+            .get_or_init(|| Client {
+                name: Arc::from("anonymous"),
+                rights: Rights::all(),
+                via_router: false,
+                metered: false,
+            })
             .clone()
     }
 }
@@ -254,7 +263,12 @@ impl Access {
                 return Err(Denied::BadRouterSecret);
             }
             if !self.config.trust_router_identity {
-                return Ok(Client { name: Arc::from("router"), rights: Rights::all(), via_router: true });
+                return Ok(Client {
+                    name: Arc::from("router"),
+                    rights: Rights::all(),
+                    via_router: true,
+                    metered: false,
+                });
             }
             let mut client = self.client(bearer(headers)).await?;
             client.via_router = true;
@@ -275,6 +289,7 @@ impl Access {
                     name: Arc::from(known.name.as_str()),
                     rights: known.rights.clone(),
                     via_router: false,
+                    metered: true,
                 })
             }
             AuthMode::Jwt => self.verify_jwt(credential.ok_or(Denied::Missing)?).await,
@@ -343,7 +358,7 @@ impl Access {
             exp + config.leeway.as_secs_f64() - chrono::Utc::now().timestamp_millis() as f64 / 1000.0
         });
         let name = data.claims.sub.unwrap_or_else(|| "unnamed".into());
-        let client = Client { name: Arc::from(name), rights, via_router: false };
+        let client = Client { name: Arc::from(name), rights, via_router: false, metered: true };
         if left > 0.0 {
             let until = Instant::now() + Duration::from_secs_f64(left.min(VERIFIED_TOKEN_TTL.as_secs_f64()));
             self.verified.insert(digest, (client.clone(), until));
