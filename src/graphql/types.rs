@@ -223,7 +223,8 @@ error_type!(
             _ => UnavailableReason::UpstreamError,
         }
     },
-    /// How long the provider asked us to wait before asking again, when it said.
+    /// How long to wait before asking again, when known: what the provider asked, the open
+    /// circuit's cooldown, or until this client's budget allows another lookup.
     async fn retry_after_seconds(&self) -> Option<u64> {
         match &self.0.error {
             FetchError::Unavailable { retry_after_seconds, .. } => *retry_after_seconds,
