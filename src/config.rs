@@ -1426,6 +1426,8 @@ mod tests {
         assert!(config.accounts.is_empty(), "each provider gets its unconfigured account at build");
         assert_eq!(config.cache, CachePolicy::default());
         assert_eq!(config.batch_max, 100);
+        assert_eq!(config.entities_max, config.batch_max, "a router's batch is bounded like a client's");
+        assert_eq!(config.client_rate_limit, RateLimit::parse("600/min").unwrap());
     }
 
     #[test]
@@ -1451,6 +1453,11 @@ mod tests {
         assert!(err.to_string().contains("DODO_PAYMENTS_BASE_URL"), "{err}");
         let err = resolve(Settings { batch_max: Some("0".into()), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("GATEWAY_BATCH_MAX"), "{err}");
+        for bad in ["0/min", "600", "600/day", ""] {
+            let err =
+                resolve(Settings { client_rate_limit: Some(bad.into()), ..Default::default() }).unwrap_err();
+            assert!(err.to_string().contains("GATEWAY_CLIENT_RATE_LIMIT"), "{bad}: {err}");
+        }
         let err = Config::resolve_sources(legacy("dhmad", None, Some("https://user:pw@dhmad.tn/api/v1")))
             .unwrap_err();
         assert!(err.to_string().contains("DHMAD_BASE_URL") && !err.to_string().contains("pw@"), "{err}");

@@ -20,8 +20,10 @@ const CLIENTS_MAX: u64 = 100_000;
 pub struct ClientQuotas {
     /// `(count, period)`: at most `count` lookups per `period`, each pair applying.
     limits: Arc<[(u32, Duration)]>,
-    clients: moka::sync::Cache<Arc<str>, Payer>,
+    clients: Clients,
 }
+
+type Clients = moka::sync::Cache<Arc<str>, Arc<Windows>>;
 
 impl ClientQuotas {
     pub fn new(limit: &RateLimit) -> Self {
@@ -35,46 +37,52 @@ impl ClientQuotas {
     }
 
     /// What `client`'s lookups are charged to; `None` when nothing is counted (the limit is
-    /// `off`).
+    /// `off`). Costs nothing until a lookup is charged.
     pub fn payer(&self, client: &Arc<str>) -> Option<Payer> {
         if self.limits.is_empty() {
             return None;
         }
-        let limits = self.limits.clone();
-        Some(self.clients.get_with_by_ref(client, || Payer(Arc::new(Windows::new(limits)))))
+        Some(Payer { clients: self.clients.clone(), limits: self.limits.clone(), client: client.clone() })
     }
 }
 
-/// One client's windows, shared by its requests and streams.
-#[derive(Clone, Debug)]
-pub struct Payer(Arc<Windows>);
-
-#[derive(Debug)]
-struct Windows {
+/// One client's account, shared by its requests and streams. It names the client rather
+/// than holding its windows, so that a long-lived holder (a poller) charges the same windows
+/// as the client's new requests, and keeps them from being forgotten as idle.
+#[derive(Clone)]
+pub struct Payer {
+    clients: Clients,
     limits: Arc<[(u32, Duration)]>,
-    /// Per limit, its "theoretical arrival time" (GCRA): a lookup is let through while this
-    /// is at most `period − period / count` ahead of now. The same bound as a token bucket
-    /// holding `count` lookups refilled over `period`, in one instant per limit.
-    next: Mutex<Vec<Instant>>,
+    client: Arc<str>,
 }
 
-impl Windows {
-    fn new(limits: Arc<[(u32, Duration)]>) -> Self {
-        let now = Instant::now();
-        let next = Mutex::new(vec![now; limits.len()]);
-        Self { limits, next }
+impl std::fmt::Debug for Payer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Payer").field(&self.client).finish()
     }
 }
+
+/// Per limit, its "theoretical arrival time" (GCRA): a lookup is let through while this is at
+/// most `period − period / count` ahead of now. The same bound as a token bucket holding
+/// `count` lookups refilled over `period`, in one instant per limit.
+#[derive(Debug)]
+struct Windows(Mutex<Vec<Instant>>);
 
 impl Payer {
+    fn windows(&self) -> Arc<Windows> {
+        self.clients.get_with_by_ref(&self.client, || {
+            Arc::new(Windows(Mutex::new(vec![Instant::now(); self.limits.len()])))
+        })
+    }
+
     /// Counts one upstream lookup, or refuses with how long until one is allowed again.
     /// Nothing is counted when any limit refuses.
     pub fn spend(&self) -> Result<(), FetchError> {
-        let windows = &self.0;
+        let windows = self.windows();
         let now = Instant::now();
-        let mut next = windows.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = windows.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut wait = Duration::ZERO;
-        for (&(count, period), at) in windows.limits.iter().zip(next.iter()) {
+        for (&(count, period), at) in self.limits.iter().zip(next.iter()) {
             let step = period / count.max(1);
             let ahead = (*at).max(now) - now;
             wait = wait.max(ahead.saturating_sub(period - step));
@@ -83,7 +91,7 @@ impl Payer {
             let retry_after_seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Err(FetchError::ClientRateLimited { retry_after_seconds });
         }
-        for (&(count, period), at) in windows.limits.iter().zip(next.iter_mut()) {
+        for (&(count, period), at) in self.limits.iter().zip(next.iter_mut()) {
             *at = (*at).max(now) + period / count.max(1);
         }
         Ok(())
@@ -121,7 +129,7 @@ mod tests {
         for _ in 0..5 {
             assert!(payer.spend().is_err());
         }
-        let next = payer.0.next.lock().unwrap().clone();
+        let next = payer.windows().0.lock().unwrap().clone();
         assert!(
             next[0] <= Instant::now() + Duration::from_millis(20),
             "the per-second window was not charged"

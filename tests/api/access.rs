@@ -577,3 +577,36 @@ async fn entities_and_subscriptions_are_charged_to_the_clients_budget() {
     assert!(app.metrics().await.contains("checkout_gateway_live_pollers 0"));
     app.dodo.verify().await;
 }
+
+#[tokio::test]
+async fn behind_the_router_the_forwarded_client_is_counted_and_the_routers_own_identity_is_not() {
+    for trust in [false, true] {
+        let app = spawn_app(|config| {
+            budget_of("1/min")(config);
+            config.access.as_mut().unwrap().trust_router_identity = trust;
+        })
+        .await;
+        mount_dodo(&app, "cks_r1", Some("succeeded")).await;
+        mount_dodo(&app, "cks_r2", Some("succeeded")).await;
+        let mut typenames = Vec::new();
+        for id in ["cks_r1", "cks_r2"] {
+            let response = app
+                .http
+                .post(format!("http://{}/graphql", app.addr))
+                .header("router-authorization", "router-current")
+                .header("authorization", format!("Bearer {ALL_KEY}"))
+                .json(&json!({"query": BUDGETED, "variables": {"id": id}}))
+                .send()
+                .await
+                .unwrap();
+            let answer: Value = response.json().await.unwrap();
+            typenames.push(answer["data"]["checkoutSession"]["__typename"].as_str().unwrap().to_owned());
+        }
+        let expected = if trust {
+            ["CheckoutSession", "ProviderUnavailableError"]
+        } else {
+            ["CheckoutSession", "CheckoutSession"]
+        };
+        assert_eq!(typenames, expected, "trusting the forwarded identity: {trust}");
+    }
+}
