@@ -177,8 +177,8 @@ pub type Updates = futures::stream::BoxStream<'static, Lookup>;
 impl SessionService {
     /// The current answer for `id`, then every change to it, until the stream is dropped.
     /// The first watcher of a session whose account no webhook keeps current starts its one
-    /// poller. The first answer is charged to `payer` (on a miss); what the poller fetches
-    /// is shared by every watcher and charged to none.
+    /// poller. The first answer is charged to `payer` (on a miss), and so are the calls of
+    /// the poller this watch starts.
     pub fn watch(
         self: &Arc<Self>,
         account: Result<&Arc<Account>, FetchError>,
@@ -197,8 +197,8 @@ impl SessionService {
         // Watching starts before the first lookup, so no change between the two is missed.
         let (mut watch, poll) = self.cache.hub().watch(key.clone());
         if let Some(abandoned) = poll.filter(|_| !account.has_webhooks()) {
-            let poller = Poller { service: self.clone(), account: account.clone(), id: key.1.clone() };
-            tokio::spawn(poller.run(abandoned, payer.clone()));
+            let (service, account, id) = (self.clone(), account.clone(), key.1.clone());
+            tokio::spawn(poll_while_watched(service, account, id, abandoned, payer.clone()));
         }
         let service = self.clone();
         async_stream::stream! {
@@ -304,45 +304,40 @@ impl SessionService {
 
 /// Keeps one watched session current by asking for it each time its answer stops being
 /// reusable (the cache's lifetimes: an open session every few seconds), until its answer is
-/// settled (see [`is_settled`]) or nobody watches it any more.
-struct Poller {
+/// settled (see [`is_settled`]) or nobody watches it any more. Each call is charged to
+/// `payer`, the client whose watch opened the topic: a client cannot make the gateway poll
+/// past its own budget by subscribing. The first call is one interval after the watch's own
+/// first lookup, so that a watch refused at once (a spent budget, a session not found) costs
+/// no poll.
+async fn poll_while_watched(
     service: Arc<SessionService>,
     account: Arc<Account>,
     id: Arc<str>,
-}
-
-impl Poller {
-    /// Each call is charged to `payer`, the client whose watch opened the topic: a client
-    /// cannot make the gateway poll past its own budget by subscribing. Its first call is one
-    /// interval after the watch's own first lookup, so that a watch refused at once (a spent
-    /// budget, a session not found) costs no poll.
-    async fn run(self, abandoned: Abandoned, payer: Option<Payer>) {
-        let Self { service, account, id } = self;
-        let metrics = service.cache.metrics().clone();
-        metrics.live_pollers.inc();
-        let open = service.cache.policy().open.max(MIN_POLL_INTERVAL);
-        let mut wait = open;
-        loop {
-            tokio::select! {
-                () = abandoned.wait() => break,
-                () = tokio::time::sleep(wait) => {}
-            }
-            let lookup = service.cache.lookup_charged(&account, &id, payer.as_ref()).await;
-            if is_settled(&lookup.answer) {
-                break;
-            }
-            wait = match &lookup.answer {
-                Err(FetchError::ClientRateLimited { retry_after_seconds }) => {
-                    Duration::from_secs(*retry_after_seconds)
-                }
-                _ => lookup
-                    .reusable_until
-                    .map_or(open, |until| until.saturating_duration_since(Instant::now())),
-            }
-            .max(MIN_POLL_INTERVAL);
+    abandoned: Abandoned,
+    payer: Option<Payer>,
+) {
+    let metrics = service.cache.metrics().clone();
+    metrics.live_pollers.inc();
+    let open = service.cache.policy().open.max(MIN_POLL_INTERVAL);
+    let mut wait = open;
+    loop {
+        tokio::select! {
+            () = abandoned.wait() => break,
+            () = tokio::time::sleep(wait) => {}
         }
-        metrics.live_pollers.dec();
+        let lookup = service.cache.lookup_charged(&account, &id, payer.as_ref()).await;
+        if is_settled(&lookup.answer) {
+            break;
+        }
+        wait = match &lookup.answer {
+            Err(FetchError::ClientRateLimited { retry_after_seconds }) => {
+                Duration::from_secs(*retry_after_seconds)
+            }
+            _ => lookup.reusable_until.map_or(open, |until| until.saturating_duration_since(Instant::now())),
+        }
+        .max(MIN_POLL_INTERVAL);
     }
+    metrics.live_pollers.dec();
 }
 
 /// An answer polling cannot change: a final status, or an error asking again would repeat

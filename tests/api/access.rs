@@ -610,3 +610,37 @@ async fn behind_the_router_the_forwarded_client_is_counted_and_the_routers_own_i
         assert_eq!(typenames, expected, "trusting the forwarded identity: {trust}");
     }
 }
+
+#[tokio::test]
+async fn the_polls_of_a_clients_subscription_are_charged_to_it() {
+    let app = spawn_app(|config| {
+        budget_of("3/min")(config);
+        config.cache.open = Duration::from_millis(100);
+    })
+    .await;
+    Mock::given(path("/checkouts/cks_polled_1"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(crate::helpers::dodo_session("cks_polled_1", None)),
+        )
+        // The subscription's first lookup and two polls; then the budget is spent, and the
+        // poller waits for it (without the charge: one call every 100 ms).
+        .expect(3)
+        .mount(&app.dodo)
+        .await;
+    let subscription = "subscription { checkoutSessionUpdated(provider: DODO, id: \"cks_polled_1\") {
+        __typename ... on CheckoutSession { status } } }";
+    let response = app
+        .http
+        .post(format!("http://{}/graphql", app.addr))
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {ALL_KEY}"))
+        .json(&json!({"query": subscription}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(app.metrics().await.contains("checkout_gateway_live_pollers 1"), "still watched, still polled");
+    drop(response);
+    app.dodo.verify().await;
+}
