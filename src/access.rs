@@ -112,6 +112,10 @@ pub struct Client {
     /// When the credential stops proving anything (a JWT's `exp` plus the leeway); `None` for
     /// credentials that do not expire. A stream opened with it ends then.
     pub expires_at: Option<Instant>,
+    /// Whether `GATEWAY_CLIENT_RATE_LIMIT` counts this client's lookups (by `name`). Not for
+    /// `anonymous` nor the router's own identity: each stands for everyone behind it, and one
+    /// budget shared by all would let any one of them spend it for the rest.
+    pub metered: bool,
 }
 
 impl Client {
@@ -124,6 +128,7 @@ impl Client {
                 rights: Rights::all(),
                 via_router: false,
                 expires_at: None,
+                metered: false,
             })
             .clone()
     }
@@ -274,6 +279,7 @@ impl Access {
                     rights: Rights::all(),
                     via_router: true,
                     expires_at: None,
+                    metered: false,
                 });
             }
             let mut client = self.client(bearer(headers)).await?;
@@ -296,6 +302,7 @@ impl Access {
                     rights: known.rights.clone(),
                     via_router: false,
                     expires_at: None,
+                    metered: true,
                 })
             }
             AuthMode::Jwt => self.verify_jwt(credential.ok_or(Denied::Missing)?).await,
@@ -370,8 +377,13 @@ impl Access {
         // number fits in a JSON token) from overflowing the clock.
         let expires_at =
             Instant::now() + Duration::from_secs_f64(left.clamp(0.0, MAX_TOKEN_LIFE.as_secs_f64()));
-        let client =
-            Client { name: Arc::from(name), rights, via_router: false, expires_at: Some(expires_at) };
+        let client = Client {
+            name: Arc::from(name),
+            rights,
+            via_router: false,
+            expires_at: Some(expires_at),
+            metered: true,
+        };
         if left > 0.0 {
             let until = Instant::now() + Duration::from_secs_f64(left.min(VERIFIED_TOKEN_TTL.as_secs_f64()));
             self.verified.insert(digest, (client.clone(), until));

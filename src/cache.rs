@@ -21,6 +21,7 @@ use crate::domain::{CheckoutStatus, FetchError, FetchResult};
 use crate::live::{Hub, REFERENCE_TTL};
 use crate::metrics::Metrics;
 use crate::providers::Account;
+use crate::quota::Payer;
 use crate::shared::Shared;
 
 /// Lifetimes per kind of answer; each is a setting.
@@ -360,6 +361,14 @@ impl SessionCache {
     /// The stored answer for `id` as `account` sees it, or the provider's answer now (shared
     /// with every concurrent asker of the same key, and stored if it may be reused).
     pub async fn lookup(&self, account: &Account, id: &str) -> Lookup {
+        self.lookup_charged(account, id, None).await
+    }
+
+    /// [`Self::lookup`], charging `payer` (the asking client's budget) when the answer is
+    /// not held: a hit costs nothing. A miss that joins a call already in flight is charged
+    /// too: which it will be is not known before asking, and charging only the one that
+    /// calls would let a client whose budget is spent share its refusal with the others.
+    pub async fn lookup_charged(&self, account: &Account, id: &str, payer: Option<&Payer>) -> Lookup {
         let label = [account.kind().slug, &**account.name()];
         // The id is shared by the key and, on a miss, the session the provider builds.
         let id = match account.client.canonical_id(id) {
@@ -374,6 +383,10 @@ impl SessionCache {
                 self.metrics.cache_hits.with_label_values(&label).inc();
                 return entry.clone().into_lookup();
             }
+        }
+        if let Some(Err(spent)) = payer.map(Payer::spend) {
+            self.metrics.client_rate_limited.inc();
+            return Lookup::once(Err(spent));
         }
         let (entry, called) = self.call(account, &key, false).await;
         let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };

@@ -87,6 +87,12 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_UPSTREAM_RATE_LIMIT", value_name = "RATE")]
     pub upstream_rate_limit: Option<String>,
 
+    /// Lookups one client (an API key, a token's subject) may send to providers, cache hits
+    /// not counted, e.g. `600/min`, several joined with `,`, or `off`; past it the lookup is
+    /// answered RATE_LIMITED with retryAfterSeconds [default: 600/min].
+    #[arg(long, env = "GATEWAY_CLIENT_RATE_LIMIT", value_name = "RATE")]
+    pub client_rate_limit: Option<String>,
+
     /// Consecutive failures (timeouts, connection errors, 5xx) of one account that open its
     /// circuit [default: 5].
     #[arg(long, env = "GATEWAY_BREAKER_FAILURES", value_name = "N")]
@@ -164,7 +170,8 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_MAX_ROOT_FIELDS", value_name = "N")]
     pub max_root_fields: Option<String>,
 
-    /// Most representations one request's federation `_entities` may resolve [default: 2000].
+    /// Most representations one request's federation `_entities` may resolve; the same as a
+    /// client's own batch [default: 100].
     #[arg(long, env = "GATEWAY_ENTITIES_MAX", value_name = "N")]
     pub entities_max: Option<String>,
 
@@ -228,7 +235,8 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS", value_name = "N")]
     pub max_subscription_connections: Option<String>,
 
-    /// Subscriptions one WebSocket connection may run at once [default: 100].
+    /// Subscriptions one WebSocket connection or one Server-Sent Events stream (aliases) may
+    /// run at once [default: 100].
     #[arg(long, env = "GATEWAY_SUBSCRIPTIONS_PER_CONNECTION", value_name = "N")]
     pub subscriptions_per_connection: Option<String>,
 
@@ -353,6 +361,7 @@ impl Settings {
             lookup_deadline,
             upstream_retries,
             upstream_rate_limit,
+            client_rate_limit,
             breaker_failures,
             breaker_cooldown,
             upstream_max_wait,
@@ -703,6 +712,8 @@ pub struct Config {
     pub upstream_retries: u32,
     /// `None`: each provider's documented quota.
     pub upstream_rate_limit: Option<RateLimit>,
+    /// Each metered client's budget of lookups that reach a provider; empty: `off`.
+    pub client_rate_limit: RateLimit,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
     /// The longest wait any signal may impose on an account's calls.
@@ -859,6 +870,8 @@ impl Config {
                 .map(RateLimit::parse)
                 .transpose()
                 .map_err(|reason| names.invalid("upstream_rate_limit", reason))?,
+            client_rate_limit: RateLimit::parse(settings.client_rate_limit.as_deref().unwrap_or("600/min"))
+                .map_err(|reason| names.invalid("client_rate_limit", reason))?,
             breaker_failures: positive("breaker_failures", &settings.breaker_failures, 5, 1000)? as u32,
             breaker_cooldown: positive_duration("breaker_cooldown", &settings.breaker_cooldown, "30s")?,
             upstream_max_wait: positive_duration("upstream_max_wait", &settings.upstream_max_wait, "1h")?,
@@ -888,7 +901,7 @@ impl Config {
                 0..=1 << 40,
             )?,
             batch_max: positive("batch_max", &settings.batch_max, 100, 10_000)? as usize,
-            entities_max: positive("entities_max", &settings.entities_max, 2_000, 100_000)? as usize,
+            entities_max: positive("entities_max", &settings.entities_max, 100, 100_000)? as usize,
             max_depth: positive("max_depth", &settings.max_depth, 32, 1_000)? as usize,
             max_complexity: positive("max_complexity", &settings.max_complexity, 5_000, 10_000_000)? as usize,
             max_aliases: whole("max_aliases", &settings.max_aliases, 200, 0..=100_000)? as usize,
@@ -1510,6 +1523,8 @@ mod tests {
         assert!(config.accounts.is_empty(), "each provider gets its unconfigured account at build");
         assert_eq!(config.cache, CachePolicy::default());
         assert_eq!(config.batch_max, 100);
+        assert_eq!(config.entities_max, config.batch_max, "a router's batch is bounded like a client's");
+        assert_eq!(config.client_rate_limit, RateLimit::parse("600/min").unwrap());
     }
 
     #[test]
@@ -1535,6 +1550,11 @@ mod tests {
         assert!(err.to_string().contains("DODO_PAYMENTS_BASE_URL"), "{err}");
         let err = resolve(Settings { batch_max: Some("0".into()), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("GATEWAY_BATCH_MAX"), "{err}");
+        for bad in ["0/min", "600", "600/day", ""] {
+            let err =
+                resolve(Settings { client_rate_limit: Some(bad.into()), ..Default::default() }).unwrap_err();
+            assert!(err.to_string().contains("GATEWAY_CLIENT_RATE_LIMIT"), "{bad}: {err}");
+        }
         let err = Config::resolve_sources(legacy("dhmad", None, Some("https://user:pw@dhmad.tn/api/v1")))
             .unwrap_err();
         assert!(err.to_string().contains("DHMAD_BASE_URL") && !err.to_string().contains("pw@"), "{err}");

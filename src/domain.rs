@@ -195,6 +195,15 @@ pub enum FetchError {
         /// How long the provider asked us to wait, when it said.
         retry_after_seconds: Option<u64>,
     },
+    /// This client's budget of upstream lookups (`GATEWAY_CLIENT_RATE_LIMIT`) is spent: the
+    /// gateway's own decision, before any provider call. Shown as a provider's
+    /// `RATE_LIMITED` (the same code and `retryAfterSeconds`, so a client handles both by
+    /// waiting), with a message that says whose budget it is.
+    #[error(
+        "this client has used its budget of lookups that reach a provider (GATEWAY_CLIENT_RATE_LIMIT); \
+         cached answers are still served; retry after {retry_after_seconds} s"
+    )]
+    ClientRateLimited { retry_after_seconds: u64 },
 }
 
 fn unavailable_message(reason: UnavailableReason, status: Option<u16>, wait: Option<u64>) -> String {
@@ -241,6 +250,19 @@ impl FetchError {
         )
     }
 
+    /// Whether asking again cannot give another answer: the provider has no such session, or
+    /// refuses the gateway's credentials or account, or the id cannot be valid. (Asking again
+    /// after a configuration change may, but that is a restart.)
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            FetchError::NotFound
+                | FetchError::Unauthorized
+                | FetchError::Forbidden
+                | FetchError::InvalidId(_)
+        )
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             FetchError::Unauthorized => ErrorCode::Unauthorized,
@@ -249,7 +271,9 @@ impl FetchError {
             FetchError::InvalidId(_) => ErrorCode::InvalidId,
             FetchError::UnknownAccount(_) => ErrorCode::UnknownAccount,
             FetchError::AccessDenied(_) => ErrorCode::AccessDenied,
-            FetchError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
+            FetchError::Unavailable { .. } | FetchError::ClientRateLimited { .. } => {
+                ErrorCode::ProviderUnavailable
+            }
         }
     }
 }

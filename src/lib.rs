@@ -25,6 +25,8 @@
 //! - [`shared`]: the Redis tier replicas share (answers, locks, pub/sub, quotas), optional.
 //! - [`cache`]: moka in front of every account; lifetime by what the answer says; concurrent
 //!   misses share one upstream call.
+//! - [`quota`]: each client's budget of lookups that reach a provider (charged by the cache
+//!   on a miss).
 //! - [`providers`]: what a provider is ([`providers::ProviderKind`]), the one list of them
 //!   ([`providers::builtin`]), accounts, and one folder per provider (client and wire types,
 //!   details type, sandbox); `upstream` holds the shared HTTP call.
@@ -47,6 +49,7 @@ pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod providers;
+pub mod quota;
 pub mod refusal;
 pub mod response_cache;
 pub mod sandbox;

@@ -32,7 +32,7 @@ pub const REFERENCE_TTL: Duration = Duration::from_secs(48 * 3600);
 
 #[derive(Debug)]
 pub struct Hub {
-    topics: Mutex<HashMap<TopicKey, watch::Sender<Latest>>>,
+    topics: Mutex<HashMap<TopicKey, Topic>>,
     /// (scope, reference) → session ids, for webhooks that name a payment or an escrow
     /// (keyed like a topic: whose view, and the provider's id).
     references: moka::sync::Cache<TopicKey, Arc<[Arc<str>]>>,
@@ -52,7 +52,7 @@ impl Hub {
         }
     }
 
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, watch::Sender<Latest>>> {
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Topic>> {
         self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -61,12 +61,13 @@ impl Hub {
     pub fn watch(self: &Arc<Self>, key: TopicKey) -> (Watch, Option<Abandoned>) {
         let mut topics = self.topics();
         let (receiver, created) = match topics.get(&key) {
-            Some(sender) => (sender.subscribe(), None),
+            Some(topic) => (topic.sender.subscribe(), None),
             None => {
                 let (sender, receiver) = watch::channel(None);
-                topics.insert(key.clone(), sender.clone());
+                let (alive, removed) = watch::channel(());
+                topics.insert(key.clone(), Topic { sender, _alive: alive });
                 self.metrics.live_sessions.inc();
-                (receiver, Some(Abandoned(sender)))
+                (receiver, Some(Abandoned(removed)))
             }
         };
         self.metrics.live_watchers.inc();
@@ -86,7 +87,7 @@ impl Hub {
             return;
         }
         let topics = self.topics();
-        let Some(sender) = topics.get(key) else { return };
+        let Some(Topic { sender, .. }) = topics.get(key) else { return };
         let changed = sender.send_if_modified(|latest| {
             if latest.as_ref().is_some_and(|latest| same_answer(latest, answer)) {
                 return false;
@@ -120,14 +121,25 @@ impl Hub {
     }
 }
 
-/// Resolves once nobody watches a topic any more (its last watcher left), even if a new
-/// topic for the same session has been opened since.
+/// One watched session: its latest answer, for its watchers.
 #[derive(Debug)]
-pub struct Abandoned(watch::Sender<Latest>);
+struct Topic {
+    sender: watch::Sender<Latest>,
+    /// Dropped with the topic: that is what resolves its [`Abandoned`].
+    _alive: watch::Sender<()>,
+}
+
+/// Resolves once the topic it was made with is removed (its last watcher left), even if a
+/// new topic for the same session has been opened since. Not once its watchers' count reaches
+/// zero: a watcher arriving just then joins this very topic (the count and the removal are
+/// decided under the hub's lock), and must find its poller still running.
+#[derive(Debug)]
+pub struct Abandoned(watch::Receiver<()>);
 
 impl Abandoned {
     pub async fn wait(&self) {
-        self.0.closed().await;
+        let mut removed = self.0.clone();
+        while removed.changed().await.is_ok() {}
     }
 }
 
@@ -160,13 +172,47 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        // Dropped first, so that the count below no longer includes this watcher.
-        self.receiver.take();
         self.hub.metrics.live_watchers.dec();
         let mut topics = self.hub.topics();
-        if topics.get(&self.key).is_some_and(|sender| sender.receiver_count() == 0) {
+        // Dropped under the lock, so that leaving, the count and the removal are one step for
+        // a watcher arriving at the same moment: it either joins before (the topic stays) or
+        // after (it opens a new topic, with its own poller).
+        self.receiver.take();
+        if topics.get(&self.key).is_some_and(|topic| topic.sender.receiver_count() == 0) {
             topics.remove(&self.key);
             self.hub.metrics.live_sessions.dec();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// The last watcher leaves while a new one arrives: the poller of the topic must keep
+    /// running as long as the topic is in the hub (the new watcher may join it), and stop
+    /// once it is removed.
+    #[test]
+    fn the_poller_stops_only_when_its_topic_is_removed() {
+        let hub = Arc::new(Hub::new(16, Arc::new(Metrics::new())));
+        let key: TopicKey = (Arc::from("scope"), Arc::from("id"));
+        let (watch, abandoned) = hub.watch(key.clone());
+        let abandoned = abandoned.expect("the first watcher creates the topic");
+        // Held here, the lock stands for a watcher arriving (`Hub::watch` takes it) at the
+        // moment the last one leaves on another thread.
+        let topics = hub.topics();
+        let leaving = std::thread::spawn(move || drop(watch));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            abandoned.wait().now_or_never().is_none(),
+            "the poller would stop while its topic is still in the hub: a watcher joining it now \
+             would be left without one"
+        );
+        assert!(topics.contains_key(&key));
+        drop(topics);
+        leaving.join().unwrap();
+        assert!(!hub.is_watched(&key));
+        assert!(abandoned.wait().now_or_never().is_some(), "the topic is removed: its poller stops");
     }
 }

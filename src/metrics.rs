@@ -113,6 +113,7 @@ pub struct Metrics {
     pub live_watchers: IntGauge,
     pub live_pollers: IntGauge,
     pub live_updates: IntCounter,
+    pub client_rate_limited: IntCounter,
     pub subscription_connections: IntGaugeVec,
     pub redis_operations: IntCounterVec,
     pub redis_up: IntGauge,
@@ -166,6 +167,11 @@ impl Metrics {
             "live_updates_total",
             "Changes of a session sent to its subscribers (a same-content refetch is not one).",
         );
+        let client_rate_limited = single(
+            "client_rate_limited_total",
+            "Lookups refused without a provider call because their client's budget \
+             (GATEWAY_CLIENT_RATE_LIMIT) was spent.",
+        );
         let subscription_connections = gauges(
             "subscription_connections",
             "Subscription connections open now, by transport.",
@@ -189,6 +195,7 @@ impl Metrics {
             live_watchers,
             live_pollers,
             live_updates,
+            client_rate_limited,
             subscription_connections,
             cache_refreshes: counter(
                 "cache_refreshes_total",

@@ -43,6 +43,7 @@ use crate::metrics::{Metrics, OperationLabels};
 use crate::providers::guard::CircuitState;
 use crate::providers::guard::SharedQuota;
 use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
+use crate::quota::ClientQuotas;
 use crate::refusal::graphql_error;
 use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
 use crate::sandbox::{self, SandboxOptions, SandboxWebhook};
@@ -175,6 +176,7 @@ impl Application {
             service: service.clone(),
             batch_max: config.batch_max,
             entities_max: config.entities_max,
+            quotas: Arc::new(ClientQuotas::new(&config.client_rate_limit)),
         };
         let limits = QueryLimits { max_depth: config.max_depth, max_complexity: config.max_complexity };
         let admission = Admission {

@@ -14,10 +14,11 @@ use futures::StreamExt;
 
 use crate::access::Rights;
 use crate::cache::{Lookup, Message, SessionCache};
-use crate::domain::{CheckoutSession, FetchError};
+use crate::domain::{CheckoutSession, FetchError, FetchResult};
 use crate::live::{same_answer, Abandoned};
 use crate::providers::webhook::Target;
 use crate::providers::Account;
+use crate::quota::Payer;
 use crate::view::DetailsObject;
 
 /// One session to look up: the provider's schema name, the account (`None`: the provider's
@@ -79,10 +80,15 @@ impl SessionService {
         self.accounts.get(name)
     }
 
-    /// A session as `account` sees it (through the cache).
-    pub async fn lookup(&self, account: Result<&Arc<Account>, FetchError>, id: &str) -> Lookup {
+    /// A session as `account` sees it (through the cache); a miss is charged to `payer`.
+    pub async fn lookup(
+        &self,
+        account: Result<&Arc<Account>, FetchError>,
+        id: &str,
+        payer: Option<&Payer>,
+    ) -> Lookup {
         match account {
-            Ok(account) => self.cache.lookup(account, id).await,
+            Ok(account) => self.cache.lookup_charged(account, id, payer).await,
             Err(error) => Lookup::once(Err(error)),
         }
     }
@@ -90,8 +96,13 @@ impl SessionService {
     /// Answers in input order; a ref repeated in `refs` (the same account and id) is looked up
     /// once. Lookups run concurrently; each account bounds its own upstream concurrency.
     /// `rights`: what the asking client may read; a ref outside them is `ACCESS_DENIED`
-    /// without a call.
-    pub async fn get_many(&self, refs: &[SessionRef<'_>], rights: &Rights) -> Vec<Lookup> {
+    /// without a call. Each distinct miss is charged to `payer`.
+    pub async fn get_many(
+        &self,
+        refs: &[SessionRef<'_>],
+        rights: &Rights,
+        payer: Option<&Payer>,
+    ) -> Vec<Lookup> {
         // Resolved first, so that naming the default account and naming none are one key.
         let resolved: Vec<Result<&Arc<Account>, FetchError>> = refs
             .iter()
@@ -111,7 +122,9 @@ impl SessionService {
                 }))
             })
             .collect();
-        let answers = join_all(distinct.iter().map(|&(account, id)| self.cache.lookup(account, id))).await;
+        let answers =
+            join_all(distinct.iter().map(|&(account, id)| self.cache.lookup_charged(account, id, payer)))
+                .await;
         slots
             .into_iter()
             .map(|slot| match slot {
@@ -164,8 +177,14 @@ pub type Updates = futures::stream::BoxStream<'static, Lookup>;
 impl SessionService {
     /// The current answer for `id`, then every change to it, until the stream is dropped.
     /// The first watcher of a session whose account no webhook keeps current starts its one
-    /// poller.
-    pub fn watch(self: &Arc<Self>, account: Result<&Arc<Account>, FetchError>, id: &str) -> Updates {
+    /// poller. The first answer is charged to `payer` (on a miss), and so are the calls of
+    /// the poller this watch starts.
+    pub fn watch(
+        self: &Arc<Self>,
+        account: Result<&Arc<Account>, FetchError>,
+        id: &str,
+        payer: Option<Payer>,
+    ) -> Updates {
         let once = |error: FetchError| futures::stream::once(async { Lookup::once(Err(error)) }).boxed();
         let account = match account {
             Ok(account) => account.clone(),
@@ -178,19 +197,28 @@ impl SessionService {
         // Watching starts before the first lookup, so no change between the two is missed.
         let (mut watch, poll) = self.cache.hub().watch(key.clone());
         if let Some(abandoned) = poll.filter(|_| !account.has_webhooks()) {
-            tokio::spawn(poll_while_watched(self.clone(), account.clone(), key.1.clone(), abandoned));
+            let (service, account, id) = (self.clone(), account.clone(), key.1.clone());
+            tokio::spawn(poll_while_watched(service, account, id, abandoned, payer.clone()));
         }
         let service = self.clone();
         async_stream::stream! {
-            let first = service.cache.lookup(&account, &key.1).await;
+            let first = service.cache.lookup_charged(&account, &key.1, payer.as_ref()).await;
             let mut last = first.answer.clone();
+            let ended = ends_watch(&last);
             yield first;
+            if ended {
+                return;
+            }
             while let Some(answer) = watch.changed().await {
                 if same_answer(&last, &answer) {
                     continue;
                 }
                 last = answer.clone();
+                let ended = ends_watch(&last);
                 yield Lookup { answer, reusable_until: None, stale: false };
+                if ended {
+                    return;
+                }
             }
         }
         .boxed()
@@ -285,37 +313,63 @@ impl SessionService {
 }
 
 /// Keeps one watched session current by asking for it each time its answer stops being
-/// reusable (the cache's lifetimes: an open session every few seconds), until it is final or
-/// nobody watches it any more.
+/// reusable (the cache's lifetimes: an open session every few seconds), until its answer is
+/// settled (see [`is_settled`]) or nobody watches it any more. Each call is charged to
+/// `payer`, the client whose watch opened the topic: a client cannot make the gateway poll
+/// past its own budget by subscribing. The first call is one interval after the watch's own
+/// first lookup, so that a watch refused at once (a spent budget, a session not found) costs
+/// no poll.
 async fn poll_while_watched(
     service: Arc<SessionService>,
     account: Arc<Account>,
     id: Arc<str>,
     abandoned: Abandoned,
+    payer: Option<Payer>,
 ) {
     let metrics = service.cache.metrics().clone();
     metrics.live_pollers.inc();
     let open = service.cache.policy().open.max(MIN_POLL_INTERVAL);
+    let mut wait = open;
     loop {
-        let lookup = service.cache.lookup(&account, &id).await;
-        if matches!(&lookup.answer, Ok(session) if session.status.is_final()) {
-            break;
-        }
-        let now = Instant::now();
-        let wait = lookup
-            .reusable_until
-            .map_or(open, |until| until.saturating_duration_since(now))
-            .max(MIN_POLL_INTERVAL);
         tokio::select! {
             () = abandoned.wait() => break,
             () = tokio::time::sleep(wait) => {}
         }
+        let lookup = service.cache.lookup_charged(&account, &id, payer.as_ref()).await;
+        if is_settled(&lookup.answer) {
+            break;
+        }
+        wait = match &lookup.answer {
+            Err(FetchError::ClientRateLimited { retry_after_seconds }) => {
+                Duration::from_secs(*retry_after_seconds)
+            }
+            _ => lookup.reusable_until.map_or(open, |until| until.saturating_duration_since(Instant::now())),
+        }
+        .max(MIN_POLL_INTERVAL);
     }
     metrics.live_pollers.dec();
 }
 
 /// Messages from other replicas acted on at once, at most.
 const ADOPTING_MAX: usize = 64;
+
+/// An answer polling cannot change: a final status, or an error asking again would repeat
+/// (not found, credentials or account refused, an invalid id). A session that is not found
+/// a moment after its creation is the client's to ask again for.
+fn is_settled(answer: &FetchResult) -> bool {
+    match answer {
+        Ok(session) => session.status.is_final(),
+        Err(error) => error.is_final(),
+    }
+}
+
+/// An answer after which a subscription ends (its error is the last event): there is no
+/// session to follow, or the client's budget is spent (it subscribes again after
+/// `retryAfterSeconds`; nothing is polled for it meanwhile). A final status does not end it:
+/// a provider's webhook may still report a refund or a dispute of a completed payment.
+fn ends_watch(answer: &FetchResult) -> bool {
+    matches!(answer, Err(error) if error.is_final() || matches!(error, FetchError::ClientRateLimited { .. }))
+}
 
 /// However short an answer's lifetime, a poller waits at least this long between calls.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);

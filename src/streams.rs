@@ -347,8 +347,11 @@ impl Streams {
     }
 
     /// Runs `request` as a stream of Server-Sent Events: `next` per result, then `complete`.
+    /// The stream's sessions are bounded like a WebSocket connection's: one operation may
+    /// watch many through aliases.
     pub fn sse(&self, request: async_graphql::Request) -> Response {
         let Some(slot) = self.open("sse") else { return self.full() };
+        let request = request.data(SubscriptionBudget::new(self.per_connection));
         let results = self.executor.execute_stream(request, None).map(|response| {
             let event = Event::default().event("next");
             Ok::<_, Infallible>(event.json_data(&response).unwrap_or_else(|_| {

@@ -20,6 +20,7 @@ use crate::access::{Client, Rights};
 use crate::cache::Lookup;
 use crate::domain::FetchError;
 use crate::providers::{Account, ProviderKind};
+use crate::quota::{ClientQuotas, Payer};
 use crate::service::{permitted, SessionRef, SessionService};
 use crate::view::{self, ProviderName};
 
@@ -40,6 +41,8 @@ pub struct Gateway {
     pub batch_max: usize,
     /// Most representations one request's `_entities` may resolve (a router's batch).
     pub entities_max: usize,
+    /// Each client's budget of lookups that reach a provider.
+    pub quotas: Arc<ClientQuotas>,
 }
 
 /// The schema for `providers`: they are the values of `Provider` and the members of
@@ -278,6 +281,13 @@ fn rights<'a>(ctx: &Context<'a>) -> &'a Rights {
     }
 }
 
+/// What the request's client's misses are charged to: `None` for a client not metered (see
+/// [`Client::metered`]) or when the limit is off.
+fn payer(ctx: &Context<'_>) -> Option<Payer> {
+    let client = ctx.data_opt::<Client>().filter(|client| client.metered)?;
+    gateway(ctx).quotas.payer(&client.name)
+}
+
 /// The account that answers for `provider` (the named one, or its default), if the client
 /// may read it.
 fn readable<'a>(
@@ -334,7 +344,8 @@ impl Query {
     ) -> async_graphql::Result<CheckoutSessionResult> {
         spend(ctx, 1)?;
         let service = &gateway(ctx).service;
-        let lookup = service.lookup(readable(ctx, &provider, account.as_deref()), &id).await;
+        let lookup =
+            service.lookup(readable(ctx, &provider, account.as_deref()), &id, payer(ctx).as_ref()).await;
         observe(ctx, &lookup);
         Ok(CheckoutSessionResult::from_lookup(&provider, lookup))
     }
@@ -352,7 +363,7 @@ impl Query {
         let gateway = gateway(ctx);
         let keys: Vec<SessionRef<'_>> =
             refs.iter().map(|r| (r.provider.as_str(), r.account.as_deref(), r.id.as_str())).collect();
-        let lookups = gateway.service.get_many(&keys, rights(ctx)).await;
+        let lookups = gateway.service.get_many(&keys, rights(ctx), payer(ctx).as_ref()).await;
         Ok(refs
             .iter()
             .zip(lookups)
@@ -398,7 +409,7 @@ impl Query {
 }
 
 /// How many subscriptions one connection may still start; put one in each WebSocket
-/// connection's data.
+/// connection's data and each SSE stream's request.
 #[derive(Clone, Debug)]
 pub struct SubscriptionBudget(Arc<tokio::sync::Semaphore>, usize);
 
@@ -411,7 +422,8 @@ impl SubscriptionBudget {
         match self.0.clone().try_acquire_owned() {
             Ok(permit) => Ok(Some(permit)),
             Err(_) => Err(async_graphql::Error::new(format!(
-                "a connection may run at most {} subscriptions at once (GATEWAY_SUBSCRIPTIONS_PER_CONNECTION)",
+                "a WebSocket connection or an SSE stream may run at most {} subscriptions at once \
+                 (GATEWAY_SUBSCRIPTIONS_PER_CONNECTION)",
                 self.1
             ))
             .extend_with(|_, ext| {
@@ -442,7 +454,8 @@ impl Subscription {
             Some(budget) => budget.take()?,
             None => None,
         };
-        let updates = gateway(ctx).service.watch(readable(ctx, &provider, account.as_deref()), &id);
+        let updates =
+            gateway(ctx).service.watch(readable(ctx, &provider, account.as_deref()), &id, payer(ctx));
         Ok(updates.map(move |lookup| {
             // Held as long as the subscription runs.
             let _held = &permit;
@@ -478,7 +491,7 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
     // The provider of the account that answers; none for a representation naming no account
     // or provider of ours (a name the client made up is not echoed back as a provider).
     let provider = account.as_ref().ok().map(|account| ProviderName::new(account.kind().name));
-    let lookup = service.lookup(account, key.id).await;
+    let lookup = service.lookup(account, key.id, payer(ctx).as_ref()).await;
     observe(ctx, &lookup);
     match lookup.answer {
         Ok(session) => Some(CheckoutSessionView(session, lookup.stale)),

@@ -58,7 +58,10 @@ pub enum ErrorCode {
 pub enum UnavailableReason {
     /// The gateway has no credentials for this provider.
     NotConfigured,
-    /// The provider said 429.
+    /// The provider said 429, or the gateway is holding its calls for the provider's quota;
+    /// or this client's own budget of lookups that reach a provider is spent
+    /// (GATEWAY_CLIENT_RATE_LIMIT; the message says which). Either way: wait
+    /// `retryAfterSeconds`; cached answers are still served.
     RateLimited,
     /// The provider answered 5xx or a status the gateway does not expect.
     UpstreamError,
@@ -216,13 +219,16 @@ error_type!(
     async fn reason(&self) -> UnavailableReason {
         match &self.0.error {
             FetchError::Unavailable { reason, .. } => (*reason).into(),
+            FetchError::ClientRateLimited { .. } => UnavailableReason::RateLimited,
             _ => UnavailableReason::UpstreamError,
         }
     },
-    /// How long the provider asked us to wait before asking again, when it said.
+    /// How long to wait before asking again, when known: what the provider asked, the open
+    /// circuit's cooldown, or until this client's budget allows another lookup.
     async fn retry_after_seconds(&self) -> Option<u64> {
         match &self.0.error {
             FetchError::Unavailable { retry_after_seconds, .. } => *retry_after_seconds,
+            FetchError::ClientRateLimited { retry_after_seconds } => Some(*retry_after_seconds),
             _ => None,
         }
     },
@@ -324,11 +330,16 @@ pub fn to_graphql_error(provider: Option<&ProviderName>, error: &FetchError) -> 
         if let Some(provider) = provider {
             ext.set("provider", async_graphql::Value::Enum(provider.0.clone()));
         }
-        if let FetchError::Unavailable { reason, retry_after_seconds, .. } = error {
-            ext.set("reason", enum_value(UnavailableReason::from(*reason)));
-            if let Some(seconds) = retry_after_seconds {
-                ext.set("retryAfterSeconds", *seconds);
+        let (reason, retry_after_seconds) = match error {
+            FetchError::Unavailable { reason, retry_after_seconds, .. } => (*reason, *retry_after_seconds),
+            FetchError::ClientRateLimited { retry_after_seconds } => {
+                (domain::UnavailableReason::RateLimited, Some(*retry_after_seconds))
             }
+            _ => return,
+        };
+        ext.set("reason", enum_value(UnavailableReason::from(reason)));
+        if let Some(seconds) = retry_after_seconds {
+            ext.set("retryAfterSeconds", seconds);
         }
     })
 }

@@ -549,3 +549,188 @@ async fn metrics_can_move_to_a_port_of_their_own() {
     assert_eq!(scraped.status(), 200);
     assert!(scraped.text().await.unwrap().contains("checkout_gateway_http_requests_total"));
 }
+
+// ---- Each client's budget of lookups that reach a provider (GATEWAY_CLIENT_RATE_LIMIT). ----
+
+const BUDGETED: &str = "query($id: ID!) { checkoutSession(provider: DODO, id: $id) {
+    __typename ... on CheckoutSession { status } ... on CheckoutError { code message }
+    ... on ProviderUnavailableError { reason retryAfterSeconds } } }";
+
+/// Dodo answers every `<prefix><digits>` with a completed session, and expects `calls` such
+/// calls in all (checked when the test ends, or by `verify`).
+async fn mount_expecting(app: &TestApp, prefix: &str, calls: u64) {
+    Mock::given(wiremock::matchers::path_regex(format!("^/checkouts/{prefix}[0-9]+$")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(crate::helpers::dodo_session(prefix, Some("succeeded"))),
+        )
+        .expect(calls)
+        .mount(&app.dodo)
+        .await;
+}
+
+fn budget_of(limit: &str) -> impl FnOnce(&mut checkout_gateway::config::Config) + '_ {
+    move |config| {
+        config.access = Some(api_keys());
+        config.client_rate_limit = checkout_gateway::providers::guard::RateLimit::parse(limit).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_spent_its_budget_is_rate_limited_alone_and_still_served_from_the_cache() {
+    let app = spawn_app(budget_of("3/min")).await;
+    mount_expecting(&app, "cks_ops_", 3).await;
+    mount_expecting(&app, "cks_dash_", 1).await;
+    let lookup = |key: &'static str, id: &'static str| {
+        let app = &app;
+        async move {
+            let (status, answer) =
+                as_client(app, key, &json!({"query": BUDGETED, "variables": {"id": id}})).await;
+            assert_eq!(status, 200, "{answer}");
+            answer["data"]["checkoutSession"].clone()
+        }
+    };
+    for id in ["cks_ops_1", "cks_ops_2", "cks_ops_3"] {
+        assert_eq!(lookup(ALL_KEY, id).await["status"], "COMPLETED", "{id}");
+    }
+    let refused = lookup(ALL_KEY, "cks_ops_4").await;
+    assert_eq!(refused["__typename"], "ProviderUnavailableError", "{refused}");
+    assert_eq!(refused["code"], "PROVIDER_UNAVAILABLE", "{refused}");
+    assert_eq!(refused["reason"], "RATE_LIMITED", "{refused}");
+    let wait = refused["retryAfterSeconds"].as_u64().unwrap();
+    assert!((1..=20).contains(&wait), "3/min: one lookup more every 20 s; told {wait}");
+    assert!(refused["message"].as_str().unwrap().contains("GATEWAY_CLIENT_RATE_LIMIT"), "{refused}");
+
+    // What the cache holds costs nothing: still served to the client whose budget is spent.
+    assert_eq!(lookup(ALL_KEY, "cks_ops_1").await["status"], "COMPLETED");
+    // Another client (another API key) has its own budget.
+    assert_eq!(lookup(DODO_ONLY_KEY, "cks_dash_1").await["status"], "COMPLETED");
+    // A batch of misses is charged per distinct session: refused without a call.
+    let batch = "{ checkoutSessions(refs: [{provider: DODO, id: \"cks_ops_5\"}, {provider: DODO, id: \"cks_ops_1\"}]) {
+        __typename ... on ProviderUnavailableError { reason } } }";
+    let (_, answer) = as_client(&app, ALL_KEY, &json!({"query": batch})).await;
+    let results = &answer["data"]["checkoutSessions"];
+    assert_eq!(results[0]["reason"], "RATE_LIMITED", "{answer}");
+    assert_eq!(results[1]["__typename"], "CheckoutSession", "{answer}");
+    app.dodo.verify().await;
+    assert!(app.metrics().await.contains("checkout_gateway_client_rate_limited_total 2"));
+}
+
+#[tokio::test]
+async fn entities_and_subscriptions_are_charged_to_the_clients_budget() {
+    let app = spawn_app(budget_of("2/min")).await;
+    mount_expecting(&app, "cks_ent_", 2).await;
+    let entities = r#"query($representations: [_Any!]!) {
+      _entities(representations: $representations) { ... on CheckoutSession { id } } }"#;
+    let representations: Vec<Value> = (1..=4)
+        .map(|i| json!({"__typename": "CheckoutSession", "provider": "DODO", "id": format!("cks_ent_{i}")}))
+        .collect();
+    let (_, answer) = as_client(
+        &app,
+        ALL_KEY,
+        &json!({"query": entities, "variables": {"representations": representations}}),
+    )
+    .await;
+    let errors = answer["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{answer}");
+    for error in errors {
+        assert_eq!(error["extensions"]["reason"], "RATE_LIMITED", "{answer}");
+        assert!(error["extensions"]["retryAfterSeconds"].as_u64().is_some_and(|s| s > 0), "{answer}");
+        let index = error["path"][1].as_u64().unwrap() as usize;
+        assert!(answer["data"]["_entities"][index].is_null(), "{answer}");
+    }
+    // The first answer of a subscription is a lookup too.
+    let subscription = "subscription { checkoutSessionUpdated(provider: DODO, id: \"cks_ent_9\") {
+        __typename ... on ProviderUnavailableError { reason } } }";
+    let response = app
+        .http
+        .post(format!("http://{}/graphql", app.addr))
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {ALL_KEY}"))
+        .json(&json!({"query": subscription}))
+        .send()
+        .await
+        .unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut body = response.bytes_stream();
+        let mut text = String::new();
+        while !text.contains("event: complete") {
+            use futures::StreamExt;
+            text.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+        }
+        text
+    })
+    .await
+    .expect("the first event");
+    assert!(text.contains("RATE_LIMITED"), "the subscription ends with its refusal: {text}");
+    // Nothing is polled for it meanwhile (the poller would call within 5 s, the open TTL).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.metrics().await.contains("checkout_gateway_live_pollers 0"));
+    app.dodo.verify().await;
+}
+
+#[tokio::test]
+async fn behind_the_router_the_forwarded_client_is_counted_and_the_routers_own_identity_is_not() {
+    for trust in [false, true] {
+        let app = spawn_app(|config| {
+            budget_of("1/min")(config);
+            config.access.as_mut().unwrap().trust_router_identity = trust;
+        })
+        .await;
+        mount_dodo(&app, "cks_r1", Some("succeeded")).await;
+        mount_dodo(&app, "cks_r2", Some("succeeded")).await;
+        let mut typenames = Vec::new();
+        for id in ["cks_r1", "cks_r2"] {
+            let response = app
+                .http
+                .post(format!("http://{}/graphql", app.addr))
+                .header("router-authorization", "router-current")
+                .header("authorization", format!("Bearer {ALL_KEY}"))
+                .json(&json!({"query": BUDGETED, "variables": {"id": id}}))
+                .send()
+                .await
+                .unwrap();
+            let answer: Value = response.json().await.unwrap();
+            typenames.push(answer["data"]["checkoutSession"]["__typename"].as_str().unwrap().to_owned());
+        }
+        let expected = if trust {
+            ["CheckoutSession", "ProviderUnavailableError"]
+        } else {
+            ["CheckoutSession", "CheckoutSession"]
+        };
+        assert_eq!(typenames, expected, "trusting the forwarded identity: {trust}");
+    }
+}
+
+#[tokio::test]
+async fn the_polls_of_a_clients_subscription_are_charged_to_it() {
+    let app = spawn_app(|config| {
+        budget_of("3/min")(config);
+        config.cache.open = Duration::from_millis(100);
+    })
+    .await;
+    Mock::given(path("/checkouts/cks_polled_1"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(crate::helpers::dodo_session("cks_polled_1", None)),
+        )
+        // The subscription's first lookup and two polls; then the budget is spent, and the
+        // poller waits for it (without the charge: one call every 100 ms).
+        .expect(3)
+        .mount(&app.dodo)
+        .await;
+    let subscription = "subscription { checkoutSessionUpdated(provider: DODO, id: \"cks_polled_1\") {
+        __typename ... on CheckoutSession { status } } }";
+    let response = app
+        .http
+        .post(format!("http://{}/graphql", app.addr))
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {ALL_KEY}"))
+        .json(&json!({"query": subscription}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(app.metrics().await.contains("checkout_gateway_live_pollers 1"), "still watched, still polled");
+    drop(response);
+    app.dodo.verify().await;
+}

@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
+use checkout_gateway::providers::guard::RateLimit;
+
 use crate::helpers::{dhmad_session, session_calls, spawn_app, DHMAD_ID};
 
 const ENTITIES: &str = r#"query($representations: [_Any!]!) {
@@ -34,7 +36,7 @@ async fn spellings_of_one_dhmad_uuid_share_one_entry_and_one_call() {
 
 #[tokio::test]
 async fn entities_that_all_fail_cost_linear_time_and_keep_their_index() {
-    let app = spawn_app(|_| {}).await;
+    let app = spawn_app(|config| config.entities_max = 2_000).await;
     let representations: Vec<Value> = (0..2_000)
         .map(|i| json!({"__typename": "CheckoutSession", "provider": "DHMAD", "id": format!("not-a-uuid-{i}")}))
         .collect();
@@ -68,6 +70,22 @@ async fn entities_past_their_bound_are_refused_without_a_call() {
     assert_eq!(too_large.len(), 2, "{}", reply.body);
     assert!(too_large.iter().all(|e| e["extensions"]["max"] == 3 && e["path"][1].is_u64()));
     assert_eq!(app.dodo.received_requests().await.unwrap().len(), 3, "only the first three were asked");
+}
+
+#[tokio::test]
+async fn entities_are_bounded_like_a_batch_by_default() {
+    // Dodo's own quota (40/s) would only make the test slower.
+    let app = spawn_app(|config| config.upstream_rate_limit = RateLimit::parse("off").ok()).await;
+    crate::helpers::mount_dodo_numbered(&app, "cks_many_").await;
+    let representations: Vec<Value> = (0..101)
+        .map(|i| json!({"__typename": "CheckoutSession", "provider": "DODO", "id": format!("cks_many_{i}")}))
+        .collect();
+    let reply = app.graphql(ENTITIES, json!({"representations": representations})).await;
+    let errors = reply.body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{}", reply.body);
+    assert_eq!(errors[0]["extensions"]["code"], "BATCH_TOO_LARGE");
+    assert_eq!(errors[0]["extensions"]["max"], 100, "the same bound as GATEWAY_BATCH_MAX's default");
+    assert_eq!(session_calls(&app.dodo).await, 100);
 }
 
 // ---- Providers are protected, and their outages are not amplified. ----------------------

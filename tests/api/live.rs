@@ -860,3 +860,111 @@ async fn demo_sessions_move_and_their_webhooks_reach_a_subscriber() {
     );
     assert!(metrics.contains("checkout_gateway_live_pollers 0"), "the demo's Dodo accounts take webhooks");
 }
+
+/// Subscribes to `id` over WebSocket and reads its first answer's code or status, then
+/// whether the subscription is complete.
+async fn first_answer_then(app: &TestApp, id: &str) -> (String, Value) {
+    let mut socket = Socket::open(app, "/ws", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", id).await;
+    let (_, what) = socket.update().await;
+    let after = tokio::time::timeout(Duration::from_millis(500), socket.next()).await.unwrap_or(Value::Null);
+    // Held open for several poll intervals: a poller would call meanwhile.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    drop(socket);
+    (what, after)
+}
+
+#[tokio::test]
+async fn a_session_whose_answer_cannot_change_is_not_polled() {
+    let app = spawn_app(|config| {
+        config.cache.open = Duration::from_millis(100);
+        config.cache.not_found = Duration::from_millis(100);
+        config.cache.terminal = Duration::from_millis(100);
+    })
+    .await;
+    for (status, id) in [(404, "cks_gone"), (401, "cks_unauthorized"), (403, "cks_forbidden")] {
+        Mock::given(path(format!("/checkouts/{id}")))
+            .respond_with(ResponseTemplate::new(status).set_body_json(json!({"code": "NOPE"})))
+            // The subscription's own lookup; at most one poll more, should the poller's first
+            // interval (100 ms) pass on a loaded machine before the subscription has ended.
+            .expect(1..=2)
+            .named(id)
+            .mount(&app.dodo)
+            .await;
+    }
+    let mut ended = Vec::new();
+    for id in ["cks_gone", "cks_unauthorized", "cks_forbidden"] {
+        let (what, after) = first_answer_then(&app, id).await;
+        ended.push((what, after["type"].as_str().unwrap_or_default().to_owned()));
+    }
+    // At most two calls each over ten poll intervals (polling on: one every 100 ms).
+    app.dodo.verify().await;
+    // The subscription gets the error, then ends: there is no session to follow.
+    let complete = |code: &str| (code.to_owned(), "complete".to_owned());
+    assert_eq!(ended, [complete("NOT_FOUND"), complete("UNAUTHORIZED"), complete("FORBIDDEN")]);
+
+    // A completed session: its subscription stays (a webhook may still report a refund), its
+    // poller stops at the first answer (the terminal TTL is as short as the poll interval, so
+    // one more poll would call again).
+    Mock::given(path("/checkouts/cks_done"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dodo_session("cks_done", Some("succeeded"))))
+        .expect(1..=2)
+        .named("cks_done")
+        .mount(&app.dodo)
+        .await;
+    let (what, after) = first_answer_then(&app, "cks_done").await;
+    assert_eq!(what, "COMPLETED");
+    assert!(after.is_null(), "nothing more is sent: {after}");
+    app.dodo.verify().await;
+    assert!(app.metrics().await.contains("checkout_gateway_live_pollers 0"));
+}
+
+#[tokio::test]
+async fn an_sse_stream_watches_at_most_the_per_connection_bound() {
+    let app = spawn_app(|config| config.subscriptions_per_connection = 2).await;
+    crate::helpers::mount_dodo_numbered(&app, "cks_alias_").await;
+    let fields: String = (1..=3)
+        .map(|n| {
+            format!("s{n}: checkoutSessionUpdated(provider: DODO, id: \"cks_alias_{n}\") {{ __typename }} ")
+        })
+        .collect();
+    let response = app
+        .http
+        .post(format!("http://{}/graphql", app.addr))
+        .header("accept", "text/event-stream")
+        .json(&json!({"query": format!("subscription {{ {fields} }}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let mut events: Vec<Value> = Vec::new();
+    while events.len() < 3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|line| line.strip_prefix("data: ")) {
+                events.push(serde_json::from_str(data).unwrap());
+            }
+        }
+    }
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["errors"][0]["extensions"]["code"] == "TOO_MANY_SUBSCRIPTIONS")
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
+    assert_eq!(refused[0]["errors"][0]["extensions"]["max"], 2);
+    assert!(refused[0]["errors"][0]["message"].as_str().unwrap().contains("SSE stream"));
+    assert_eq!(
+        events.iter().filter(|event| event["data"].is_object()).count(),
+        2,
+        "the two within the bound are answered: {events:?}"
+    );
+    assert_eq!(crate::helpers::session_calls(&app.dodo).await, 2, "the refused one asked nothing");
+}
