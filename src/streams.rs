@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{Data, Executor};
@@ -286,6 +286,9 @@ impl Streams {
                             return Err(async_graphql::Error::new(reason));
                         };
                         let _ = admitted.slot.set(slot);
+                        if let Some(at) = client.expires_at {
+                            let _ = admitted.expires_at.set(at);
+                        }
                         let mut data = Data::default();
                         data.insert(SubscriptionBudget::new(per_connection));
                         data.insert(client);
@@ -300,6 +303,8 @@ impl Streams {
                     tokio::pin!(closing, init_by);
                     let mut awaiting_init = true;
                     loop {
+                        // Known once the client is admitted (the ack that follows wakes this loop).
+                        let expiry = handshake.expires_at.get().copied();
                         tokio::select! {
                             message = queued.next() => match message {
                                 // The protocol closes; with the gateway's own code if it has one.
@@ -319,6 +324,13 @@ impl Streams {
                                     let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
                                     return;
                                 }
+                            }
+                            () = until(expiry) => {
+                                // The credential proves nothing any more: the client
+                                // reconnects with a fresh one.
+                                let frame = CloseFrame { code: 4401, reason: "Unauthorized: the token has expired".into() };
+                                let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
+                                return;
                             }
                             () = &mut closing => {
                                 // 1001 "going away": clients reconnect, to another replica.
@@ -349,10 +361,23 @@ impl Streams {
     /// Runs `request` as a stream of Server-Sent Events: `next` per result, then `complete`.
     /// The stream's sessions are bounded like a WebSocket connection's: one operation may
     /// watch many through aliases.
+    /// A stream opened with a credential that expires (a JWT) ends with an error event then.
     pub fn sse(&self, request: async_graphql::Request) -> Response {
         let Some(slot) = self.open("sse") else { return self.full() };
+        let expires_at = client_of(&request.data, None).and_then(|client| client.expires_at);
         let request = request.data(SubscriptionBudget::new(self.per_connection));
-        let results = self.executor.execute_stream(request, None).map(|response| {
+        let results = self.executor.execute_stream(request, None).take_until(until(expires_at));
+        let expired = futures::stream::once(async move {
+            let error = async_graphql::ServerError::new(
+                "the token has expired: subscribe again with a fresh one",
+                None,
+            );
+            expires_at
+                .filter(|at| Instant::now() >= *at)
+                .map(|_| async_graphql::Response::from_errors(vec![error]))
+        })
+        .filter_map(std::future::ready);
+        let results = results.chain(expired).map(|response| {
             let event = Event::default().event("next");
             Ok::<_, Infallible>(event.json_data(&response).unwrap_or_else(|_| {
                 Event::default()
@@ -379,6 +404,16 @@ struct Handshake {
     slot: OnceLock<Slot>,
     /// How the socket closes when the gateway decided it (1009, 1013) rather than the protocol.
     verdict: OnceLock<CloseFrame>,
+    /// When the admitted client's credential expires (a JWT's `exp`): the socket closes then.
+    expires_at: OnceLock<Instant>,
+}
+
+/// Resolves at `at`; never without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes one message, within `within`; false when the socket is gone or not reading.

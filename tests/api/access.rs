@@ -203,6 +203,11 @@ fn token(pem: &[u8], kid: &str, claims: Value) -> String {
 
 /// A gateway verifying JWTs against `issuer`'s JWKS, fetched again every `refresh`.
 async fn jwt_app(issuer: &MockServer, refresh: Duration) -> TestApp {
+    jwt_app_with(issuer, refresh, Duration::from_secs(5)).await
+}
+
+/// [`jwt_app`] with `leeway` of clock skew.
+async fn jwt_app_with(issuer: &MockServer, refresh: Duration, leeway: Duration) -> TestApp {
     let jwks_url = format!("{}/.well-known/jwks.json", issuer.uri());
     spawn_app(|config| {
         config.access = Some(AccessConfig {
@@ -212,7 +217,7 @@ async fn jwt_app(issuer: &MockServer, refresh: Duration) -> TestApp {
                 issuer: "https://auth.example.test/".into(),
                 audience: "checkout-gateway".into(),
                 algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
-                leeway: Duration::from_secs(5),
+                leeway,
                 jwks_refresh: refresh,
                 rights_claim: "checkout_accounts".into(),
             }),
@@ -347,6 +352,50 @@ async fn a_withdrawn_key_stops_working_at_the_scheduled_refresh_and_nbf_is_check
         answer["errors"][0]["message"].as_str().unwrap().contains("not in the issuer's JWKS"),
         "{answer}"
     );
+}
+
+#[tokio::test]
+async fn streams_opened_with_a_token_end_when_it_expires() {
+    let issuer = MockServer::start().await;
+    let (pem, jwk) = key_pair("k1");
+    Mock::given(path("/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
+        .mount(&issuer)
+        .await;
+    let app = jwt_app_with(&issuer, Duration::from_secs(300), Duration::ZERO).await;
+    mount_dodo(&app, "cks_j", None).await;
+    // Valid for one to two more seconds (exp is in whole seconds), no leeway.
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"sub": "dashboard-7", "iss": "https://auth.example.test/", "aud": "checkout-gateway", "exp": now + 2, "checkout_accounts": ["dodo"]});
+    let short = token(&pem, "k1", claims);
+
+    let payload = json!({"Authorization": format!("Bearer {short}")});
+    let mut socket = crate::live::Socket::open_with(app.addr, "/ws", payload).await;
+    socket.subscribe("1", "DODO", "cks_j").await;
+    assert_eq!(socket.update().await.1, "OPEN");
+    let closed = socket.next().await;
+    assert_eq!(closed["type"], "closed", "{closed}");
+    assert!(closed["frame"].as_str().unwrap().contains("4401"), "{closed}");
+
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"sub": "dashboard-7", "iss": "https://auth.example.test/", "aud": "checkout-gateway", "exp": now + 2, "checkout_accounts": ["dodo"]});
+    let short = token(&pem, "k1", claims);
+    let query = r#"subscription { checkoutSessionUpdated(provider: DODO, id: "cks_j") { __typename } }"#;
+    let stream = app
+        .http
+        .post(format!("http://{}/graphql", app.addr))
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {short}"))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(6), stream.text())
+        .await
+        .expect("the stream ends when its token expires")
+        .unwrap();
+    assert!(body.contains("the token has expired") && body.contains("event: complete"), "{body}");
 }
 
 #[test]

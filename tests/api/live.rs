@@ -158,7 +158,7 @@ impl Socket {
     }
 
     /// The next protocol message (pings answered by the library are skipped).
-    async fn next(&mut self) -> Value {
+    pub async fn next(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
                 .await
