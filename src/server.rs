@@ -750,6 +750,9 @@ async fn execute(
         }
     }
     let operation = state.operations.label(&mut request);
+    // Before any lookup: a webhook that clears the replayed answers while this runs may have
+    // changed what it reads, so then its answer is not kept.
+    let epoch = state.responses.epoch();
     let scope = RequestScope::default();
     let request = request.data(scope.clone()).data(client.clone());
     let schema = if validated { &state.prevalidated_schema } else { &state.schema };
@@ -774,7 +777,7 @@ async fn execute(
     let sessions = scope.sessions();
     log_access(&client, &operation, sessions);
     if let (Some(key), Some(until)) = (cache_key, reusable_until) {
-        state.responses.insert(&key, &body, until, operation, sessions);
+        state.responses.insert(&key, &body, until, operation, sessions, epoch);
     }
     let mut response = graphql_response(body, reusable_until, media);
     if not_run {
