@@ -431,10 +431,11 @@ async fn a_lookup_in_flight_during_a_webhook_stores_nothing_over_it() {
     assert_eq!(send_payment_event(&app, "cks_race", "succeeded").await, 200);
     let first = first.await.unwrap();
     assert_eq!(first.data("checkoutSession")["status"], "OPEN", "it began before the webhook");
-    // From now on, the new state: from the replayed responses (the same request)…
+    // From now on, the new state: for the same request (a replayed response would hold the
+    // old one, and so would the session cache)…
     let again = ask().await.unwrap();
-    assert_eq!(again.data("checkoutSession")["status"], "COMPLETED", "a replayed answer held the old state");
-    // …and from the session cache (another request).
+    assert_eq!(again.data("checkoutSession")["status"], "COMPLETED", "the same request read the old state");
+    // …and for another request (through the session cache).
     assert_eq!(app.session("DODO", "cks_race").await["status"], "COMPLETED");
     assert_eq!(calls(&app, "cks_race").await, 2, "the late lookup and the webhook's refetch");
 }
