@@ -3,17 +3,23 @@
 //! How long an answer may be reused depends on what it says (PROVIDERS.md): a finished
 //! session for long, an open one briefly and never past its own expiry, a not-found very
 //! briefly, and an error never. Concurrent misses for one key share one upstream call
-//! (`try_get_with`), including calls whose answer is not stored.
+//! (`try_get_with`), including calls whose answer is not stored. A call in flight when its
+//! session is invalidated (a webhook said it changed) may carry the old state: its answer is
+//! then neither stored (here or in the shared tier) nor told to watchers.
 //!
 //! Owns: the lifetimes ([`CachePolicy`]) and the one session cache, keyed by account scope and id.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::ready;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 
 use crate::domain::CheckoutSession;
@@ -114,8 +120,7 @@ struct Entry {
     /// Until when it is kept: later than `expires_at` for a session that may still be served
     /// stale while its provider cannot answer.
     kept_until: Instant,
-    /// When the call that got it was made: a refresh must not take an answer asked for
-    /// before the change it was told of.
+    /// When the call that got it was made (part of the shared tier's format).
     asked_at: Instant,
 }
 
@@ -128,7 +133,32 @@ impl Expiry<Key, Entry> for ByAnswer {
 }
 
 /// Whose view (account, provider, environment, credential fingerprint) and which session.
-type Key = (Arc<str>, Arc<str>);
+pub(crate) type Key = (Arc<str>, Arc<str>);
+
+/// A provider call in flight.
+#[derive(Debug)]
+struct Flight {
+    number: u64,
+    /// Its session was invalidated since the call began.
+    superseded: bool,
+}
+
+/// Forgets a call in flight when it ends, however it ends (a call whose askers all went away
+/// is dropped mid-way); a later call of the same key has another number and is kept.
+struct Landing<'a> {
+    flights: &'a Mutex<HashMap<Key, Flight>>,
+    key: Key,
+    number: u64,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if flights.get(&self.key).is_some_and(|flight| flight.number == self.number) {
+            flights.remove(&self.key);
+        }
+    }
+}
 
 /// How long a replica's lock on asking a provider lasts at most (a replica that dies holding
 /// it blocks nobody longer), how long the others wait for its answer before asking
@@ -316,6 +346,10 @@ pub struct SessionCache {
     /// Concurrent askers of one key share one provider call here; it stores nothing: its
     /// values cannot exist, so every result leaves as the shared "error" of `try_get_with`.
     calls: Cache<Key, Infallible>,
+    /// The provider calls in flight (one per key at most, through `calls`): each call's number,
+    /// and whether its session was invalidated meanwhile.
+    in_flight: Mutex<HashMap<Key, Flight>>,
+    next_call: AtomicU64,
     /// Told every answer a provider gives, so that whoever watches the session hears of it.
     hub: Arc<Hub>,
     /// The tier replicas share, between this cache and the providers; `None`: alone.
@@ -345,7 +379,16 @@ impl SessionCache {
             })
             .build();
         let calls = Cache::builder().name("calls in flight").build();
-        Self { policy, cache, calls, hub, shared: None, metrics }
+        Self {
+            policy,
+            cache,
+            calls,
+            in_flight: Mutex::default(),
+            next_call: AtomicU64::new(0),
+            hub,
+            shared: None,
+            metrics,
+        }
     }
 
     /// Puts the shared tier between this cache and the providers.
@@ -388,7 +431,12 @@ impl SessionCache {
             self.metrics.client_rate_limited.inc();
             return Lookup::once(Err(spent));
         }
-        let (entry, called) = self.call(account, &key, false).await;
+        let (mut entry, called, superseded) = self.call(account, &key, false).await;
+        if superseded && !called {
+            // Joined a call made before a webhook said the session changed: its answer may be
+            // the old state, and this lookup may have started after the change.
+            (entry, _, _) = self.call(account, &key, false).await;
+        }
         let counter = if called { &self.metrics.cache_misses } else { &self.metrics.cache_coalesced };
         counter.with_label_values(&label).inc();
         if let Err(error) = &entry.answer {
@@ -403,24 +451,29 @@ impl SessionCache {
         entry.into_lookup()
     }
 
-    /// Asks the provider for `key`'s session, or joins the asker already doing so; `true` with
-    /// the answer when this call made the request. What the provider answers is stored (if it
-    /// may be reused) and told to the session's watchers.
-    async fn call(&self, account: &Account, key: &Key, fresh: bool) -> (Entry, bool) {
+    /// Asks the provider for `key`'s session, or joins the asker already doing so; with the
+    /// answer, `true` when this call made the request, and `true` when the session was
+    /// invalidated while the request was in flight (the answer may predate the change). What
+    /// the provider answers is stored (if it may be reused and was not superseded) and told to
+    /// the session's watchers (if it was not superseded: the refetch that follows tells them).
+    async fn call(&self, account: &Account, key: &Key, fresh: bool) -> (Entry, bool, bool) {
         let mut called = false;
         let shared = self
             .calls
             .try_get_with(key.clone(), async {
                 called = true;
+                let landing = self.take_off(key);
                 let asked_at = Instant::now();
                 let entry = match &self.shared {
-                    Some(shared) => self.through_shared(shared, account, key, fresh, asked_at).await,
+                    Some(shared) => {
+                        self.through_shared(shared, account, key, fresh, asked_at, &landing).await
+                    }
                     None => self.entry(account.client.fetch_session(&key.1).await, asked_at),
                 };
                 // Stored before the askers waiting here are released, so that one arriving
                 // after them finds it.
                 if entry.expires_at > Instant::now() {
-                    self.cache.insert(key.clone(), entry.clone()).await;
+                    self.store(key, &entry, &landing).await;
                 }
                 // Only an account that takes webhooks needs its sessions found by what they name.
                 if let (Ok(session), true) = (&entry.answer, account.has_webhooks()) {
@@ -430,21 +483,67 @@ impl SessionCache {
                         self.note_reference(&key.0, reference, &key.1).await;
                     }
                 }
-                self.hub.publish(key, &entry.answer);
-                Err::<Infallible, _>(entry)
+                let superseded = self.superseded(&landing);
+                if !superseded {
+                    self.hub.publish(key, &entry.answer);
+                }
+                Err::<Infallible, _>((entry, superseded))
             })
             .await;
         match shared {
             Ok(never) => match never {},
-            Err(entry) => ((*entry).clone(), called),
+            Err(answer) => {
+                let (entry, superseded) = (*answer).clone();
+                (entry, called, superseded)
+            }
         }
+    }
+
+    /// Records a provider call for `key` as in flight, until the returned guard is dropped.
+    fn take_off(&self, key: &Key) -> Landing<'_> {
+        let number = self.next_call.fetch_add(1, Ordering::Relaxed);
+        self.flights().insert(key.clone(), Flight { number, superseded: false });
+        Landing { flights: &self.in_flight, key: key.clone(), number }
+    }
+
+    fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight>> {
+        // A panic while holding it leaves the map as it was: still usable.
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the session of the call `landing` records was invalidated since it began.
+    fn superseded(&self, landing: &Landing<'_>) -> bool {
+        self.flights()
+            .get(&landing.key)
+            .is_some_and(|flight| flight.number == landing.number && flight.superseded)
+    }
+
+    /// Marks a call in flight for `key`, if any, as superseded; `true` if there was one.
+    fn supersede(&self, key: &Key) -> bool {
+        self.flights().get_mut(key).map(|flight| flight.superseded = true).is_some()
+    }
+
+    /// Stores `entry` unless its call was superseded. Checked under moka's lock on the key,
+    /// which [`Self::demote`] takes too after marking the call: either the entry is stored
+    /// before the demotion (and demoted by it), or the mark is seen here and nothing is stored.
+    async fn store(&self, key: &Key, entry: &Entry, landing: &Landing<'_>) {
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|_| {
+                ready(if self.superseded(landing) { Op::Nop } else { Op::Put(entry.clone()) })
+            })
+            .await;
     }
 
     /// Stops what is stored for `id` from being fresh (a webhook said it changed); it is still
     /// kept for stale-if-error. A lookup from now on asks the provider (and a [`Self::refresh`]
-    /// joins it). Returns the canonical id when something was stored.
+    /// joins it); a call already in flight is not stored. Returns the canonical id when
+    /// something was stored or asked for.
     pub async fn invalidate(&self, account: &Account, id: &str) -> Option<Arc<str>> {
         let key = self.key(account, id).ok()?;
+        // First, so that what the call in flight writes from now on is refused, and what it
+        // wrote before is deleted below.
+        let in_flight = self.supersede(&key);
         let mut shared_held = false;
         if let Some(shared) = &self.shared {
             // Every replica's copy goes too: the shared one now, the local ones by message.
@@ -452,27 +551,39 @@ impl SessionCache {
             shared.publish(&Message::encode("invalidate", &key, &shared.replica)).await;
         }
         let held = self.demote(&key).await;
-        (held || shared_held).then_some(key.1)
+        (held || shared_held || in_flight).then_some(key.1)
     }
 
     /// What is stored for `key` stops being fresh (kept for stale-if-error); `false` when
     /// nothing was stored.
     async fn demote(&self, key: &Key) -> bool {
-        let Some(mut entry) = self.cache.get(key).await else { return false };
-        entry.expires_at = Instant::now();
-        self.cache.insert(key.clone(), entry).await;
-        true
+        let now = Instant::now();
+        let result = self
+            .cache
+            .entry(key.clone())
+            .and_compute_with(|stored| {
+                ready(match stored {
+                    Some(stored) => {
+                        let mut entry = stored.into_value();
+                        entry.expires_at = now;
+                        Op::Put(entry)
+                    }
+                    None => Op::Nop,
+                })
+            })
+            .await;
+        matches!(result, CompResult::ReplacedWith(_))
     }
 
     /// Asks the provider for `id` again and stores the answer, sharing a call in flight only
-    /// if it was made at or after `since` (the moment a webhook said the session changed); an
-    /// earlier one may predate the change, so then a call of its own is made.
-    pub async fn refresh(&self, account: &Account, id: &Arc<str>, since: Instant) {
+    /// if it was not superseded (made before the webhook that asks for this said the session
+    /// changed): then a call of its own is made.
+    pub async fn refresh(&self, account: &Account, id: &Arc<str>) {
         let key: Key = (account.scope.clone(), id.clone());
         let label = [account.kind().slug, &**account.name()];
         self.metrics.cache_refreshes.with_label_values(&label).inc();
-        let (entry, called) = self.call(account, &key, true).await;
-        if !called && entry.asked_at < since {
+        let (_, called, superseded) = self.call(account, &key, true).await;
+        if superseded && !called {
             self.call(account, &key, true).await;
         }
         if let Some(shared) = &self.shared {
@@ -492,6 +603,7 @@ impl SessionCache {
         key: &Key,
         fresh: bool,
         asked_at: Instant,
+        landing: &Landing<'_>,
     ) -> Entry {
         let label = [account.kind().slug, &**account.name()];
         if !fresh {
@@ -523,9 +635,14 @@ impl SessionCache {
         }
         let entry = self.entry(account.client.fetch_session(&key.1).await, asked_at);
         let now = Instant::now();
-        if entry.expires_at > now {
+        if entry.expires_at > now && !self.superseded(landing) {
             if let Some(value) = encode(&entry) {
                 shared.put(&key.0, &key.1, &value, to_unix_ms(entry.kept_until)).await;
+                // Invalidated while it was being written: the invalidation's delete may have
+                // come first.
+                if self.superseded(landing) {
+                    shared.delete(&key.0, &key.1).await;
+                }
             }
         }
         if locked == Some(true) {
@@ -558,6 +675,7 @@ impl SessionCache {
     /// one now, where this replica holds or watches the session.
     pub async fn adopt(&self, account: &Account, id: &str, update: bool) {
         let Ok(key) = self.key(account, id) else { return };
+        self.supersede(&key);
         let held = self.demote(&key).await;
         if !update || !(held || self.hub.is_watched(&key)) {
             return;
@@ -587,8 +705,10 @@ impl SessionCache {
         ids
     }
 
-    /// Drops every local answer: pub/sub reconnected, and messages may have been missed.
+    /// Drops every local answer: pub/sub reconnected, and messages may have been missed (so
+    /// the calls in flight may carry a state another replica was told has changed).
     pub fn clear_local(&self) {
+        self.flights().values_mut().for_each(|flight| flight.superseded = true);
         self.cache.invalidate_all();
     }
 

@@ -6,7 +6,12 @@
 //! sessions, so replaying the serialised bytes gives the same answer without parsing,
 //! validating, executing or serialising again. Keyed by the exact request (JSON body, or URL
 //! query for GET); bounded in bytes.
+//!
+//! A webhook clears it; an answer whose execution began before a clear may hold the state the
+//! webhook replaced, so it is never replayed: each answer carries the epoch (the number of
+//! clears) its execution began in, and only answers of the current epoch are replayed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +32,8 @@ pub struct StoredResponse {
     pub sessions: usize,
     /// How the request passed the trusted documents: who else may be sent this answer.
     pub admitted: Admitted,
+    /// The epoch its execution began in ([`ResponseCache::epoch`], taken before it ran).
+    pub epoch: u64,
 }
 
 struct UntilExpiry;
@@ -43,12 +50,16 @@ impl Expiry<Bytes, Arc<StoredResponse>> for UntilExpiry {
 }
 
 #[derive(Debug)]
-pub struct ResponseCache(Option<Cache<Bytes, Arc<StoredResponse>>>);
+pub struct ResponseCache {
+    cache: Option<Cache<Bytes, Arc<StoredResponse>>>,
+    /// How many times it was cleared.
+    epoch: AtomicU64,
+}
 
 impl ResponseCache {
     /// `max_bytes` of requests and responses at most; 0 turns the cache off.
     pub fn new(max_bytes: u64) -> Self {
-        Self((max_bytes > 0).then(|| {
+        let cache = (max_bytes > 0).then(|| {
             Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|key: &Bytes, value: &Arc<StoredResponse>| {
@@ -58,39 +69,44 @@ impl ResponseCache {
                 })
                 .expire_after(UntilExpiry)
                 .build()
-        }))
+        });
+        Self { cache, epoch: AtomicU64::new(0) }
     }
 
+    /// A stored answer for `key`, if its execution began after the last clear.
     pub fn get(&self, key: &[u8]) -> Option<Arc<StoredResponse>> {
-        self.0.as_ref()?.get(key)
+        let stored = self.cache.as_ref()?.get(key)?;
+        (stored.epoch == self.epoch()).then_some(stored)
+    }
+
+    /// The current epoch: taken before an execution begins, and given to [`Self::insert`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Forgets every stored answer: a webhook changed a session that some may hold, sooner
-    /// than their lifetimes said.
+    /// than their lifetimes said. An execution in flight may hold it too: what it inserts
+    /// after this is never replayed.
     pub fn clear(&self) {
-        if let Some(cache) = &self.0 {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
             cache.invalidate_all();
         }
     }
 
-    /// Keeps `body` until `until` (nothing is kept for less than a second: not worth it).
-    /// Keeps exact copies of `key` and `body`: the request's bytes may be a view of a larger
-    /// read buffer, and the body's buffer has spare capacity; a kept answer costs what it weighs.
-    pub fn insert(
-        &self,
-        key: &[u8],
-        body: &[u8],
-        until: Instant,
-        operation: String,
-        sessions: usize,
-        admitted: Admitted,
-    ) {
-        if let Some(cache) = &self.0 {
-            if until.saturating_duration_since(Instant::now()) >= Duration::from_secs(1) {
-                let body = Bytes::copy_from_slice(body);
-                let stored = StoredResponse { body, expires_at: until, operation, sessions, admitted };
-                cache.insert(Bytes::copy_from_slice(key), Arc::new(stored));
-            }
+    /// Keeps `stored` under `key` until its `expires_at` (nothing is kept for less than a
+    /// second: not worth it), if nothing cleared the cache since its epoch, when its execution
+    /// began. Keeps exact copies of `key` and the body: the request's bytes may be a view of a
+    /// larger read buffer, and the body's buffer has spare capacity; a kept answer costs what
+    /// it weighs.
+    pub fn insert(&self, key: &[u8], stored: StoredResponse) {
+        let Some(cache) = &self.cache else { return };
+        if stored.epoch != self.epoch() {
+            return;
+        }
+        if stored.expires_at.saturating_duration_since(Instant::now()) >= Duration::from_secs(1) {
+            let stored = StoredResponse { body: Bytes::copy_from_slice(&stored.body), ..stored };
+            cache.insert(Bytes::copy_from_slice(key), Arc::new(stored));
         }
     }
 }

@@ -763,6 +763,9 @@ async fn execute(
         }
     }
     let operation = state.operations.label(&mut request);
+    // Before any lookup: a webhook that clears the replayed answers while this runs may have
+    // changed what it reads, so then its answer is not kept.
+    let epoch = state.responses.epoch();
     let scope = RequestScope::default();
     let request = request.data(scope.clone()).data(client.clone());
     let schema = if validated { &state.prevalidated_schema } else { &state.schema };
@@ -796,7 +799,9 @@ async fn execute(
     let sessions = scope.sessions();
     log_access(&client, &operation, sessions);
     if let (Some(key), Some(until)) = (cache_key, reusable_until) {
-        state.responses.insert(&key, &body, until, operation, sessions, admitted);
+        let stored =
+            StoredResponse { body: body.clone(), expires_at: until, operation, sessions, admitted, epoch };
+        state.responses.insert(&key, stored);
     }
     let mut response = graphql_response(body, reusable_until, media);
     if not_run {

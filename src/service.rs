@@ -6,14 +6,14 @@
 //! webhook event refreshes. Goes through the cache.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use futures::StreamExt;
 
 use crate::access::Rights;
-use crate::cache::{Lookup, Message, SessionCache};
+use crate::cache::{Key, Lookup, Message, SessionCache};
 use crate::domain::{CheckoutSession, FetchError, FetchResult};
 use crate::live::{same_answer, Abandoned};
 use crate::providers::webhook::Target;
@@ -32,7 +32,17 @@ pub struct SessionService {
     /// Every account by name: names are unique across providers.
     accounts: HashMap<Arc<str>, Arc<Account>>,
     cache: SessionCache,
+    /// Sessions being refetched for a webhook, or refetched less than [`REFETCH_INTERVAL`]
+    /// ago; `true`: another webhook came meanwhile, so one more refetch is due.
+    refetching: Mutex<HashMap<Key, bool>>,
 }
+
+/// However many webhooks name a session, it is fetched again for them at most once per this
+/// long: webhooks that come while it is being refetched, or within this long after, are
+/// answered by one more refetch at the end of it. Its cache entry stops being served at each
+/// webhook all the same (a lookup meanwhile asks the provider); what waits is only the refetch
+/// that tells its watchers.
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl SessionService {
     /// Each provider's default is its account marked `default`, else its first. Account
@@ -51,7 +61,7 @@ impl SessionService {
                 *default = account.clone();
             }
         }
-        Ok(Self { defaults, accounts: by_name, cache })
+        Ok(Self { defaults, accounts: by_name, cache, refetching: Mutex::default() })
     }
 
     /// The account that answers for `provider` and `account`, or the typed reason none does.
@@ -224,9 +234,10 @@ impl SessionService {
         .boxed()
     }
 
-    /// The sessions a webhook event names that the gateway holds or watches (a session nobody
-    /// asked for is not fetched: it would only spend the quota), each made stale at once so
-    /// that no lookup from now on reads the old answer. Returns their canonical ids, for
+    /// The sessions a webhook event names that the gateway holds, watches or is asking the
+    /// provider for (a session nobody asked for is not fetched: it would only spend the quota),
+    /// each made stale at once so that no lookup from now on reads the old answer (and a call in
+    /// flight, which may carry it, is not stored). Returns their canonical ids, for
     /// [`Self::refresh`].
     pub async fn invalidate_targets(&self, account: &Arc<Account>, targets: &[Target]) -> Vec<Arc<str>> {
         let hub = self.cache.hub();
@@ -257,10 +268,48 @@ impl SessionService {
         known
     }
 
-    /// Fetches `ids` again (see [`SessionCache::refresh`]): their cache entries are replaced
-    /// and their watchers told.
-    pub async fn refresh(&self, account: &Arc<Account>, ids: &[Arc<str>], since: Instant) {
-        join_all(ids.iter().map(|id| self.cache.refresh(account, id, since))).await;
+    /// Fetches `ids` again (see [`SessionCache::refresh`]), each in a task of its own: their
+    /// cache entries are replaced and their watchers told. A session already being refetched
+    /// (or refetched less than [`REFETCH_INTERVAL`] ago) gets one more refetch at the end of
+    /// that interval, however many webhooks ask for it meanwhile.
+    pub fn refresh(self: &Arc<Self>, account: &Arc<Account>, ids: &[Arc<str>]) {
+        for id in ids {
+            let key: Key = (account.scope.clone(), id.clone());
+            {
+                let mut refetching = self.refetching();
+                if let Some(again) = refetching.get_mut(&key) {
+                    *again = true;
+                    continue;
+                }
+                refetching.insert(key.clone(), false);
+            }
+            let (service, account) = (self.clone(), account.clone());
+            tokio::spawn(async move { service.refetch(&account, key).await });
+        }
+    }
+
+    /// Refetches `key`'s session, then again every [`REFETCH_INTERVAL`] for as long as
+    /// webhooks keep asking.
+    async fn refetch(&self, account: &Account, key: Key) {
+        let mut done = Refetched { refetching: &self.refetching, key: Some(key.clone()) };
+        loop {
+            let next = tokio::time::Instant::now() + REFETCH_INTERVAL;
+            self.cache.refresh(account, &key.1).await;
+            tokio::time::sleep_until(next).await;
+            let mut refetching = self.refetching();
+            if refetching.get(&key) == Some(&true) {
+                refetching.insert(key.clone(), false);
+            } else {
+                // Ended under the lock: a webhook from now on starts another refetch.
+                refetching.remove(&key);
+                done.key = None;
+                return;
+            }
+        }
+    }
+
+    fn refetching(&self) -> MutexGuard<'_, HashMap<Key, bool>> {
+        self.refetching.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Every configured account.
@@ -373,3 +422,18 @@ fn ends_watch(answer: &FetchResult) -> bool {
 
 /// However short an answer's lifetime, a poller waits at least this long between calls.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Forgets a refetch that ended other than by its loop (its task was dropped, or panicked), so
+/// that webhooks for its session start another.
+struct Refetched<'a> {
+    refetching: &'a Mutex<HashMap<Key, bool>>,
+    key: Option<Key>,
+}
+
+impl Drop for Refetched<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.refetching.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        }
+    }
+}

@@ -1,24 +1,28 @@
 //! `POST /webhooks/{provider}`: provider webhooks in. A delivery is verified with the secret
 //! of each of the provider's accounts that has one, read by the provider's module, routed to
 //! the account it belongs to (the secret that signs it, and the provider's account id where
-//! the event carries one), de-duplicated by its id, answered at once, and acted on after the
-//! answer: the sessions it names are fetched again through the same guarded path as a query
-//! (quota, breaker), their cache entries replaced and their subscribers told.
+//! the event carries one), de-duplicated by its id (and by its body where only the body is
+//! signed), answered at once, and acted on after the answer: the sessions it names are
+//! fetched again through the same guarded path as a query (quota, breaker), their cache
+//! entries replaced and their subscribers told.
 //!
 //! Owns: the route's answers and outcomes (each counted and logged, never the body), and the
-//! ids of deliveries already processed.
+//! ids (and body digests) of deliveries already processed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
-use crate::providers::webhook::{Refusal, WebhookEvent};
+use crate::providers::webhook::{
+    Refusal, WebhookEvent, MAX_SIGNATURES, MAX_SIGNATURE_HEADER_BYTES, TOLERANCE_SECONDS,
+};
 use crate::providers::{Account, ProviderKind};
 use crate::response_cache::ResponseCache;
 use crate::service::SessionService;
@@ -30,6 +34,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 const SEEN_FOR: Duration = Duration::from_secs(48 * 3600);
 /// Delivery ids remembered at most (about 100 bytes each).
 const SEEN_MAX: u64 = 1_000_000;
+/// How long the digest of a body taken is remembered, for a provider that signs only the body
+/// (DHMAD): the replay window. A delivery sent again later verifies again (its timestamp is not
+/// signed), and costs what one delivery costs: one refetch of each session it names.
+const BODY_SEEN_FOR: Duration = Duration::from_secs(TOLERANCE_SECONDS.unsigned_abs());
+/// Body digests remembered at most (about 100 bytes each).
+const BODY_SEEN_MAX: u64 = 100_000;
 
 #[derive(Debug)]
 pub struct Webhooks {
@@ -37,6 +47,9 @@ pub struct Webhooks {
     kinds: Vec<&'static ProviderKind>,
     /// (provider, delivery id) of deliveries already taken.
     seen: moka::sync::Cache<(&'static str, Box<str>), ()>,
+    /// (provider, SHA-256 of the body) of deliveries taken within the replay window, for
+    /// providers whose signature covers only the body.
+    bodies: moka::sync::Cache<(&'static str, [u8; 32]), ()>,
     /// Replayed answers may hold a session an event changed: forgotten when one does.
     responses: Arc<ResponseCache>,
     metrics: Arc<Metrics>,
@@ -50,7 +63,9 @@ impl Webhooks {
         metrics: Arc<Metrics>,
     ) -> Self {
         let seen = moka::sync::Cache::builder().max_capacity(SEEN_MAX).time_to_live(SEEN_FOR).build();
-        Self { service, kinds: kinds.to_vec(), seen, responses, metrics }
+        let bodies =
+            moka::sync::Cache::builder().max_capacity(BODY_SEEN_MAX).time_to_live(BODY_SEEN_FOR).build();
+        Self { service, kinds: kinds.to_vec(), seen, bodies, responses, metrics }
     }
 
     fn accounts_of(&self, kind: &ProviderKind) -> Vec<&Arc<Account>> {
@@ -113,13 +128,21 @@ impl Webhooks {
         if !first {
             return self.answer(kind, "duplicate", StatusCode::OK, "already processed");
         }
+        if !spec.signs_id_and_time {
+            // The same signed body under a new id and timestamp: a replay (or the provider
+            // sending one event twice), acknowledged like a redelivery and not acted on.
+            let digest: [u8; 32] = Sha256::digest(body).into();
+            if !self.bodies.entry((kind.slug, digest)).or_insert(()).is_fresh() {
+                self.log(kind, &event, &accounts, "duplicate_body");
+                return self.answer(kind, "duplicate_body", StatusCode::OK, "already processed");
+            }
+        }
         if event.targets.is_empty() {
             self.log(kind, &event, &accounts, "ignored");
             return self.answer(kind, "ignored", StatusCode::OK, "nothing to do for this event");
         }
         self.log(kind, &event, &accounts, "accepted");
         // Before the answer, the old state stops being served (cheap: no provider call)…
-        let since = Instant::now();
         let mut work = Vec::new();
         for account in accounts {
             let ids = self.service.invalidate_targets(&account, &event.targets).await;
@@ -131,14 +154,11 @@ impl Webhooks {
             // Replayed answers may hold one of these sessions.
             self.responses.clear();
         }
-        // …and after it, the new state is fetched: a slow provider must not make the delivery
-        // time out.
-        let service = self.service.clone();
-        tokio::spawn(async move {
-            for (account, ids) in &work {
-                service.refresh(account, ids, since).await;
-            }
-        });
+        // …and after it (in tasks of their own), the new state is fetched: a slow provider must
+        // not make the delivery time out.
+        for (account, ids) in &work {
+            self.service.refresh(account, ids);
+        }
         self.answer(kind, "accepted", StatusCode::OK, "accepted")
     }
 
@@ -166,11 +186,21 @@ impl Webhooks {
                 StatusCode::BAD_REQUEST,
                 "the delivery's timestamp is more than 5 minutes from now".to_owned(),
             ),
-            Refusal::UnknownEvent => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "not an event type this provider documents".to_owned())
-            }
+            Refusal::Oversized(what) => (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{what} holds more than {MAX_SIGNATURES} signatures or {MAX_SIGNATURE_HEADER_BYTES} bytes"
+                ),
+            ),
+            // Signed: acknowledged, so that the provider neither retries it nor disables the
+            // endpoint, and left alone.
+            Refusal::UnknownEvent => (StatusCode::OK, "not an event type handled here; ignored".to_owned()),
         };
-        tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook refused");
+        if status.is_success() {
+            tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook ignored");
+        } else {
+            tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook refused");
+        }
         self.answer(kind, refusal.outcome(), status, &message)
     }
 

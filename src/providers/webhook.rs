@@ -16,6 +16,13 @@ use crate::domain::{CheckoutSession, Secret};
 /// Deliveries signed further than this from now are refused (both providers say 5 minutes).
 pub const TOLERANCE_SECONDS: i64 = 5 * 60;
 
+/// The most signatures a delivery's signature header may carry: a secret's rotation needs two,
+/// and each one is compared to the MAC the gateway computes (once per secret).
+pub const MAX_SIGNATURES: usize = 8;
+/// The most bytes that header may hold: eight SHA-256 signatures in base64 or hex, with their
+/// prefixes and separators, fit (about 600 bytes).
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 1024;
+
 /// One provider's webhooks, defined in its module as a `static`.
 pub struct WebhookSpec {
     /// The environment variable holding the default account's secret (the name the
@@ -24,8 +31,14 @@ pub struct WebhookSpec {
     /// Checks a secret's form at startup, so a mistyped one stops the gateway rather than
     /// refusing every delivery.
     pub check_secret: fn(&str) -> Result<(), String>,
-    /// Checks a delivery's signature and timestamp with one account's secret.
+    /// Checks a delivery's signature and timestamp with one account's secret: one MAC over
+    /// the body, whatever the number of signatures the header carries.
     pub verify: fn(&Secret, &HeaderMap, &[u8]) -> Result<(), Refusal>,
+    /// Whether the signature covers the delivery's id and timestamp (Standard Webhooks) and
+    /// not only its body (DHMAD). When it does not, a captured delivery sent again under a new
+    /// id and timestamp still verifies: the bodies taken are remembered for the replay window
+    /// and a repeat is not acted on.
+    pub signs_id_and_time: bool,
     /// What a verified delivery is about.
     pub parse: fn(&HeaderMap, &[u8]) -> Result<WebhookEvent, Refusal>,
     /// The id this provider's events name a session by, when not by its own id (Dodo: the
@@ -70,7 +83,12 @@ pub enum Refusal {
     BadSignature,
     /// Signed more than five minutes from now.
     Stale,
-    /// An event type the provider does not document.
+    /// The signature header is over its bounds ([`MAX_SIGNATURES`],
+    /// [`MAX_SIGNATURE_HEADER_BYTES`]): refused before any MAC is computed.
+    Oversized(&'static str),
+    /// An event type the provider does not document. Not a refusal of the delivery: it is
+    /// signed, so it is acknowledged (a 4xx would make the provider retry it, then disable
+    /// the endpoint) and ignored.
     UnknownEvent,
 }
 
@@ -81,6 +99,7 @@ impl Refusal {
             Refusal::Malformed(_) => "malformed",
             Refusal::BadSignature => "bad_signature",
             Refusal::Stale => "stale_timestamp",
+            Refusal::Oversized(_) => "oversized_signature",
             Refusal::UnknownEvent => "unknown_event",
         }
     }
@@ -117,4 +136,23 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str,
         .map(str::trim)
         .filter(|value| !value.is_empty())
         .ok_or(Refusal::Malformed(name))
+}
+
+/// The signatures in header `name` (split at any of `separators`, empty pieces skipped), or
+/// the refusal when it is missing or over its bounds. Checked before any MAC is computed, so
+/// what a delivery costs does not grow with what its header holds.
+pub fn signatures<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    separators: &[char],
+) -> Result<Vec<&'a str>, Refusal> {
+    let value = header(headers, name)?;
+    if value.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(Refusal::Oversized(name));
+    }
+    let signatures: Vec<&str> = value.split(separators).map(str::trim).filter(|s| !s.is_empty()).collect();
+    if signatures.len() > MAX_SIGNATURES {
+        return Err(Refusal::Oversized(name));
+    }
+    Ok(signatures)
 }

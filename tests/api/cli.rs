@@ -58,6 +58,19 @@ fn a_bad_value_stops_startup_naming_the_setting() {
 }
 
 #[test]
+fn a_dodo_webhook_secret_without_a_key_stops_startup_naming_it() {
+    // `whsec_` alone would be an empty HMAC key: anyone could sign with it.
+    let output = gateway()
+        .env("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_")
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("DODO_PAYMENTS_WEBHOOK_KEY") && stderr.contains("holds no key"), "{stderr}");
+}
+
+#[test]
 fn an_unknown_config_key_is_refused() {
     let dir = std::env::temp_dir().join(format!("cg-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,12 +1,18 @@
-//! The DHMAD client: the request it sends, every status and body shape, timeouts.
+//! The DHMAD client: the request it sends, every status and body shape, timeouts; its
+//! webhooks' signature bounds, replays and refetch bound.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use checkout_gateway::config::Secret;
+use checkout_gateway::providers::dhmad;
+use checkout_gateway::service::REFETCH_INTERVAL;
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{account_mut, dhmad_session, spawn_app, DHMAD_ID, DHMAD_KEY};
+use crate::helpers::{account_mut, dhmad_session, session_calls, spawn_app, TestApp, DHMAD_ID, DHMAD_KEY};
+use crate::live::{deliver, now, Upstream};
 
 const SESSION_PATH: &str = "/api/v1/sessions/550e8400-e29b-41d4-a716-446655440000";
 
@@ -238,4 +244,159 @@ async fn the_key_never_appears_in_an_answer() {
     let answer = app.session("DHMAD", DHMAD_ID).await;
     assert_eq!(answer["__typename"], "UnauthorizedError");
     assert!(!answer.to_string().contains(DHMAD_KEY));
+}
+
+const WEBHOOK_SECRET: &str = "dhmad_webhook_secret_for_tests";
+/// The escrow of `dhmad_session`'s sessions.
+const ESCROW: &str = "507f1f77bcf86cd799439011";
+
+/// A gateway whose `dhmad` account takes webhooks, and DHMAD answering `DHMAD_ID` from a body
+/// the test can change.
+async fn webhook_app() -> (Arc<TestApp>, Upstream) {
+    let app = spawn_app(|config| {
+        account_mut(config, "dhmad").webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+    })
+    .await;
+    let upstream =
+        Upstream { body: Arc::new(Mutex::new(dhmad_session(DHMAD_ID, "pending"))), delay: Duration::ZERO };
+    Mock::given(path(SESSION_PATH)).respond_with(upstream.clone()).mount(&app.dhmad).await;
+    (Arc::new(app), upstream)
+}
+
+/// An escrow event's body, `pad` bytes longer than it needs to be.
+fn escrow_body(status: &str, pad: usize) -> String {
+    json!({"event": "escrow.status.updated",
+           "data": {"escrowId": ESCROW, "status": status, "note": "x".repeat(pad)}})
+    .to_string()
+}
+
+/// A delivery's headers, with `signature` as its `X-Webhook-Signature`.
+fn escrow_headers(delivery: &str, signature: &str) -> Vec<(String, String)> {
+    vec![
+        ("x-webhook-id".to_owned(), delivery.to_owned()),
+        ("x-webhook-event".to_owned(), "escrow.status.updated".to_owned()),
+        ("x-webhook-timestamp".to_owned(), now().to_string()),
+        ("x-webhook-signature".to_owned(), signature.to_owned()),
+    ]
+}
+
+/// `n` well-formed signatures, none of them right.
+fn wrong_signatures(n: u8) -> Vec<String> {
+    (0..n).map(|n| format!("sha256={}", hex_of(n))).collect()
+}
+
+fn hex_of(byte: u8) -> String {
+    format!("{byte:02x}").repeat(32)
+}
+
+// Several workers: a delivery that held one for long would still let the probes and the
+// test's own timing through on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_header_over_its_bounds_is_refused_before_any_mac_while_probes_answer() {
+    let (app, _) = webhook_app().await;
+    // Just under the megabyte a delivery may hold.
+    let body = escrow_body("funded", 1_000_000);
+    let huge = vec!["AAAA"; 10_000].join(",");
+    assert!(huge.len() > 49_000);
+    let started = Instant::now();
+    let delivery = {
+        let (app, body) = (app.clone(), body.clone());
+        tokio::spawn(async move { deliver(&app, "dhmad", &escrow_headers("evt_huge", &huge), body).await })
+    };
+    for _ in 0..3 {
+        let probe = app.http.get(format!("http://{}/livez", app.addr)).timeout(Duration::from_secs(1));
+        let live = probe.send().await.expect("/livez answers within a second meanwhile");
+        assert_eq!(live.status(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(5), delivery)
+        .await
+        .expect("answered (without the bound: 10,000 MACs over a megabyte, minutes)")
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("x-webhook-signature"), "{answer}");
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+
+    // Over the bounds by one signature, or by length: refused the same way.
+    let nine = wrong_signatures(9).join(",");
+    let long = format!("sha256={}", "a".repeat(1100));
+    for header in [nine, long] {
+        let (status, answer) =
+            deliver(&app, "dhmad", &escrow_headers("evt_over", &header), body.clone()).await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    // Within them, eight wrong signatures over a megabyte cost one MAC: refused quickly.
+    let started = Instant::now();
+    let eight = wrong_signatures(8).join(", ");
+    let (status, _) = deliver(&app, "dhmad", &escrow_headers("evt_eight", &eight), body.clone()).await;
+    assert_eq!(status, 401);
+    assert!(started.elapsed() < Duration::from_secs(1), "answered in {:?}", started.elapsed());
+    let metrics = app.metrics().await;
+    let series = r#"checkout_gateway_webhooks_total{outcome="oversized_signature",provider="dhmad"} 3"#;
+    assert!(metrics.lines().any(|line| line == series), "{metrics}");
+    assert_eq!(session_calls(&app.dhmad).await, 0, "no refused delivery fetched anything");
+}
+
+#[tokio::test]
+async fn a_rotation_signs_with_one_of_several_signatures() {
+    let (app, _) = webhook_app().await;
+    app.session("DHMAD", DHMAD_ID).await;
+    let body = escrow_body("funded", 0);
+    // The old secret's signature and the new one's, as during a rotation; then bare hex.
+    let signature = dhmad::webhook::sign(WEBHOOK_SECRET, body.as_bytes());
+    let rotation = format!("{}, {signature}", wrong_signatures(1)[0]);
+    let (status, answer) = deliver(&app, "dhmad", &escrow_headers("evt_rot", &rotation), body).await;
+    assert_eq!((status, &answer["status"]), (200, &json!("accepted")), "{answer}");
+    let body = escrow_body("released", 0);
+    let bare = dhmad::webhook::sign(WEBHOOK_SECRET, body.as_bytes()).replace("sha256=", "");
+    let eight = [wrong_signatures(7), vec![bare]].concat().join(",");
+    let (status, answer) = deliver(&app, "dhmad", &escrow_headers("evt_eight_ok", &eight), body).await;
+    assert_eq!((status, &answer["status"]), (200, &json!("accepted")), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_sent_again_under_a_new_id_is_acknowledged_and_not_acted_on() {
+    let (app, _) = webhook_app().await;
+    app.session("DHMAD", DHMAD_ID).await;
+    let body = escrow_body("funded", 0);
+    let signature = dhmad::webhook::sign(WEBHOOK_SECRET, body.as_bytes());
+    let (status, answer) = deliver(&app, "dhmad", &escrow_headers("evt_1", &signature), body.clone()).await;
+    assert_eq!((status, &answer["status"]), (200, &json!("accepted")), "{answer}");
+    // Past the refetch bound, so that only the body's digest can tell the replay.
+    tokio::time::sleep(REFETCH_INTERVAL + Duration::from_millis(300)).await;
+    assert_eq!(session_calls(&app.dhmad).await, 2, "the lookup and the refetch");
+    // Captured and sent again with a new id and timestamp: DHMAD signs the body alone, so it
+    // verifies.
+    let (status, answer) = deliver(&app, "dhmad", &escrow_headers("evt_2", &signature), body).await;
+    assert_eq!((status, &answer["status"]), (200, &json!("already processed")), "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(session_calls(&app.dhmad).await, 2, "the replay fetched nothing");
+    let metrics = app.metrics().await;
+    let series = r#"checkout_gateway_webhooks_total{outcome="duplicate_body",provider="dhmad"} 1"#;
+    assert!(metrics.lines().any(|line| line == series), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_burst_of_deliveries_for_one_escrow_costs_a_bounded_number_of_refetches() {
+    let (app, upstream) = webhook_app().await;
+    app.session("DHMAD", DHMAD_ID).await;
+    upstream.set(dhmad_session(DHMAD_ID, "completed"));
+    let started = Instant::now();
+    for n in 0..20 {
+        let body = escrow_body(&format!("step_{n}"), 0);
+        let signature = dhmad::webhook::sign(WEBHOOK_SECRET, body.as_bytes());
+        let (status, answer) =
+            deliver(&app, "dhmad", &escrow_headers(&format!("evt_{n}"), &signature), body).await;
+        assert_eq!((status, &answer["status"]), (200, &json!("accepted")), "{answer}");
+    }
+    let burst = started.elapsed();
+    tokio::time::sleep(REFETCH_INTERVAL * 2 + Duration::from_millis(500)).await;
+    // One refetch at once, then at most one per interval for all that came during it (without
+    // the bound: one per delivery, 20).
+    let refetches = session_calls(&app.dhmad).await - 1;
+    let bound = 2 + (burst.as_millis() / REFETCH_INTERVAL.as_millis()) as usize;
+    assert!((2..=bound).contains(&refetches), "{refetches} refetches for 20 deliveries in {burst:?}");
+    // None of them is lost: the last refetch came after the last delivery.
+    assert_eq!(app.session("DHMAD", DHMAD_ID).await["status"], "COMPLETED");
 }

@@ -1,4 +1,5 @@
-//! The Dodo Payments client: the request it sends, the id encoding, every status, timeouts.
+//! The Dodo Payments client: the request it sends, the id encoding, every status, timeouts;
+//! its webhooks' signature bounds.
 
 use std::time::{Duration, Instant};
 
@@ -6,7 +7,10 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{dodo_session, spawn_app, DODO_KEY};
+use checkout_gateway::config::Secret;
+
+use crate::helpers::{account_mut, dodo_session, mount_dodo, spawn_app, DODO_KEY};
+use crate::live::{deliver, dodo_delivery, now, payment, WEBHOOK_SECRET};
 
 #[tokio::test]
 async fn sends_get_with_bearer_key_and_parses_every_field() {
@@ -187,4 +191,38 @@ async fn a_slow_upstream_times_out() {
     let answer = app.session("DODO", "cks_slow").await;
     assert_eq!(answer["reason"], "TIMEOUT");
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_webhook_signature_header_over_its_bounds_is_refused_whatever_it_holds() {
+    let app =
+        spawn_app(|config| account_mut(config, "dodo").webhook_secret = Some(Secret::new(WEBHOOK_SECRET)))
+            .await;
+    mount_dodo(&app, "cks_sig", None).await;
+    app.session("DODO", "cks_sig").await;
+    let with_signatures = |delivery: &str, signatures: &dyn Fn(String) -> String| {
+        let (mut headers, body) = dodo_delivery(
+            WEBHOOK_SECRET,
+            delivery,
+            now(),
+            "payment.succeeded",
+            payment("cks_sig", "succeeded"),
+        );
+        let (_, signature) = headers.iter_mut().find(|(name, _)| name == "webhook-signature").unwrap();
+        *signature = signatures(signature.clone());
+        (headers, body)
+    };
+    // The right signature among 10,000 (70 KB): the crate would read them all; refused first.
+    let (headers, body) = with_signatures("msg_huge", &|right| {
+        [vec!["v1,AAAA".to_owned(); 9_999], vec![right]].concat().join(" ")
+    });
+    let started = Instant::now();
+    let (status, answer) = deliver(&app, "dodo", &headers, body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("webhook-signature"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(1), "answered in {:?}", started.elapsed());
+    // A rotation's two signatures, the right one second: taken.
+    let (headers, body) = with_signatures("msg_rotation", &|right| format!("v1,AAAA {right}"));
+    let (status, answer) = deliver(&app, "dodo", &headers, body).await;
+    assert_eq!((status, &answer["status"]), (200, &json!("accepted")), "{answer}");
 }

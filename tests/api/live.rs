@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite::Message;
 use wiremock::matchers::path;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
+use checkout_gateway::service::REFETCH_INTERVAL;
+
 use crate::helpers::{account_mut, dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
 
 /// A Standard Webhooks secret, as Dodo's dashboard shows one.
@@ -77,7 +79,12 @@ pub fn payment(id: &str, status: &str) -> Value {
     json!({"payment_id": "pay_9Qz", "checkout_session_id": id, "status": status})
 }
 
-async fn deliver(app: &TestApp, provider: &str, headers: &[(String, String)], body: String) -> (u16, Value) {
+pub async fn deliver(
+    app: &TestApp,
+    provider: &str,
+    headers: &[(String, String)],
+    body: String,
+) -> (u16, Value) {
     let mut request = app.http.post(format!("http://{}/webhooks/{provider}", app.addr)).body(body);
     request = request.header("content-type", "application/json");
     for (name, value) in headers {
@@ -243,12 +250,6 @@ async fn refused_deliveries_change_nothing() {
             "stale_timestamp",
         ),
         (
-            "an unknown event",
-            event(DODO_SECRET, "msg_d", now(), "payment_link.made_up"),
-            422,
-            "unknown_event",
-        ),
-        (
             "no signature",
             {
                 let (mut headers, body) = event(DODO_SECRET, "msg_e", now(), "payment.succeeded");
@@ -298,6 +299,14 @@ async fn refused_deliveries_change_nothing() {
             format!(r#"checkout_gateway_webhooks_total{{outcome="{outcome}",provider="dodo"}} {count}"#);
         assert!(metrics.lines().any(|line| line == series), "{series}\n{metrics}");
     }
+    // A signed event of a type not handled here is acknowledged (a 4xx would have Dodo retry
+    // it, then disable the endpoint) and left alone.
+    let (headers, body) = event(DODO_SECRET, "msg_d", now(), "payment_link.made_up");
+    let (got, answer) = deliver(&app, "dodo", &headers, body).await;
+    assert_eq!(got, 200, "{answer}");
+    assert!(answer["status"].as_str().unwrap().contains("ignored"), "{answer}");
+    let series = r#"checkout_gateway_webhooks_total{outcome="unknown_event",provider="dodo"} 1"#;
+    assert!(app.metrics().await.lines().any(|line| line == series));
     // Bounded: a megabyte and more is refused before it is read whole.
     let (headers, _) = event(DODO_SECRET, "msg_h", now(), "payment.succeeded");
     let (got, _) = deliver(&app, "dodo", &headers, "x".repeat(2 * 1024 * 1024)).await;
@@ -362,7 +371,9 @@ async fn refunds_and_disputes_reach_the_session_through_its_payment() {
         json!({"payment_id": "pay_other"}),
     );
     assert_eq!(deliver(&app, "dodo", &headers, body).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second event came within the refetch bound of the first: its refetch follows at the
+    // end of it.
+    tokio::time::sleep(REFETCH_INTERVAL + Duration::from_millis(500)).await;
     assert_eq!(calls(&app, "cks_paid").await, 3, "the lookup, then one refetch per event");
     assert!(app
         .metrics()
@@ -384,6 +395,49 @@ async fn the_refetch_is_shared_with_concurrent_queries_and_the_answer_does_not_w
     let answers = crate::helpers::concurrently(&app, 20, "DODO", "cks_slow").await;
     assert!(answers.iter().all(|answer| answer["status"] == "COMPLETED"), "{answers:?}");
     assert_eq!(calls(&app, "cks_slow").await, 2, "the first lookup and the one shared refetch");
+}
+
+/// The first call answers the old state (open), late; every later one the new (succeeded).
+struct OldThenNew {
+    id: &'static str,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    delay: Duration,
+}
+
+impl Respond for OldThenNew {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            ResponseTemplate::new(200).set_body_json(dodo_session(self.id, None)).set_delay(self.delay)
+        } else {
+            ResponseTemplate::new(200).set_body_json(dodo_session(self.id, Some("succeeded")))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lookup_in_flight_during_a_webhook_stores_nothing_over_it() {
+    let app = Arc::new(spawn_app(with_dodo_secret).await);
+    let upstream = OldThenNew { id: "cks_race", calls: Arc::default(), delay: Duration::from_millis(800) };
+    Mock::given(path("/checkouts/cks_race")).respond_with(upstream).mount(&app.dodo).await;
+    let query =
+        "query($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { status } } }";
+    let ask = || {
+        let app = app.clone();
+        tokio::spawn(async move { app.graphql(query, json!({"id": "cks_race"})).await })
+    };
+    let first = ask();
+    // Its provider call is in flight when the webhook comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(send_payment_event(&app, "cks_race", "succeeded").await, 200);
+    let first = first.await.unwrap();
+    assert_eq!(first.data("checkoutSession")["status"], "OPEN", "it began before the webhook");
+    // From now on, the new state: for the same request (a replayed response would hold the
+    // old one, and so would the session cache)…
+    let again = ask().await.unwrap();
+    assert_eq!(again.data("checkoutSession")["status"], "COMPLETED", "the same request read the old state");
+    // …and for another request (through the session cache).
+    assert_eq!(app.session("DODO", "cks_race").await["status"], "COMPLETED");
+    assert_eq!(calls(&app, "cks_race").await, 2, "the late lookup and the webhook's refetch");
 }
 
 #[tokio::test]
@@ -756,22 +810,32 @@ async fn a_dhmad_escrow_event_refreshes_every_session_of_the_escrow() {
         requests.iter().filter(|r| r.url.path().starts_with("/api/v1/sessions/")).count()
     };
     assert_eq!(dhmad_calls().await, 2);
-    let body = json!({"event": "escrow.status.updated", "data": {"escrowId": "507f1f77bcf86cd799439011", "status": "funded"}}).to_string();
-    // The signature in each documented form, and the timestamp as seconds and as RFC 3339.
+    let event = |status: &str| {
+        json!({"event": "escrow.status.updated", "data": {"escrowId": "507f1f77bcf86cd799439011", "status": status}}).to_string()
+    };
+    let body = event("funded");
+    // The signature in each documented form, and the timestamp as seconds and as RFC 3339 (two
+    // events: the same body twice would be a replay).
     let signature = dhmad::webhook::sign(DHMAD_SECRET, body.as_bytes());
-    let bare = signature.trim_start_matches("sha256=").to_owned();
-    let forms = [(signature.clone(), now().to_string()), (bare.clone(), chrono::Utc::now().to_rfc3339())];
-    for (n, (signature, timestamp)) in forms.into_iter().enumerate() {
+    let released = event("released");
+    let bare =
+        dhmad::webhook::sign(DHMAD_SECRET, released.as_bytes()).trim_start_matches("sha256=").to_owned();
+    let forms = [
+        (signature.clone(), now().to_string(), body.clone()),
+        (bare, chrono::Utc::now().to_rfc3339(), released),
+    ];
+    for (n, (signature, timestamp, body)) in forms.into_iter().enumerate() {
         let headers = vec![
             ("x-webhook-id".to_owned(), format!("evt_{n}")),
             ("x-webhook-event".to_owned(), "escrow.status.updated".to_owned()),
             ("x-webhook-timestamp".to_owned(), timestamp),
             ("x-webhook-signature".to_owned(), signature),
         ];
-        let (status, answer) = deliver(&app, "dhmad", &headers, body.clone()).await;
+        let (status, answer) = deliver(&app, "dhmad", &headers, body).await;
         assert_eq!(status, 200, "{answer}");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second event's refetches come at the end of the refetch bound.
+    tokio::time::sleep(REFETCH_INTERVAL + Duration::from_millis(500)).await;
     assert_eq!(dhmad_calls().await, 6, "both sessions of the escrow, once per event");
 
     let stale = vec![
@@ -788,15 +852,19 @@ async fn a_dhmad_escrow_event_refreshes_every_session_of_the_escrow() {
         ("x-webhook-signature".to_owned(), dhmad::webhook::sign("not the secret", body.as_bytes())),
     ];
     assert_eq!(deliver(&app, "dhmad", &forged, body.clone()).await.0, 401);
+    // Signed, of a type DHMAD does not document: acknowledged and ignored.
+    let teleported = event("teleported");
     let unknown = vec![
         ("x-webhook-id".to_owned(), "evt_unknown".to_owned()),
         ("x-webhook-event".to_owned(), "escrow.teleported".to_owned()),
         ("x-webhook-timestamp".to_owned(), now().to_string()),
-        ("x-webhook-signature".to_owned(), signature),
+        ("x-webhook-signature".to_owned(), dhmad::webhook::sign(DHMAD_SECRET, teleported.as_bytes())),
     ];
-    assert_eq!(deliver(&app, "dhmad", &unknown, body).await.0, 422);
+    let (status, answer) = deliver(&app, "dhmad", &unknown, teleported).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["status"].as_str().unwrap().contains("ignored"), "{answer}");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(dhmad_calls().await, 6, "refused deliveries fetch nothing");
+    assert_eq!(dhmad_calls().await, 6, "refused and ignored deliveries fetch nothing");
 }
 
 #[tokio::test]

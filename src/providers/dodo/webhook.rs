@@ -3,30 +3,48 @@
 //! sessions (PROVIDERS.md, LIBRARIES.md).
 
 use axum::http::HeaderMap;
+use base64::Engine;
 use serde::Deserialize;
 use standardwebhooks::{Webhook, WebhookError};
 
 use crate::domain::Secret;
-use crate::providers::webhook::{header, Refusal, Target, WebhookEvent, WebhookSpec};
+use crate::providers::webhook::{header, signatures, Refusal, Target, WebhookEvent, WebhookSpec};
 
 pub static WEBHOOKS: WebhookSpec = WebhookSpec {
     secret_var: "DODO_PAYMENTS_WEBHOOK_KEY",
     check_secret,
     verify,
+    // Standard Webhooks signs `{id}.{timestamp}.{body}`.
+    signs_id_and_time: true,
     parse,
     reference: |session| session.payment_id.as_deref(),
 };
 
-/// A secret as Dodo's dashboard shows it: `whsec_` and base64.
+/// A secret as Dodo's dashboard shows it: `whsec_` and base64 of a key that is not empty
+/// (`whsec_` alone would be an empty HMAC key). Decoded as the crate decodes it.
 fn check_secret(secret: &str) -> Result<(), String> {
-    Webhook::new(secret.trim()).map(|_| ()).map_err(|_| {
-        "is not a Standard Webhooks secret (`whsec_` followed by base64, as Dodo's dashboard shows it)".into()
-    })
+    let secret = secret.trim();
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(key) if !key.is_empty() => Ok(()),
+        Ok(_) => {
+            Err("holds no key: `whsec_` must be followed by the base64 of the key, as Dodo's dashboard \
+                      shows it"
+                .into())
+        }
+        Err(_) => Err(
+            "is not a Standard Webhooks secret (`whsec_` followed by base64, as Dodo's dashboard shows it)"
+                .into(),
+        ),
+    }
 }
 
 /// Signature (any of several `v1,` ones, compared in constant time) and timestamp (within five
-/// minutes) by the crate, over the raw body.
+/// minutes) by the crate, over the raw body. The crate computes one MAC per secret and
+/// compares each `v1,` signature to it, but reads a header of any length: it is bounded here
+/// first (at most 8 signatures in 1 KiB).
 fn verify(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+    signatures(headers, "webhook-signature", &[' '])?;
     let webhook = Webhook::new(secret.expose().trim()).map_err(|_| Refusal::BadSignature)?;
     webhook.verify(body, headers).map_err(|error| match error {
         WebhookError::MissingHeader(_) | WebhookError::InvalidHeader(_) => {
@@ -120,5 +138,14 @@ mod tests {
         assert!(read(r#"{"type":"subscription.active","data":{}}"#).expect("known").targets.is_empty());
         assert_eq!(read(r#"{"type":"made.up","data":{}}"#), Err(Refusal::UnknownEvent));
         assert_eq!(read("not json"), Err(Refusal::Malformed("body")));
+    }
+
+    #[test]
+    fn a_secret_without_a_key_is_refused() {
+        assert!(check_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        for empty in ["whsec_", " whsec_ ", ""] {
+            assert!(check_secret(empty).unwrap_err().contains("holds no key"), "{empty:?}");
+        }
+        assert!(check_secret("whsec_not base64!").unwrap_err().contains("not a Standard Webhooks secret"));
     }
 }
