@@ -201,6 +201,33 @@ fn token(pem: &[u8], kid: &str, claims: Value) -> String {
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap()).unwrap()
 }
 
+/// Opens `subscription` as Server-Sent Events with `credential` as the bearer.
+async fn subscribe_over_sse(app: &TestApp, credential: &str, subscription: &str) -> reqwest::Response {
+    app.http
+        .post(format!("http://{}/graphql", app.addr))
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {credential}"))
+        .json(&json!({ "query": subscription }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The issuer publishes `jwk` alone in its JWKS.
+async fn serve_jwks(issuer: &MockServer, jwk: &Value) {
+    Mock::given(path("/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
+        .mount(issuer)
+        .await;
+}
+
+/// `token` is refused with 401, for a reason that says `why`.
+async fn refused_because(app: &TestApp, token: &str, body: &Value, why: &str) {
+    let (status, answer) = as_client(app, token, body).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["errors"][0]["message"].as_str().unwrap().contains(why), "{why}: {answer}");
+}
+
 /// A gateway verifying JWTs against `issuer`'s JWKS, fetched again every `refresh`.
 async fn jwt_app(issuer: &MockServer, refresh: Duration) -> TestApp {
     jwt_app_with(issuer, refresh, Duration::from_secs(5)).await
@@ -232,10 +259,7 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
     let issuer = MockServer::start().await;
     let (pem, jwk) = key_pair("k1");
     let (other_pem, other_jwk) = key_pair("k2");
-    Mock::given(path("/.well-known/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
-        .mount(&issuer)
-        .await;
+    serve_jwks(&issuer, &jwk).await;
     let app = jwt_app(&issuer, Duration::from_secs(300)).await;
     mount_dodo(&app, "cks_j", Some("succeeded")).await;
     let body = json!({"query": QUERY, "variables": {"p": "DODO", "id": "cks_j"}});
@@ -294,10 +318,7 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
     // The issuer rotates in k2: after the refresh interval, the next unknown-kid token makes
     // one fetch that finds it.
     issuer.reset().await;
-    Mock::given(path("/.well-known/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [other_jwk]})))
-        .mount(&issuer)
-        .await;
+    serve_jwks(&issuer, &other_jwk).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     // A new connection: the idle one was closed by the header-read timeout meanwhile.
     let app = TestApp { http: crate::helpers::http(), ..app };
@@ -309,12 +330,7 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(issuer.received_requests().await.unwrap().len(), 1, "one fetch, for the unknown kid");
     // k1 is withdrawn: a token it signed, verified before, proves nothing any more.
-    let (status, answer) = as_client(&app, &good, &body).await;
-    assert_eq!(status, 401, "{answer}");
-    assert!(
-        answer["errors"][0]["message"].as_str().unwrap().contains("not in the issuer's JWKS"),
-        "{answer}"
-    );
+    refused_because(&app, &good, &body, "not in the issuer's JWKS").await;
 }
 
 #[tokio::test]
@@ -322,10 +338,7 @@ async fn a_withdrawn_key_stops_working_at_the_scheduled_refresh_and_nbf_is_check
     let issuer = MockServer::start().await;
     let (pem, jwk) = key_pair("k1");
     let (_, other_jwk) = key_pair("k2");
-    Mock::given(path("/.well-known/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
-        .mount(&issuer)
-        .await;
+    serve_jwks(&issuer, &jwk).await;
     let app = jwt_app(&issuer, Duration::from_secs(1)).await;
     mount_dodo(&app, "cks_j", Some("succeeded")).await;
     let body = json!({"query": QUERY, "variables": {"p": "DODO", "id": "cks_j"}});
@@ -340,28 +353,17 @@ async fn a_withdrawn_key_stops_working_at_the_scheduled_refresh_and_nbf_is_check
     // The issuer withdraws k1. No token names an unknown kid, yet the schedule fetches the
     // JWKS again, and k1's tokens (verified and remembered before) stop working.
     issuer.reset().await;
-    Mock::given(path("/.well-known/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [other_jwk]})))
-        .mount(&issuer)
-        .await;
+    serve_jwks(&issuer, &other_jwk).await;
     tokio::time::sleep(Duration::from_millis(1800)).await;
     assert!(!issuer.received_requests().await.unwrap().is_empty(), "fetched on schedule");
-    let (status, answer) = as_client(&app, &good, &body).await;
-    assert_eq!(status, 401, "{answer}");
-    assert!(
-        answer["errors"][0]["message"].as_str().unwrap().contains("not in the issuer's JWKS"),
-        "{answer}"
-    );
+    refused_because(&app, &good, &body, "not in the issuer's JWKS").await;
 }
 
 #[tokio::test]
 async fn streams_opened_with_a_token_end_when_it_expires() {
     let issuer = MockServer::start().await;
     let (pem, jwk) = key_pair("k1");
-    Mock::given(path("/.well-known/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
-        .mount(&issuer)
-        .await;
+    serve_jwks(&issuer, &jwk).await;
     let app = jwt_app_with(&issuer, Duration::from_secs(300), Duration::ZERO).await;
     mount_dodo(&app, "cks_j", None).await;
     // Valid for one to two more seconds (exp is in whole seconds), no leeway.
@@ -381,15 +383,7 @@ async fn streams_opened_with_a_token_end_when_it_expires() {
     let claims = json!({"sub": "dashboard-7", "iss": "https://auth.example.test/", "aud": "checkout-gateway", "exp": now + 2, "checkout_accounts": ["dodo"]});
     let short = token(&pem, "k1", claims);
     let query = r#"subscription { checkoutSessionUpdated(provider: DODO, id: "cks_j") { __typename } }"#;
-    let stream = app
-        .http
-        .post(format!("http://{}/graphql", app.addr))
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {short}"))
-        .json(&json!({ "query": query }))
-        .send()
-        .await
-        .unwrap();
+    let stream = subscribe_over_sse(&app, &short, query).await;
     assert_eq!(stream.status(), 200);
     let body = tokio::time::timeout(Duration::from_secs(6), stream.text())
         .await
@@ -690,15 +684,7 @@ async fn entities_and_subscriptions_are_charged_to_the_clients_budget() {
     // The first answer of a subscription is a lookup too.
     let subscription = "subscription { checkoutSessionUpdated(provider: DODO, id: \"cks_ent_9\") {
         __typename ... on ProviderUnavailableError { reason } } }";
-    let response = app
-        .http
-        .post(format!("http://{}/graphql", app.addr))
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {ALL_KEY}"))
-        .json(&json!({"query": subscription}))
-        .send()
-        .await
-        .unwrap();
+    let response = subscribe_over_sse(&app, ALL_KEY, subscription).await;
     let text = tokio::time::timeout(Duration::from_secs(5), async {
         let mut body = response.bytes_stream();
         let mut text = String::new();
@@ -768,15 +754,7 @@ async fn the_polls_of_a_clients_subscription_are_charged_to_it() {
         .await;
     let subscription = "subscription { checkoutSessionUpdated(provider: DODO, id: \"cks_polled_1\") {
         __typename ... on CheckoutSession { status } } }";
-    let response = app
-        .http
-        .post(format!("http://{}/graphql", app.addr))
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {ALL_KEY}"))
-        .json(&json!({"query": subscription}))
-        .send()
-        .await
-        .unwrap();
+    let response = subscribe_over_sse(&app, ALL_KEY, subscription).await;
     assert_eq!(response.status(), 200);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(app.metrics().await.contains("checkout_gateway_live_pollers 1"), "still watched, still polled");

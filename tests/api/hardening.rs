@@ -91,7 +91,7 @@ async fn entities_are_bounded_like_a_batch_by_default() {
 // ---- Providers are protected, and their outages are not amplified. ----------------------
 
 /// Answers for `id`: the reason (or status) and `retryAfterSeconds`.
-async fn ask(app: &crate::helpers::TestApp, provider: &str, id: &str) -> (Value, Value) {
+pub async fn ask(app: &crate::helpers::TestApp, provider: &str, id: &str) -> (Value, Value) {
     let answer = app.session(provider, id).await;
     let what = answer.get("reason").or(answer.get("status")).cloned().unwrap_or(Value::Null);
     (what, answer["retryAfterSeconds"].clone())

@@ -527,12 +527,12 @@ async fn the_poller_stops_at_a_final_status() {
     assert!(app.metrics().await.contains("checkout_gateway_live_pollers 0"));
 }
 
-/// Reads Server-Sent Events until `count` `next` events; their statuses.
-async fn sse_statuses(response: reqwest::Response, count: usize) -> Vec<String> {
+/// Reads Server-Sent Events until `count` `next` events; their data.
+async fn sse_events(response: reqwest::Response, count: usize) -> Vec<Value> {
     let mut body = response.bytes_stream();
     let mut text = String::new();
-    let mut statuses = Vec::new();
-    while statuses.len() < count {
+    let mut events = Vec::new();
+    while events.len() < count {
         let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
             .await
             .expect("an event")
@@ -543,14 +543,22 @@ async fn sse_statuses(response: reqwest::Response, count: usize) -> Vec<String> 
             let event: String = text.drain(..end + 2).collect();
             if event.contains("event: next") {
                 let data = event.lines().find_map(|line| line.strip_prefix("data: ")).unwrap();
-                let value: Value = serde_json::from_str(data).unwrap();
-                statuses.push(
-                    value["data"]["checkoutSessionUpdated"]["status"].as_str().unwrap_or_default().to_owned(),
-                );
+                events.push(serde_json::from_str(data).unwrap());
             }
         }
     }
-    statuses
+    events
+}
+
+/// Reads Server-Sent Events until `count` `next` events; their statuses.
+async fn sse_statuses(response: reqwest::Response, count: usize) -> Vec<String> {
+    sse_events(response, count)
+        .await
+        .iter()
+        .map(|value| {
+            value["data"]["checkoutSessionUpdated"]["status"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -1005,23 +1013,7 @@ async fn an_sse_stream_watches_at_most_the_per_connection_bound() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    let mut events: Vec<Value> = Vec::new();
-    while events.len() < 3 {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
-            .await
-            .expect("an event")
-            .unwrap()
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let event: String = text.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|line| line.strip_prefix("data: ")) {
-                events.push(serde_json::from_str(data).unwrap());
-            }
-        }
-    }
+    let events = sse_events(response, 3).await;
     let refused: Vec<&Value> = events
         .iter()
         .filter(|event| event["errors"][0]["extensions"]["code"] == "TOO_MANY_SUBSCRIPTIONS")

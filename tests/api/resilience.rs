@@ -7,14 +7,8 @@ use serde_json::{json, Value};
 use wiremock::matchers::{path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{mount_dodo, session_calls, spawn_app, TestApp};
-
-/// The reason (or status) and `retryAfterSeconds` of `checkoutSession(provider, id)`.
-async fn ask(app: &TestApp, provider: &str, id: &str) -> (Value, Value) {
-    let answer = app.session(provider, id).await;
-    let what = answer.get("reason").or(answer.get("status")).cloned().unwrap_or(Value::Null);
-    (what, answer["retryAfterSeconds"].clone())
-}
+use crate::hardening::ask;
+use crate::helpers::{mount_dodo, session_calls, spawn_app};
 
 #[tokio::test]
 async fn a_cancelled_trial_call_does_not_keep_the_circuit_open() {
