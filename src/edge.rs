@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Where a shutdown stands.
@@ -137,11 +137,15 @@ async fn connection(
     let mut idle_close_by: Option<Instant> = None;
     loop {
         let deadline = shutdown_at;
+        // The idle clock is read lazily: requests do not wake this task (a timer set and
+        // cancelled per request cost a fifth of `/livez`); when it fires, it looks whether the
+        // connection really idled that long, and otherwise sets itself for the next moment it
+        // could have.
         let idle_at = match idle_close_by {
-            Some(by) => activity.is_idle().then_some(by),
+            Some(by) => Some(by),
             // Shutting down: still, a connection that never sent a request does not stay.
             None if shutting => (!activity.has_served()).then_some(first_request_by),
-            None => activity.idle_deadline(first_request_by, limits.idle_timeout),
+            None => Some(activity.next_look(first_request_by, limits.idle_timeout)),
         };
         tokio::select! {
             result = conn.as_mut() => {
@@ -155,9 +159,22 @@ async fn connection(
                 shutting = true;
             }
             () = until(idle_at) => {
-                if idle_close_by.is_some() || !activity.has_served() {
-                    // Nothing to be graceful about: no request came, or the close was asked.
-                    return;
+                let now = Instant::now();
+                if idle_close_by.is_some() {
+                    if activity.is_idle() {
+                        // The close was asked and not completed: nothing to be graceful about.
+                        return;
+                    }
+                    // A request is still being answered: it gets its time.
+                    idle_close_by = Some(now + limits.header_read_timeout);
+                    continue;
+                }
+                if !activity.has_served() {
+                    if now >= first_request_by {
+                        // No request came in time.
+                        return;
+                    }
+                    continue;
                 }
                 let idle_until = activity.idle_deadline(first_request_by, limits.idle_timeout);
                 // A request may have come and gone since the deadline was set.
@@ -167,9 +184,6 @@ async fn connection(
                     idle_close_by = Some(Instant::now() + limits.header_read_timeout);
                 }
             }
-            // The last open request ended: the idle clock starts (sooner, after the first
-            // request, than the first request's deadline).
-            () = activity.idle.notified() => {}
             changed = phase.changed(), if shutdown_at.is_none() => {
                 let now = *phase.borrow();
                 // HTTP/2 clients are told at once (GOAWAY) and open new connections elsewhere;
@@ -228,8 +242,6 @@ const CLOSE_LINGER: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 struct Activity {
     usage: Mutex<Usage>,
-    /// Woken when the last open request ends: the idle clock starts.
-    idle: Notify,
 }
 
 #[derive(Debug)]
@@ -241,10 +253,7 @@ struct Usage {
 
 impl Activity {
     fn new() -> Self {
-        Self {
-            usage: Mutex::new(Usage { open: 0, served: false, idle_since: Instant::now() }),
-            idle: Notify::new(),
-        }
+        Self { usage: Mutex::new(Usage { open: 0, served: false, idle_since: Instant::now() }) }
     }
 
     fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
@@ -264,6 +273,19 @@ impl Activity {
 
     fn has_served(&self) -> bool {
         self.usage().served
+    }
+
+    /// When to look again whether the connection idled: when it would have, if nothing
+    /// happens meanwhile (before its first request, the first request's deadline, or sooner:
+    /// the first request may come and go); while a request is open, one idle timeout on.
+    fn next_look(&self, first_request_by: Instant, idle_timeout: Duration) -> Instant {
+        let soonest = Instant::now() + idle_timeout;
+        let usage = self.usage();
+        match (usage.open, usage.served) {
+            (0, false) => first_request_by.min(soonest),
+            (0, true) => usage.idle_since + idle_timeout,
+            _ => soonest,
+        }
     }
 
     /// When the connection is to close for want of requests; `None` while one is open.
@@ -287,8 +309,6 @@ impl Drop for Open {
         usage.open -= 1;
         if usage.open == 0 {
             usage.idle_since = Instant::now();
-            drop(usage);
-            self.0.idle.notify_one();
         }
     }
 }
