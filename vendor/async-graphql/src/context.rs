@@ -251,7 +251,7 @@ pub struct QueryEnvInner {
     pub extensions: Extensions,
     pub variables: Variables,
     pub operation_name: Option<String>,
-    /// checkout-gateway patch: the document, shared with the request's cache, and
+    /// The document, shared with the request's cache (if any), and
     /// which of its operations runs (`None`: the only one); read them through
     /// `operation()` and `fragments()`.
     pub document: Arc<ExecutableDocument>,

@@ -47,7 +47,7 @@ pub struct Request {
     #[serde(default)]
     pub extensions: Extensions,
 
-    // checkout-gateway patch: shared, so that a document parsed once runs without a copy.
+    // Shared, so that a document parsed once runs without a copy.
     #[serde(skip)]
     pub(crate) parsed_query: Option<SharedDocument>,
 
@@ -59,7 +59,6 @@ pub struct Request {
 
 /// A parsed document that requests share without copying it, and whether it has `@skip` or
 /// `@include` (found once, here: only then does a request need its own copy).
-/// (checkout-gateway patch)
 #[derive(Clone, Debug)]
 pub struct SharedDocument {
     pub(crate) document: Arc<ExecutableDocument>,
@@ -159,7 +158,7 @@ impl Request {
         self.parsed_query = Some(SharedDocument::new(doc));
     }
 
-    /// Sets a parsed query that other requests share (checkout-gateway patch).
+    /// Sets a parsed query that other requests share.
     ///
     /// A schema without extensions runs it without copying it; the copy is
     /// made only when `@skip` or `@include` must remove selections.

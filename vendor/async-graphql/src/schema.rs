@@ -798,8 +798,8 @@ fn check_recursive_depth(doc: &ExecutableDocument, max_depth: usize) -> ServerRe
     Ok(())
 }
 
-/// The document's nesting and directive bounds (checkout-gateway patch: one place for the
-/// checks both the shared and the owned document take).
+/// The document's nesting and directive bounds (one place for the checks both the
+/// shared and the owned document take).
 fn check_shape(
     doc: &ExecutableDocument,
     recursive_depth: usize,
@@ -813,7 +813,7 @@ fn check_shape(
 }
 
 /// Whether any selection in the document has `@skip` or `@include`, which
-/// `remove_skipped_selection` acts on (checkout-gateway patch).
+/// `remove_skipped_selection` acts on.
 pub(crate) fn has_conditions(doc: &ExecutableDocument) -> bool {
     fn in_set(selection_set: &SelectionSet) -> bool {
         selection_set.items.iter().any(|selection| {
@@ -899,7 +899,7 @@ pub(crate) async fn prepare_request(
     let query_data = Arc::new(std::mem::take(&mut request.data));
     extensions.attach_query_data(query_data.clone());
 
-    // checkout-gateway patch: a shared document is used as it is (no copy) when no
+    // A shared document is used as it is (no copy) when no
     // extension could ask to see or replace it.
     let (mut document, has_conditions) = match request.parsed_query.take() {
         Some(shared) if extensions.is_empty() => {

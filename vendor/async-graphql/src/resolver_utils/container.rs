@@ -141,7 +141,7 @@ pub async fn resolve_container_serial<'a, T: ContainerType + ?Sized>(
 }
 
 fn insert_value(target: &mut IndexMap<Name, Value>, name: Name, value: Value) {
-    // checkout-gateway patch: one lookup (`entry`), not two (`get_mut`, then `insert`).
+    // One lookup (`entry`), not two (`get_mut`, then `insert`).
     let prev_value = match target.entry(name) {
         indexmap::map::Entry::Occupied(entry) => entry.into_mut(),
         indexmap::map::Entry::Vacant(entry) => {
@@ -186,7 +186,7 @@ pub(crate) async fn do_resolve_container<'a>(
     parallel: bool,
     futures: Vec<BoxFieldFuture<'a>>,
 ) -> Value {
-    // checkout-gateway patch: one field, one entry (was `new()`, grown four times for nine fields).
+    // One field, one entry: no regrowth while the results arrive.
     let mut results = IndexMap::with_capacity(futures.len());
     let mut handle = |res| match res {
         Ok((name, value)) => insert_value(&mut results, name, value),
@@ -194,8 +194,8 @@ pub(crate) async fn do_resolve_container<'a>(
     };
 
     if parallel {
-        // checkout-gateway patch: `join_all` (was a `FuturesUnordered`): as concurrent, without
-        // a task allocated per field, and the fields keep the order they were selected in.
+        // `join_all`: as concurrent as a `FuturesUnordered`, without a task allocated per
+        // field, and the fields keep the order they were selected in.
         for field in futures_util::future::join_all(futures).await {
             handle(field);
         }

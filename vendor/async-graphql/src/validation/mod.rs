@@ -46,8 +46,8 @@ pub enum ValidationMode {
     /// since they change with every request: against the selected operation's
     /// variable definitions (not the document), and when one could be wrong,
     /// the `Strict` rules run, so the answer is the one `Strict` gives.
-    /// (checkout-gateway patch: a document a service has validated once need not
-    /// pay for the walk on every request.)
+    /// A document a service has validated once need not pay for the walk on
+    /// every request.
     Prevalidated,
 }
 
@@ -67,7 +67,7 @@ pub(crate) fn check_rules(
     let mut ctx = VisitorContext::new(registry, doc, variables, operation_name);
     let mut errors = match mode {
         ValidationMode::Prevalidated => {
-            // checkout-gateway patch: variables are per request. When one could be
+            // Variables are per request. When one could be
             // wrong, the `Strict` rules say what and where (an argument's position,
             // its path): the answer `Strict` gave when the document was first
             // validated.
@@ -137,7 +137,7 @@ pub(crate) fn check_rules(
             ctx.errors
         }
     };
-    // checkout-gateway patch: a required variable without a value is a request
+    // A required variable without a value is a request
     // error (GraphQL spec, CoerceVariableValues), not a field error at execution.
     errors.extend(check_variable_values(registry, doc, variables, operation_name, false).missing);
 
@@ -166,7 +166,7 @@ pub(crate) fn check_rules(
 }
 
 /// What the request's variable values are, next to the selected operation's
-/// definitions (checkout-gateway patch).
+/// definitions.
 struct VariableCheck {
     /// Non-null variables without a default that have no value.
     missing: Vec<visitor::RuleError>,
