@@ -5,8 +5,8 @@
 //! providers, configured accounts, outcomes).
 
 use prometheus::{
-    Counter, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Operation names as labels: the first `max` distinct names seen, then `other`. Names come
