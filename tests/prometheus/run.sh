@@ -8,7 +8,8 @@
 #   bash tests/prometheus/run.sh      (needs target/debug/checkout-gateway, prometheus, python3, curl)
 #
 # Takes about 5 minutes: the circuit alert looks back 2 minutes and waits 1, the error ratio
-# waits 2. Leaves the alerts API's answers in target/artifacts/prometheus-*.json.
+# waits 2. Leaves the alerts API's answers in target/artifacts/prometheus-*.json and a
+# picture of the key panels in target/artifacts/prometheus-run.svg.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$PWD"
@@ -52,7 +53,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-# Lookups of fresh ids, ten a second, for the whole test (each a provider call when allowed).
+# Lookups of fresh ids, five a second (within the client's budget, 600/min), for the whole test (each a provider call when allowed).
 (
   n=0
   while true; do
@@ -60,7 +61,7 @@ done
     curl -s -o /dev/null -H 'content-type: application/json' \
       -d "{\"query\":\"{ checkoutSession(provider: DODO, id: \\\"cks_p$n\\\") { __typename } }\"}" \
       "http://127.0.0.1:$gateway_port/graphql" || true
-    sleep 0.1
+    sleep 0.2
   done
 ) & pids+=($!)
 
@@ -102,3 +103,9 @@ echo "prometheus: the provider heals"
 wait_for CheckoutGatewayUpstreamErrorRatioHigh none 90
 wait_for CheckoutGatewayCircuitOpen none $((200 - (SECONDS - healed)))
 echo "prometheus: both alerts fired and cleared in $((SECONDS - started)) s"
+# What the key panels showed, drawn from this Prometheus's data (docs/prometheus-run.svg is
+# one such picture).
+now="$(date +%s)"
+python3 tests/prometheus/plot.py "http://127.0.0.1:$prometheus_port" "$((now - (SECONDS - started) - 10))" "$now" \
+  target/artifacts/prometheus-run.svg
+echo "prometheus: picture in target/artifacts/prometheus-run.svg"
