@@ -218,7 +218,16 @@ async fn the_process_memory_and_cpu_time_are_exported() {
     let (_, metrics) = get(&app, "/metrics").await;
     let memory = sample(&metrics, "checkout_gateway_process_resident_memory_bytes");
     assert!(memory > 1e6, "resident memory: {memory} bytes");
-    // The test process has run a runtime, a server and a client by now: some CPU time.
-    let cpu = sample(&metrics, "checkout_gateway_process_cpu_seconds_total");
+    // The gateway runs in this process: CPU spent here is its CPU time. The kernel counts in
+    // 10 ms ticks, so spin until one scrape shows some (within 5 s, on a loaded machine too).
+    let started = std::time::Instant::now();
+    let mut cpu = 0.0;
+    while cpu == 0.0 && started.elapsed() < std::time::Duration::from_secs(5) {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(fastrand::u64(..));
+        }
+        cpu = sample(&get(&app, "/metrics").await.1, "checkout_gateway_process_cpu_seconds_total");
+    }
     assert!(cpu > 0.0, "CPU seconds: {cpu}");
 }
