@@ -5,8 +5,8 @@
 //! providers, configured accounts, outcomes).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Operation names as labels: the first `max` distinct names seen, then `other`. Names come
@@ -104,6 +104,9 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub upstream_retries: IntCounterVec,
     pub circuit_state: IntGaugeVec,
+    pub upstream_hold: GaugeVec,
+    pub process_memory: IntGauge,
+    pub process_cpu: Counter,
     pub stale_answers: IntCounterVec,
     pub log_lines_dropped: IntCounter,
     pub response_cache_hits: IntCounter,
@@ -151,6 +154,24 @@ impl Metrics {
             "circuit_state",
             "Each account's circuit: 0 closed, 1 half-open (one trial call), 2 open.",
             &["provider", "account"],
+        );
+        // Set at each scrape, like the circuit: an alert sees a hold in force, not only 429s.
+        let upstream_hold = registered(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "upstream_hold_seconds",
+                    "Seconds left of a 429's hold on each account (0: none): its lookups answer \
+                     RATE_LIMITED without calling meanwhile.",
+                ),
+                &["provider", "account"],
+            ),
+        );
+        // The process's own, for dashboards beside the cluster's (read at each scrape, Linux).
+        let process_memory = gauge("process_resident_memory_bytes", "Resident memory of the process.");
+        let process_cpu = registered(
+            &registry,
+            Counter::new("process_cpu_seconds_total", "CPU time the process used (user and system)."),
         );
         let log_lines_dropped = single(
             "log_lines_dropped_total",
@@ -219,6 +240,9 @@ impl Metrics {
                 &["provider", "account"],
             ),
             circuit_state,
+            upstream_hold,
+            process_memory,
+            process_cpu,
             http_requests: counter(
                 "http_requests_total",
                 "HTTP requests served.",
@@ -267,6 +291,33 @@ impl Metrics {
             cache_entries,
             response_cache_hits,
             registry,
+        }
+    }
+
+    /// Reads the process's memory and CPU time from /proc (nothing elsewhere: the metrics
+    /// stay at 0 off Linux).
+    pub fn sample_process(&self) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+        if let Some(kib) = rss_kib {
+            self.process_memory.set(kib.saturating_mul(1024));
+        }
+        // utime and stime, the 12th and 13th fields after the command's closing parenthesis,
+        // in clock ticks: USER_HZ, 100 on Linux whatever the kernel's own rate.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let ticks: Option<f64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        });
+        if let Some(ticks) = ticks {
+            let seconds = ticks / 100.0;
+            let counted = self.process_cpu.get();
+            if seconds > counted {
+                self.process_cpu.inc_by(seconds - counted);
+            }
         }
     }
 

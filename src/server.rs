@@ -911,13 +911,16 @@ async fn metrics_page(State(state): State<AppState>) -> Response {
     let dropped = telemetry::dropped_log_lines();
     let counted = state.metrics.log_lines_dropped.get();
     state.metrics.log_lines_dropped.inc_by(dropped.saturating_sub(counted));
+    state.metrics.sample_process();
     for account in state.accounts.iter() {
         let value = match account.circuit() {
             CircuitState::Closed => 0,
             CircuitState::HalfOpen => 1,
             CircuitState::Open => 2,
         };
-        state.metrics.circuit_state.with_label_values(&[account.kind().slug, account.name()]).set(value);
+        let label = [account.kind().slug, &**account.name()];
+        state.metrics.circuit_state.with_label_values(&label).set(value);
+        state.metrics.upstream_hold.with_label_values(&label).set(account.held_for().as_secs_f64());
     }
     state
         .metrics

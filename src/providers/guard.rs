@@ -239,6 +239,12 @@ impl Guard {
         }
     }
 
+    /// How long a 429's hold keeps this replica from calling (zero: none in force).
+    pub fn held_for(&self) -> Duration {
+        locked(&self.held_until)
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()))
+    }
+
     /// Waits until a call may be made, or refuses at once: while a 429's wait lasts
     /// (`RATE_LIMITED`), while the circuit is open (`CIRCUIT_OPEN`), or when the quota has no
     /// room before `deadline` (`RATE_LIMITED`). A quota that frees up before the deadline is

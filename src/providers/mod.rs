@@ -225,6 +225,11 @@ impl Account {
         self.guard.circuit()
     }
 
+    /// How long a 429's hold keeps this replica from calling the account (zero: none).
+    pub fn held_for(&self) -> std::time::Duration {
+        self.guard.held_for()
+    }
+
     pub fn name(&self) -> &Arc<str> {
         &self.config.name
     }

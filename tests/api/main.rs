@@ -18,6 +18,7 @@ mod federation;
 mod graphql;
 mod layers;
 mod live;
+mod monitoring;
 mod ops;
 mod process;
 mod readme;

@@ -191,3 +191,43 @@ async fn the_request_id_is_returned_and_sent_upstream() {
     let sent = upstream.iter().find(|r| r.url.path() == "/checkouts/cks_gen").unwrap();
     assert_eq!(sent.headers["x-request-id"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_429_hold_in_force_is_a_gauge_per_account() {
+    let app = spawn_app(|_| {}).await;
+    let series = r#"checkout_gateway_upstream_hold_seconds{account="dodo",provider="dodo"}"#;
+    let (_, before) = get(&app, "/metrics").await;
+    assert!(before.contains(series), "every account has the gauge from the first scrape");
+    assert_eq!(sample(&before, series), 0.0);
+    Mock::given(path("/checkouts/cks_held"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "60"))
+        .mount(&app.dodo)
+        .await;
+    app.graphql(r#"{ checkoutSession(provider: DODO, id: "cks_held") { __typename } }"#, json!({})).await;
+    let (_, during) = get(&app, "/metrics").await;
+    let left = sample(&during, series);
+    // A loaded machine may take a while between the 429 and the scrape: within 30 s of 60.
+    assert!((30.0..=60.0).contains(&left), "the hold's seconds left: {left}");
+    let other = r#"checkout_gateway_upstream_hold_seconds{account="dhmad",provider="dhmad"}"#;
+    assert_eq!(sample(&during, other), 0.0, "the other account is not held");
+}
+
+#[tokio::test]
+async fn the_process_memory_and_cpu_time_are_exported() {
+    let app = spawn_app(|_| {}).await;
+    let (_, metrics) = get(&app, "/metrics").await;
+    let memory = sample(&metrics, "checkout_gateway_process_resident_memory_bytes");
+    assert!(memory > 1e6, "resident memory: {memory} bytes");
+    // The gateway runs in this process: CPU spent here is its CPU time. The kernel counts in
+    // 10 ms ticks, so spin until one scrape shows some (within 5 s, on a loaded machine too).
+    let started = std::time::Instant::now();
+    let mut cpu = 0.0;
+    while cpu == 0.0 && started.elapsed() < std::time::Duration::from_secs(5) {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(fastrand::u64(..));
+        }
+        cpu = sample(&get(&app, "/metrics").await.1, "checkout_gateway_process_cpu_seconds_total");
+    }
+    assert!(cpu > 0.0, "CPU seconds: {cpu}");
+}
