@@ -439,12 +439,7 @@ async fn in_log_mode_an_operation_outside_the_trusted_documents_runs_and_is_logg
     let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(listed.as_bytes()));
     let manifest = json!({"format": "apollo-persisted-query-manifest", "version": 1,
                           "operations": [{"id": id, "name": "Listed", "type": "query", "body": listed}]});
-    let path = std::env::temp_dir().join(format!("cg-log-manifest-{}.json", std::process::id()));
-    std::fs::write(&path, manifest.to_string()).unwrap();
-    let gateway = Gateway::start(
-        &["--demo"],
-        &[("GATEWAY_TRUSTED_DOCUMENTS", path.to_str().unwrap()), ("GATEWAY_TRUSTED_DOCUMENTS_MODE", "log")],
-    );
+    let (gateway, path) = log_mode_gateway(&manifest, "cg-log-manifest");
     let http = crate::helpers::http();
     for query in [listed, other] {
         let reply = post_graphql(&http, gateway.addr, query, json!({})).await;
@@ -469,13 +464,8 @@ async fn a_long_operation_name_is_cut_in_every_log_line() {
     // A name in a document is ASCII; kept well under any bound on a WebSocket message.
     let named = "A".repeat(1_000);
     let manifest = json!({"format": "apollo-persisted-query-manifest", "version": 1, "operations": []});
-    let path = std::env::temp_dir().join(format!("cg-long-name-{}.json", std::process::id()));
-    std::fs::write(&path, manifest.to_string()).unwrap();
     // Log mode: every operation is unlisted, runs, and is logged by its name.
-    let gateway = Gateway::start(
-        &["--demo"],
-        &[("GATEWAY_TRUSTED_DOCUMENTS", path.to_str().unwrap()), ("GATEWAY_TRUSTED_DOCUMENTS_MODE", "log")],
-    );
+    let (gateway, path) = log_mode_gateway(&manifest, "cg-long-name");
     let http = crate::helpers::http();
     let query = r#"{ checkoutSession(provider: DODO, id: "cks_demo_succeeded") { __typename } }"#;
     let response = http
@@ -505,4 +495,16 @@ async fn a_long_operation_name_is_cut_in_every_log_line() {
     assert_eq!((count("é".repeat(100)), count("A".repeat(100))), (1, 2), "{operations:?}");
     assert!(operations.iter().all(|operation| operation.chars().count() <= 100), "{operations:?}");
     std::fs::remove_file(path).unwrap();
+}
+
+/// `--demo` with `manifest` as its trusted documents in log mode; the manifest's file (under
+/// the temporary folder, named after `name`) is the caller's to remove.
+fn log_mode_gateway(manifest: &Value, name: &str) -> (Gateway, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let gateway = Gateway::start(
+        &["--demo"],
+        &[("GATEWAY_TRUSTED_DOCUMENTS", path.to_str().unwrap()), ("GATEWAY_TRUSTED_DOCUMENTS_MODE", "log")],
+    );
+    (gateway, path)
 }
