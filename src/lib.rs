@@ -38,25 +38,14 @@
 //! - [`domain`]: the provider-independent session and error types: no provider, no GraphQL.
 
 pub mod access;
+pub mod app;
 pub mod cache;
 pub mod config;
-pub mod documents;
+pub mod demo;
 pub mod domain;
-pub mod edge;
-pub mod graphiql;
 pub mod graphql;
-pub mod live;
-pub mod metrics;
+pub mod http;
 pub mod net;
 pub mod providers;
-pub mod quota;
-pub mod refusal;
-pub mod response_cache;
-pub mod sandbox;
-pub mod server;
-pub mod service;
-pub mod shared;
-pub mod streams;
+pub mod sessions;
 pub mod telemetry;
-pub mod view;
-pub mod webhooks;

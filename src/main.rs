@@ -1,5 +1,5 @@
+use checkout_gateway::app::{shutdown_signal, Application};
 use checkout_gateway::config::{self, Command, Config};
-use checkout_gateway::server::{shutdown_signal, Application};
 use checkout_gateway::telemetry;
 
 // An executed GraphQL request makes hundreds of small, short-lived allocations (the parsed

@@ -16,14 +16,15 @@ use async_graphql::{
 };
 use futures::{Stream, StreamExt};
 
+use crate::access::quota::{ClientQuotas, Payer};
 use crate::access::{Client, Rights};
 use crate::cache::Lookup;
 use crate::domain::FetchError;
+use crate::providers::schema::{with_providers, ProviderName};
 use crate::providers::{Account, ProviderKind};
-use crate::quota::{ClientQuotas, Payer};
-use crate::service::{permitted, SessionRef, SessionService};
-use crate::view::{self, ProviderName};
+use crate::sessions::{permitted, SessionRef, SessionService};
 
+pub mod documents;
 pub mod limits;
 mod timestamp;
 mod types;
@@ -51,7 +52,7 @@ fn builder(
     providers: &[&'static ProviderKind],
     limits: QueryLimits,
 ) -> SchemaBuilder<Query, EmptyMutation, Subscription> {
-    view::with_providers(providers.iter().map(|kind| kind.schema()).collect(), || {
+    with_providers(providers.iter().map(|kind| kind.schema()).collect(), || {
         Schema::build(Query, EmptyMutation, Subscription)
             .enable_federation()
             // Without it `_service { sdl }` leaves out the `Subscription` type, and a router

@@ -11,7 +11,7 @@ use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Interface, Json
 use super::timestamp::Timestamp;
 use crate::cache::Lookup;
 use crate::domain::{self, CheckoutSession, FetchError};
-use crate::view::{ProviderDetails, ProviderName};
+use crate::providers::schema::{ProviderDetails, ProviderName};
 
 /// The provider-independent state of a session (see PROVIDERS.md for the mapping).
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]

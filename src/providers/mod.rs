@@ -14,13 +14,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::{CheckoutSession, FetchError, FetchResult, Secret};
-use crate::metrics::Metrics;
-use crate::sandbox::SandboxSpec;
-use crate::view::{DetailsObject, ProviderSchema};
+use crate::providers::schema::{DetailsObject, ProviderSchema};
+use crate::telemetry::metrics::Metrics;
+use sandbox::SandboxSpec;
 
 pub mod dhmad;
 pub mod dodo;
 pub mod guard;
+pub mod sandbox;
+pub mod schema;
 pub mod upstream;
 pub mod webhook;
 

@@ -15,8 +15,8 @@ use tokio::sync::Semaphore;
 use super::guard::{Guard, Outcome};
 use super::{AccountConfig, CredentialStatus, Limits, ProviderKind};
 use crate::domain::{FetchError, UnavailableReason};
-use crate::metrics::Metrics;
 use crate::telemetry;
+use crate::telemetry::metrics::Metrics;
 
 /// Everything but RFC 3986 unreserved characters is escaped, so an id can never add a path
 /// segment, a query or a fragment (`/`, `?`, `#`, `%` are all escaped).

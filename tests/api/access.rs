@@ -491,10 +491,10 @@ async fn trusted_documents_run_alone_in_enforce_mode_and_are_logged_in_log_mode(
     let other = r#"{ checkoutSession(provider: DODO, id: "cks_t") { __typename } }"#;
     let path = manifest(&[listed]);
     for (mode, other_runs) in [
-        (checkout_gateway::documents::TrustMode::Enforce, false),
-        (checkout_gateway::documents::TrustMode::Log, true),
+        (checkout_gateway::graphql::documents::TrustMode::Enforce, false),
+        (checkout_gateway::graphql::documents::TrustMode::Log, true),
     ] {
-        let trusted = checkout_gateway::documents::TrustedDocuments::load(&path, mode).unwrap();
+        let trusted = checkout_gateway::graphql::documents::TrustedDocuments::load(&path, mode).unwrap();
         let app = spawn_app(|config| {
             config.trusted_documents = Some(std::sync::Arc::new(trusted));
             config.access = Some(api_keys());
@@ -534,9 +534,9 @@ async fn a_replayed_answer_is_no_way_around_the_trusted_documents() {
     let listed = r#"query Listed { checkoutSession(provider: DODO, id: "cks_t") { ... on CheckoutSession { status } } }"#;
     let other = json!({"query": r#"{ checkoutSession(provider: DODO, id: "cks_t") { __typename } }"#});
     let path = manifest(&[listed]);
-    let trusted = checkout_gateway::documents::TrustedDocuments::load(
+    let trusted = checkout_gateway::graphql::documents::TrustedDocuments::load(
         &path,
-        checkout_gateway::documents::TrustMode::Enforce,
+        checkout_gateway::graphql::documents::TrustMode::Enforce,
     )
     .unwrap();
     let app = spawn_app(|config| {
@@ -582,7 +582,7 @@ async fn metrics_can_move_to_a_port_of_their_own() {
         ..checkout_gateway::config::Config::default()
     };
     config.shutdown_delay = Duration::ZERO;
-    let app = checkout_gateway::server::Application::build(config).await.unwrap();
+    let app = checkout_gateway::app::Application::build(config).await.unwrap();
     let (addr, metrics) = (app.local_addr().unwrap(), app.metrics_addr().unwrap());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let http = crate::helpers::http();

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use checkout_gateway::cache::{CachePolicy, SessionCache};
-use checkout_gateway::live::Hub;
-use checkout_gateway::metrics::Metrics;
 use checkout_gateway::net::http_client;
 use checkout_gateway::providers::{dhmad, Account, Limits};
+use checkout_gateway::sessions::live::Hub;
+use checkout_gateway::telemetry::metrics::Metrics;
 use chrono::Utc;
 use serde_json::json;
 use wiremock::matchers::{header, path};

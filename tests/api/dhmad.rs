@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use checkout_gateway::config::Secret;
 use checkout_gateway::providers::dhmad;
-use checkout_gateway::service::REFETCH_INTERVAL;
+use checkout_gateway::sessions::REFETCH_INTERVAL;
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};

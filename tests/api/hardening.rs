@@ -893,7 +893,7 @@ async fn from_the_first_moment_of_shutdown_http2_connections_get_goaway() {
         access: Some(checkout_gateway::access::AccessConfig::open()),
         ..checkout_gateway::config::Config::default()
     };
-    let app = checkout_gateway::server::Application::build(config).await.unwrap();
+    let app = checkout_gateway::app::Application::build(config).await.unwrap();
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {

@@ -2,9 +2,9 @@ use std::future::pending;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use checkout_gateway::app::Application;
 use checkout_gateway::config::{Config, Secret};
 use checkout_gateway::providers::{dhmad, dodo, AccountConfig, ProviderKind};
-use checkout_gateway::server::Application;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use wiremock::MockServer;

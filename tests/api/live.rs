@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wiremock::matchers::path;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
-use checkout_gateway::service::REFETCH_INTERVAL;
+use checkout_gateway::sessions::REFETCH_INTERVAL;
 
 use crate::helpers::{account_mut, dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
 
@@ -759,7 +759,7 @@ async fn shutdown_does_not_wait_on_a_websocket_client_that_does_not_read() {
         access: Some(checkout_gateway::access::AccessConfig::open()),
         ..Config::default()
     };
-    let app = checkout_gateway::server::Application::build(config).await.unwrap();
+    let app = checkout_gateway::app::Application::build(config).await.unwrap();
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {

@@ -175,7 +175,7 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported() {
         .filter_map(|line| line.split(['{', ' ']).next())
         .map(str::to_owned)
         .collect();
-    let registered = read("src/metrics.rs");
+    let registered = read("src/telemetry/metrics.rs");
     let missing: Vec<&String> = wanted
         .iter()
         .filter(|name| !exported.contains(*name))

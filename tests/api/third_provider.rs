@@ -18,14 +18,14 @@ use serde_json::json;
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use checkout_gateway::app::Application;
 use checkout_gateway::config::Config;
 use checkout_gateway::domain::{
     normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult, ProviderDetails,
 };
+use checkout_gateway::providers::sandbox::{SandboxSpec, SandboxState};
 use checkout_gateway::providers::upstream::Upstream;
 use checkout_gateway::providers::{self, CredentialStatus, ProviderKind, SessionProvider};
-use checkout_gateway::sandbox::{SandboxSpec, SandboxState};
-use checkout_gateway::server::Application;
 
 use crate::helpers::{account, http, post_graphql};
 

@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use chrono::Duration;
 use serde_json::json;
 
-use crate::sandbox::{presented_key, SandboxState, SLOW_FIXTURE_DELAY};
+use crate::providers::sandbox::{presented_key, SandboxState, SLOW_FIXTURE_DELAY};
 
 /// Fixture ids: sessions in every status, then ids that make each error.
 pub const OPEN: &str = "d4a1e000-0000-4000-8000-000000000001";

@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::sandbox::SandboxSpec;
 use super::upstream::Upstream;
 use super::{CredentialStatus, ProviderKind, SessionProvider};
 use crate::domain::{normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult};
-use crate::sandbox::SandboxSpec;
 
 pub mod details;
 pub mod sandbox;

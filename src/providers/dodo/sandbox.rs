@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use chrono::Duration;
 use serde_json::json;
 
-use crate::sandbox::{SandboxState, SandboxWebhook, SLOW_FIXTURE_DELAY};
+use crate::providers::sandbox::{SandboxState, SandboxWebhook, SLOW_FIXTURE_DELAY};
 
 /// Every documented `payment_status`; `cks_demo_<status>` holds a session in that status.
 pub const PAYMENT_STATUSES: [&str; 11] = [

@@ -14,15 +14,15 @@ const ASSETS: [(&str, &str, &[u8]); 4] = [
     (
         "react.production.min.js",
         "text/javascript",
-        include_bytes!("../assets/graphiql/react.production.min.js"),
+        include_bytes!("../../assets/graphiql/react.production.min.js"),
     ),
     (
         "react-dom.production.min.js",
         "text/javascript",
-        include_bytes!("../assets/graphiql/react-dom.production.min.js"),
+        include_bytes!("../../assets/graphiql/react-dom.production.min.js"),
     ),
-    ("graphiql.min.js", "text/javascript", include_bytes!("../assets/graphiql/graphiql.min.js")),
-    ("graphiql.min.css", "text/css", include_bytes!("../assets/graphiql/graphiql.min.css")),
+    ("graphiql.min.js", "text/javascript", include_bytes!("../../assets/graphiql/graphiql.min.js")),
+    ("graphiql.min.css", "text/css", include_bytes!("../../assets/graphiql/graphiql.min.css")),
 ];
 
 /// Under this path; the version in it lets browsers keep the files for good.

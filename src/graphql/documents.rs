@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use crate::cache::responses::Admitted;
+
 use sha2::Digest;
 
 /// What to do with an operation the manifest does not list.
@@ -198,20 +200,6 @@ fn coded(message: &str, code: &'static str) -> async_graphql::ServerError {
         .into_server_error(async_graphql::Pos::default())
 }
 
-/// How a request passed the trusted documents. A replayed answer skips admission, so it is
-/// stored with this, and replayed only to a client the same verdict would admit: the
-/// manifest's verdict is the same for the same text (it is read once, at start), the router's
-/// exemption holds for the router alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admitted {
-    /// Listed in the manifest, or there is none: any client.
-    Listed,
-    /// Not listed, and run in log mode: any client, logged again.
-    Logged,
-    /// Not checked: the router's operation.
-    ByRouter,
-}
-
 /// The one gate every operation passes before it runs (HTTP and streams alike): the trusted
 /// documents, then APQ.
 #[derive(Clone, Debug)]
@@ -238,8 +226,8 @@ impl Admission {
                 match trusted.mode() {
                     TrustMode::Log => {
                         // The document's own name when the request gives none.
-                        let operation =
-                            crate::metrics::operation_name(request).unwrap_or_else(|| "anonymous".into());
+                        let operation = crate::telemetry::metrics::operation_name(request)
+                            .unwrap_or_else(|| "anonymous".into());
                         log_unlisted(&operation);
                         admitted = Admitted::Logged;
                     }

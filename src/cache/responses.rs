@@ -19,8 +19,6 @@ use bytes::Bytes;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use crate::documents::Admitted;
-
 /// A stored answer, ready to send.
 #[derive(Debug)]
 pub struct StoredResponse {
@@ -120,4 +118,18 @@ pub fn cache_control(until: Option<Instant>) -> String {
         }
         None => "no-store".to_owned(),
     }
+}
+
+/// How a request passed the trusted documents. A replayed answer skips admission, so it is
+/// stored with this, and replayed only to a client the same verdict would admit: the
+/// manifest's verdict is the same for the same text (it is read once, at start), the router's
+/// exemption holds for the router alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Listed in the manifest, or there is none: any client.
+    Listed,
+    /// Not listed, and run in log mode: any client, logged again.
+    Logged,
+    /// Not checked: the router's operation.
+    ByRouter,
 }

@@ -5,6 +5,8 @@
 //!
 //! Owns: the log format, the subscriber, the exporter, the request id.
 
+pub mod metrics;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
@@ -69,7 +71,7 @@ pub fn access(client: &str, operation: &str, sessions: usize) {
         return;
     }
     // Callers pass bounded names already; a line is never longer for one that did not.
-    let operation = crate::metrics::bounded_name(operation);
+    let operation = crate::telemetry::metrics::bounded_name(operation);
     let Some((writer, format)) = ACCESS_WRITER.get() else {
         // No writer of ours (tests that install no subscriber of their own): an ordinary event.
         tracing::info!(target: "checkout_gateway::access", client, operation, sessions, "access");

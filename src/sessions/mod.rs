@@ -5,6 +5,8 @@
 //! then its changes; polling it while watched where no webhook keeps it current) and what a
 //! webhook event refreshes. Goes through the cache.
 
+pub mod live;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -12,14 +14,14 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use futures::StreamExt;
 
+use crate::access::quota::Payer;
 use crate::access::Rights;
 use crate::cache::{Key, Lookup, Message, SessionCache};
 use crate::domain::{CheckoutSession, FetchError, FetchResult};
-use crate::live::{same_answer, Abandoned};
+use crate::providers::schema::DetailsObject;
 use crate::providers::webhook::Target;
 use crate::providers::Account;
-use crate::quota::Payer;
-use crate::view::DetailsObject;
+use crate::sessions::live::{same_answer, Abandoned};
 
 /// One session to look up: the provider's schema name, the account (`None`: the provider's
 /// default) and the id.

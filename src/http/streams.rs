@@ -28,12 +28,12 @@ use prometheus::IntGauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::access::{bearer_credential, Access, Client};
-use crate::documents::Admission;
-use crate::edge::{ConnectionSlot, Phase};
+use crate::graphql::documents::Admission;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
-use crate::metrics::{operation_name, Metrics};
-use crate::refusal::graphql_error;
+use crate::http::edge::{ConnectionSlot, Phase};
+use crate::http::refusal::graphql_error;
+use crate::telemetry::metrics::{operation_name, Metrics};
 
 /// The schema as streams run it: each operation gets its own request scope (so aliases cannot
 /// multiply the session budget) and the shape checks HTTP requests get.

@@ -9,6 +9,9 @@
 //!
 //! Owns: the lifetimes ([`CachePolicy`]) and the one session cache, keyed by account scope and id.
 
+pub mod redis;
+pub mod responses;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::ready;
@@ -22,13 +25,13 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 
+use crate::access::quota::Payer;
+use crate::cache::redis::Shared;
 use crate::domain::CheckoutSession;
 use crate::domain::{CheckoutStatus, FetchError, FetchResult};
-use crate::live::{Hub, REFERENCE_TTL};
-use crate::metrics::Metrics;
 use crate::providers::Account;
-use crate::quota::Payer;
-use crate::shared::Shared;
+use crate::sessions::live::{Hub, REFERENCE_TTL};
+use crate::telemetry::metrics::Metrics;
 
 /// Lifetimes per kind of answer; each is a setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

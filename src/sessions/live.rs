@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::domain::FetchResult;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Whose view (an account's scope) and which session (its canonical id).
 pub type TopicKey = (Arc<str>, Arc<str>);

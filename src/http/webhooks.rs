@@ -19,13 +19,13 @@ use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::metrics::Metrics;
+use crate::cache::responses::ResponseCache;
 use crate::providers::webhook::{
     Refusal, WebhookEvent, MAX_SIGNATURES, MAX_SIGNATURE_HEADER_BYTES, TOLERANCE_SECONDS,
 };
 use crate::providers::{Account, ProviderKind};
-use crate::response_cache::ResponseCache;
-use crate::service::SessionService;
+use crate::sessions::SessionService;
+use crate::telemetry::metrics::Metrics;
 
 /// The most a delivery may hold: Dodo's payment events are a few kilobytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -6,9 +6,13 @@
 //! `--demo` (one sandbox and one account per environment of each provider) and `/readyz`'s
 //! per-account credential report.
 
+pub mod edge;
+pub mod graphiql;
+pub mod refusal;
+pub mod streams;
+pub mod webhooks;
+
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -27,48 +31,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::access::{Access, AccessConfig, AuthMode, Client, Denied};
-use crate::cache::SessionCache;
-use crate::config::Config;
-use crate::documents::{Admission, ApqStore};
-use crate::domain::Secret;
-use crate::edge::{self, EdgeLimits, Phase};
+use crate::access::{Access, Client, Denied};
+use crate::cache::responses::{cache_control, ResponseCache, StoredResponse};
+use crate::graphql::documents::Admission;
 use crate::graphql::limits::{self, ShapeLimits};
-use crate::graphql::{self, DocumentCache, Gateway, GatewaySchema, QueryLimits, RequestScope};
-use crate::live::Hub;
-use crate::metrics::{Metrics, OperationLabels};
+use crate::graphql::{DocumentCache, GatewaySchema, RequestScope};
+use crate::http::refusal::graphql_error;
+use crate::http::streams::Streams;
+use crate::http::webhooks::Webhooks;
 use crate::providers::guard::CircuitState;
-use crate::providers::guard::SharedQuota;
-use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
-use crate::quota::ClientQuotas;
-use crate::refusal::graphql_error;
-use crate::response_cache::{cache_control, ResponseCache, StoredResponse};
-use crate::sandbox::{self, SandboxOptions, SandboxWebhook};
-use crate::service::SessionService;
-use crate::shared::Shared;
-use crate::streams::{self, Guarded, StreamLimits, Streams};
-use crate::webhooks::{self, Webhooks};
-use crate::{graphiql, net, telemetry};
-
-/// Distinct operation names kept as metrics labels; later ones count as `other`.
-const OPERATION_LABELS_MAX: usize = 200;
-
-/// Documents registered through APQ, at most (estimated bytes).
-const APQ_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Parsed documents kept (estimated bytes): thousands of distinct dashboard queries.
-const DOCUMENT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+use crate::providers::{Account, CredentialStatus};
+use crate::sessions::SessionService;
+use crate::telemetry;
+use crate::telemetry::metrics::{Metrics, OperationLabels};
 
 /// What the startup credential check found, per account name (`/readyz` reports it).
-type Credentials = Arc<RwLock<BTreeMap<Arc<str>, CredentialStatus>>>;
+pub(crate) type Credentials = Arc<RwLock<BTreeMap<Arc<str>, CredentialStatus>>>;
 
 /// What every handler reads: one pointer to clone (axum clones the state several times per
 /// request; cloning each field was ~2 % of an executed request).
 #[derive(Clone)]
-struct AppState(Arc<StateInner>);
+pub(crate) struct AppState(pub(crate) Arc<StateInner>);
 
 impl std::ops::Deref for AppState {
     type Target = StateInner;
@@ -77,253 +62,40 @@ impl std::ops::Deref for AppState {
     }
 }
 
-struct StateInner {
-    schema: GatewaySchema,
+pub(crate) struct StateInner {
+    pub(crate) schema: GatewaySchema,
     /// The same schema validating nothing: for documents that passed the strict one before
     /// (validation was 44 % of an executed request; their limits held then and hold now).
-    prevalidated_schema: GatewaySchema,
-    documents: Arc<DocumentCache>,
-    responses: Arc<ResponseCache>,
-    service: Arc<SessionService>,
-    metrics: Arc<Metrics>,
+    pub(crate) prevalidated_schema: GatewaySchema,
+    pub(crate) documents: Arc<DocumentCache>,
+    pub(crate) responses: Arc<ResponseCache>,
+    pub(crate) service: Arc<SessionService>,
+    pub(crate) metrics: Arc<Metrics>,
     /// False until the server is serving, and again from the moment shutdown begins.
-    ready: Arc<AtomicBool>,
-    credentials: Credentials,
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) credentials: Credentials,
     /// For their circuits' state, read live by `/readyz` and `/metrics`.
-    accounts: Arc<Vec<Arc<Account>>>,
+    pub(crate) accounts: Arc<Vec<Arc<Account>>>,
     /// The longest a request may take, whatever it waits for.
-    request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// The most a request body may hold.
-    max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Serve GraphiQL to browsers.
-    graphiql: bool,
-    shape_limits: ShapeLimits,
+    pub(crate) graphiql: bool,
+    pub(crate) shape_limits: ShapeLimits,
     /// Operation names as metrics labels, from a bounded set.
-    operations: Arc<OperationLabels>,
+    pub(crate) operations: Arc<OperationLabels>,
     /// Subscriptions over WebSocket and Server-Sent Events.
-    streams: Streams,
-    webhooks: Arc<Webhooks>,
+    pub(crate) streams: Streams,
+    pub(crate) webhooks: Arc<Webhooks>,
     /// Who may ask.
-    access: Arc<Access>,
+    pub(crate) access: Arc<Access>,
     /// What may run (trusted documents) and the texts behind APQ hashes.
-    admission: Admission,
-}
-
-/// A gateway bound to its port, ready to run.
-#[derive(Debug)]
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-    ready: Arc<AtomicBool>,
-    config: Config,
-    accounts: Vec<Arc<Account>>,
-    credentials: Credentials,
-    /// Where a shutdown stands, for connections and streams.
-    phase: tokio::sync::watch::Sender<Phase>,
-    /// `/metrics` on its own port (GATEWAY_METRICS_LISTEN).
-    metrics_server: Option<(TcpListener, Router)>,
-}
-
-impl Application {
-    /// Builds everything with the built-in providers and binds the listener (port 0 picks a
-    /// free one; see [`Self::local_addr`]). With `config.demo`, first starts the sandbox
-    /// providers and points the gateway at them.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build_with(config, providers::builtin()).await
-    }
-
-    /// [`Self::build`] with the given providers: the schema's `Provider` enum and details
-    /// union are theirs, and each gets an unconfigured default account if it has none.
-    pub async fn build_with(mut config: Config, kinds: Vec<&'static ProviderKind>) -> anyhow::Result<Self> {
-        // Bound first: the demo's sandboxes send their webhooks to this port.
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (GATEWAY_LISTEN): {e}", config.listen))?;
-        if config.demo {
-            let gateway = loopback(listener.local_addr()?);
-            let options = SandboxOptions { latency: config.demo_latency, step: config.demo_step };
-            config.accounts = demo_accounts(&kinds, options, gateway).await?;
-        }
-        for kind in &kinds {
-            if !config.accounts.iter().any(|account| std::ptr::eq(account.kind, *kind)) {
-                config.accounts.push(AccountConfig::unconfigured(kind));
-            }
-        }
-        let metrics = Arc::new(Metrics::new());
-        let http = net::http_client()?;
-        let shared = config.redis.as_ref().map(|redis| Shared::new(redis, metrics.clone())).transpose()?;
-        let mut limits = config.limits();
-        limits.shared_quota = shared.clone().map(|shared| shared as Arc<dyn SharedQuota>);
-        let accounts = config
-            .accounts
-            .iter()
-            .map(|account| Account::new(account.clone(), &limits, &http, &metrics).map(Arc::new))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let credentials: Credentials = Arc::new(RwLock::new(
-            accounts.iter().map(|account| (account.name().clone(), CredentialStatus::Checking)).collect(),
-        ));
-        let hub = Arc::new(Hub::new(REFERENCES_MAX, metrics.clone()));
-        let mut cache = SessionCache::new(config.cache, hub, metrics.clone());
-        if let Some(shared) = &shared {
-            cache = cache.with_shared(shared.clone());
-        }
-        let service = Arc::new(SessionService::new(&accounts, cache)?);
-        let responses = Arc::new(ResponseCache::new(config.response_cache_bytes));
-        let replayed = responses.clone();
-        // Another replica's webhook changed a session: replayed answers may hold it.
-        service.listen_to_replicas(move || replayed.clear());
-        let gateway = Gateway {
-            service: service.clone(),
-            batch_max: config.batch_max,
-            entities_max: config.entities_max,
-            quotas: Arc::new(ClientQuotas::new(&config.client_rate_limit)),
-        };
-        let limits = QueryLimits { max_depth: config.max_depth, max_complexity: config.max_complexity };
-        let admission = Admission {
-            trusted: config.trusted_documents.clone(),
-            apq: ApqStore::new(config.apq.then_some(APQ_BYTES)),
-        };
-        let schema = graphql::schema(gateway.clone(), &kinds, config.introspection, limits, false);
-        let prevalidated_schema = graphql::schema(gateway, &kinds, config.introspection, limits, true);
-        let ready = Arc::new(AtomicBool::new(false));
-        let shape_limits =
-            ShapeLimits { max_aliases: config.max_aliases, max_root_fields: config.max_root_fields };
-        let access = match config.access.clone() {
-            Some(access) => access,
-            None if config.demo => AccessConfig::open(),
-            None => anyhow::bail!(
-                "choose how clients authenticate: GATEWAY_AUTH=api-key (keys in [clients.NAME] tables), \
-                 GATEWAY_AUTH=jwt (GATEWAY_JWT_JWKS_URL, _ISSUER, _AUDIENCE), or GATEWAY_AUTH=none to let \
-                 anyone who reaches the port read every account (see the README's Security section)"
-            ),
-        };
-        if access.mode == AuthMode::None && !config.demo {
-            tracing::warn!("GATEWAY_AUTH=none: anyone who reaches this port reads every account");
-        }
-        let access = Arc::new(Access::new(access, http.clone()));
-        if access.mode() == AuthMode::Jwt {
-            tokio::spawn(access.clone().keep_jwks_fresh());
-        }
-        let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
-        let streams = Streams::new(
-            Guarded::new(schema.clone(), shape_limits, admission.clone()),
-            StreamLimits {
-                max_connections: config.max_subscription_connections,
-                per_connection: config.subscriptions_per_connection,
-                ping: config.subscription_ping_interval,
-                init_timeout: config.connection_init_timeout,
-                max_message_bytes: config.max_ws_message_bytes,
-            },
-            phases,
-            access.clone(),
-            metrics.clone(),
-        );
-        let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, responses.clone(), metrics.clone()));
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (GATEWAY_METRICS_LISTEN): {e}"))?,
-            ),
-            None => None,
-        };
-        let state = AppState(Arc::new(StateInner {
-            schema,
-            prevalidated_schema,
-            documents: Arc::new(DocumentCache::new(DOCUMENT_CACHE_BYTES)),
-            responses,
-            service,
-            metrics,
-            ready: ready.clone(),
-            credentials: credentials.clone(),
-            accounts: Arc::new(accounts.clone()),
-            request_timeout: config.request_timeout,
-            max_body_bytes: config.max_body_bytes,
-            graphiql: config.graphiql,
-            shape_limits,
-            operations: Arc::new(OperationLabels::new(OPERATION_LABELS_MAX)),
-            streams,
-            webhooks,
-            access,
-            admission,
-        }));
-        // Scrapers only, on a port the public Service need not expose.
-        let metrics_server = metrics_listener.map(|listener| {
-            let router = Router::new().route("/metrics", get(metrics_page)).with_state(state.clone());
-            (listener, router)
-        });
-        let router = router(state, metrics_server.is_none());
-        Ok(Self { listener, router, ready, config, accounts, credentials, phase, metrics_server })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Where `/metrics` is served when it has its own port.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_server.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
-    }
-
-    /// Serves until `stop` resolves, then drains: `/readyz` answers 503 at once, the listener
-    /// keeps serving for `shutdown_delay` (so the cluster stops routing here), then in-flight
-    /// requests get `shutdown_grace` to finish.
-    pub async fn run_until_stopped(
-        self,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Self { listener, router, ready, config, accounts, credentials, phase, metrics_server } = self;
-        if let Some((listener, router)) = metrics_server {
-            tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, router).await {
-                    tracing::error!(%error, "the metrics listener stopped");
-                }
-            });
-        }
-        tokio::spawn(check_credentials(accounts, credentials));
-        let phases = phase.subscribe();
-        let limits = EdgeLimits {
-            max_connections: config.max_connections,
-            header_read_timeout: config.header_read_timeout,
-            idle_timeout: config.idle_timeout,
-        };
-        let mut server = tokio::spawn(edge::serve(listener, router, limits, phases));
-        ready.store(true, Ordering::SeqCst);
-        tokio::select! {
-            result = &mut server => return Ok(result?),
-            () = stop => {}
-        }
-        // Not ready, and every connection is asked to move off (HTTP/2: GOAWAY now; HTTP/1.1:
-        // `Connection: close` on its next response) while the listener still serves.
-        ready.store(false, Ordering::SeqCst);
-        let _ = phase.send(Phase::Draining);
-        tracing::info!(delay = ?config.shutdown_delay, grace = ?config.shutdown_grace, "shutting down: not ready, draining");
-        tokio::time::sleep(config.shutdown_delay).await;
-        let _ = phase.send(Phase::Closing);
-        match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!("shutdown grace period over with requests still in flight; exiting"),
-        }
-        tracing::info!("stopped");
-        Ok(())
-    }
-}
-
-/// Entries of the index from payment and escrow ids to sessions (webhooks name sessions by
-/// them).
-const REFERENCES_MAX: u64 = 200_000;
-
-/// Where a process on this machine reaches `addr` (a wildcard address is reached on loopback).
-fn loopback(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    }
+    pub(crate) admission: Admission,
 }
 
 /// The routes; `/metrics` only when it is not served on a port of its own.
-fn router(state: AppState, with_metrics: bool) -> Router {
+pub(crate) fn router(state: AppState, with_metrics: bool) -> Router {
     let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/ws", get(websocket))
@@ -338,77 +110,6 @@ fn router(state: AppState, with_metrics: bool) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe_request))
         .with_state(state)
-}
-
-/// Every environment of every provider as a sandbox on 127.0.0.1, one account each: the
-/// first environment's account is the provider's default and is named after it (`dodo`), the
-/// others after the provider and the environment (`dodo_test`).
-async fn demo_accounts(
-    kinds: &[&'static ProviderKind],
-    options: SandboxOptions,
-    gateway: SocketAddr,
-) -> anyhow::Result<Vec<AccountConfig>> {
-    let mut accounts = Vec::new();
-    for kind in kinds {
-        for (index, (environment, _)) in kind.environments.iter().enumerate() {
-            let name = if index == 0 { kind.slug.to_owned() } else { format!("{}_{environment}", kind.slug) };
-            // Public demo values per account, so that each sandbox accepts only its own key
-            // and the gateway only its own sandbox's webhooks.
-            let key = format!("demo_{name}_key");
-            let webhook = (kind.sandbox.sends_webhooks && kind.webhooks.is_some()).then(|| SandboxWebhook {
-                url: format!("http://{gateway}/webhooks/{}", kind.slug),
-                secret: sandbox::demo_webhook_secret(&name),
-                business_id: format!("demo_{name}"),
-            });
-            let endpoint = sandbox::serve(kind.sandbox, environment, &key, options, webhook.clone()).await?;
-            // Its own target, so that a quiet log level can still show where the sandboxes are.
-            tracing::info!(
-                target: "checkout_gateway::demo",
-                account = %name,
-                environment,
-                base_url = %endpoint.base_url,
-                webhooks = webhook.is_some(),
-                "demo mode: sandbox provider"
-            );
-            accounts.push(AccountConfig {
-                name: Arc::from(name),
-                base_url: endpoint.base_url,
-                api_key: Some(Secret::new(key)),
-                default: index == 0,
-                webhook_secret: webhook.as_ref().map(|webhook| Secret::new(webhook.secret.clone())),
-                business_id: webhook.map(|webhook| webhook.business_id),
-                ..AccountConfig::unconfigured(kind)
-            });
-        }
-    }
-    Ok(accounts)
-}
-
-/// Checks each account's key once, in the background: readiness never waits on a provider.
-async fn check_credentials(accounts: Vec<Arc<Account>>, credentials: Credentials) {
-    for account in accounts {
-        let status = account.client.check_credentials().await;
-        let (provider, name) = (account.kind().slug, &**account.name());
-        match status {
-            CredentialStatus::Rejected => {
-                tracing::error!(provider, account = name, "the provider refused the configured key")
-            }
-            CredentialStatus::NotConfigured => {
-                tracing::warn!(
-                    provider,
-                    account = name,
-                    "no API key: its sessions answer PROVIDER_UNAVAILABLE (NOT_CONFIGURED)"
-                )
-            }
-            CredentialStatus::Unreachable => {
-                tracing::warn!(provider, account = name, "could not check the key: provider unreachable")
-            }
-            _ => tracing::info!(provider, account = name, status = ?status, "credential check"),
-        }
-        if let Ok(mut map) = credentials.write() {
-            map.insert(account.name().clone(), status);
-        }
-    }
 }
 
 /// The request id (the caller's `x-request-id` when it is sane, else a new one) follows the
@@ -906,7 +607,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({"status": label, "accounts": accounts, "shared": shared}))).into_response()
 }
 
-async fn metrics_page(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics_page(State(state): State<AppState>) -> Response {
     // The writer counts; the counter catches up at each scrape.
     let dropped = telemetry::dropped_log_lines();
     let counted = state.metrics.log_lines_dropped.get();
@@ -935,28 +636,4 @@ async fn not_found() -> Response {
         Json(json!({"error": "not found", "routes": ["/graphql", "/ws", "/webhooks/{provider}", "/livez", "/readyz", "/metrics"]})),
     )
         .into_response()
-}
-
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }

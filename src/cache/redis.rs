@@ -23,8 +23,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use crate::domain::Secret;
-use crate::metrics::Metrics;
 use crate::providers::guard::{SharedQuota, Taken};
+use crate::telemetry::metrics::Metrics;
 
 /// How the shared tier is reached.
 #[derive(Clone, Debug)]

@@ -18,12 +18,12 @@ use clap::{Arg, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcom
 use serde::Deserialize;
 
 use crate::access::{AccessConfig, ApiKey, AuthMode, JwtConfig, Rights};
+use crate::cache::redis::SharedConfig;
 use crate::cache::CachePolicy;
-use crate::documents::{TrustMode, TrustedDocuments};
 pub use crate::domain::Secret;
+use crate::graphql::documents::{TrustMode, TrustedDocuments};
 use crate::providers::guard::RateLimit;
 use crate::providers::{self, AccountConfig, Limits, ProviderKind};
-use crate::shared::SharedConfig;
 pub use crate::telemetry::LogFormat;
 
 /// checkout-gateway: one GraphQL view of checkout sessions held by several payment providers.

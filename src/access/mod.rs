@@ -6,6 +6,8 @@
 //! Knows nothing of GraphQL or HTTP routes: the server asks [`Access::authenticate`] and puts
 //! the [`Client`] in the request; resolvers ask [`Rights::allows`] before any upstream call.
 
+pub mod quota;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
