@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{mount_dodo, session_calls, spawn_app, TestApp, DHMAD_ID};
+use crate::support::app::{spawn_app, TestApp};
+use crate::support::providers::{mount_dodo, session_calls, DHMAD_ID};
 
 const ALL_KEY: &str = "key-of-the-operations-team";
 const DODO_ONLY_KEY: &str = "key-of-the-dodo-dashboard";
@@ -126,7 +127,7 @@ async fn rights_are_enforced_before_any_upstream_call_everywhere() {
     assert_eq!(answer["errors"][0]["extensions"]["code"], "ACCESS_DENIED", "{answer}");
     assert_eq!(answer["errors"][0]["path"], json!(["_entities", 0]));
     // A subscription, authenticated in connection_init as a browser would.
-    let mut socket = crate::live::Socket::open_with(
+    let mut socket = crate::support::sockets::Socket::open_with(
         app.addr,
         "/ws",
         json!({"Authorization": format!("Bearer {DODO_ONLY_KEY}")}),
@@ -137,7 +138,7 @@ async fn rights_are_enforced_before_any_upstream_call_everywhere() {
     let requests = app.dhmad.received_requests().await.unwrap();
     assert!(requests.iter().all(|r| r.url.path() == "/api/v1/me"), "DHMAD was never asked for a session");
     // A WebSocket without any credentials is closed at connection_init.
-    let request = crate::live::upgrade_request(app.addr, "/ws", "graphql-transport-ws");
+    let request = crate::support::sockets::upgrade_request(app.addr, "/ws", "graphql-transport-ws");
     let (mut stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     use futures::{SinkExt, StreamExt};
     stream
@@ -155,7 +156,8 @@ async fn a_replayed_answer_never_crosses_rights() {
     let app = spawn_app(|config| config.access = Some(api_keys())).await;
     Mock::given(path(format!("/api/v1/sessions/{DHMAD_ID}")))
         .respond_with(
-            ResponseTemplate::new(200).set_body_json(crate::helpers::dhmad_session(DHMAD_ID, "completed")),
+            ResponseTemplate::new(200)
+                .set_body_json(crate::support::providers::dhmad_session(DHMAD_ID, "completed")),
         )
         .mount(&app.dhmad)
         .await;
@@ -321,7 +323,7 @@ async fn jwts_are_verified_against_the_issuers_jwks() {
     serve_jwks(&issuer, &other_jwk).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     // A new connection: the idle one was closed by the header-read timeout meanwhile.
-    let app = TestApp { http: crate::helpers::http(), ..app };
+    let app = TestApp { http: crate::support::app::http(), ..app };
     // The short-lived token expired while the gateway still knew its key.
     let (status, answer) = as_client(&app, &short, &body).await;
     assert_eq!(status, 401, "{answer}");
@@ -372,7 +374,7 @@ async fn streams_opened_with_a_token_end_when_it_expires() {
     let short = token(&pem, "k1", claims);
 
     let payload = json!({"Authorization": format!("Bearer {short}")});
-    let mut socket = crate::live::Socket::open_with(app.addr, "/ws", payload).await;
+    let mut socket = crate::support::sockets::Socket::open_with(app.addr, "/ws", payload).await;
     socket.subscribe("1", "DODO", "cks_j").await;
     assert_eq!(socket.update().await.1, "OPEN");
     let closed = socket.next().await;
@@ -585,7 +587,7 @@ async fn metrics_can_move_to_a_port_of_their_own() {
     let app = checkout_gateway::app::Application::build(config).await.unwrap();
     let (addr, metrics) = (app.local_addr().unwrap(), app.metrics_addr().unwrap());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let on_main = http.get(format!("http://{addr}/metrics")).send().await.unwrap().status();
     assert_eq!(on_main, 404, "not on the public port any more");
     let scraped = http.get(format!("http://{metrics}/metrics")).send().await.unwrap();
@@ -604,7 +606,8 @@ const BUDGETED: &str = "query($id: ID!) { checkoutSession(provider: DODO, id: $i
 async fn mount_expecting(app: &TestApp, prefix: &str, calls: u64) {
     Mock::given(wiremock::matchers::path_regex(format!("^/checkouts/{prefix}[0-9]+$")))
         .respond_with(
-            ResponseTemplate::new(200).set_body_json(crate::helpers::dodo_session(prefix, Some("succeeded"))),
+            ResponseTemplate::new(200)
+                .set_body_json(crate::support::providers::dodo_session(prefix, Some("succeeded"))),
         )
         .expect(calls)
         .mount(&app.dodo)
@@ -745,7 +748,8 @@ async fn the_polls_of_a_clients_subscription_are_charged_to_it() {
     .await;
     Mock::given(path("/checkouts/cks_polled_1"))
         .respond_with(
-            ResponseTemplate::new(200).set_body_json(crate::helpers::dodo_session("cks_polled_1", None)),
+            ResponseTemplate::new(200)
+                .set_body_json(crate::support::providers::dodo_session("cks_polled_1", None)),
         )
         // The subscription's first lookup and two polls; then the budget is spent, and the
         // poller waits for it (without the charge: one call every 100 ms).

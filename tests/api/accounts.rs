@@ -9,7 +9,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use checkout_gateway::providers::dodo;
 
-use crate::helpers::{account, dodo_session, spawn_app, TestApp, DODO_KEY};
+use crate::support::app::{account, spawn_app, TestApp, DODO_KEY};
+use crate::support::providers::dodo_session;
 
 const TEST_KEY: &str = "dodo_test_mode_key";
 
@@ -98,7 +99,7 @@ async fn an_unknown_account_is_a_typed_error_before_any_call() {
     assert_eq!(reply.data("checkoutSession")["__typename"], "UnknownAccountError");
     assert_eq!(reply.cache_control(), "no-store");
     assert_eq!(calls(&app.dodo).await + calls(&test_mode).await, 0);
-    assert_eq!(crate::helpers::session_calls(&app.dhmad).await, 0);
+    assert_eq!(crate::support::providers::session_calls(&app.dhmad).await, 0);
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! The answer cache, seen from outside: upstream calls counted at the wiremock providers.
+//! The answer cache, seen from outside: upstream calls counted at the wiremock providers; its
+//! bound in bytes, and no answer announced or replayed past a session's expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +14,15 @@ use serde_json::json;
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{account, concurrently, dhmad_session, dodo_session, mount_dodo, spawn_app, DHMAD_ID};
+use crate::support::app::{account, concurrently, spawn_app};
+use crate::support::providers::{dhmad_session, dodo_session, mount_dodo, session_calls, DHMAD_ID};
 
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new())
 }
 
 async fn calls(server: &MockServer) -> usize {
-    crate::helpers::session_calls(server).await
+    crate::support::providers::session_calls(server).await
 }
 
 #[tokio::test]
@@ -68,7 +70,7 @@ async fn concurrent_askers_share_an_error_but_it_is_not_stored() {
 #[tokio::test]
 async fn errors_are_never_cached() {
     let app = spawn_app(|_| {}).await;
-    // (A 429 is not stored either, and holds the account's calls: see hardening.rs.)
+    // (A 429 is not stored either, and holds the account's calls: see resilience.rs.)
     for (id, status) in [("cks_401", 401), ("cks_403", 403), ("cks_500", 500), ("cks_503", 503)] {
         Mock::given(path(format!("/checkouts/{id}")))
             .respond_with(ResponseTemplate::new(status))
@@ -167,4 +169,69 @@ async fn the_cache_key_holds_the_credential() {
     cache.lookup(&a, DHMAD_ID).await;
     cache.lookup(&b, DHMAD_ID).await;
     assert_eq!(calls(&server).await, 2);
+}
+
+#[tokio::test]
+async fn an_open_session_is_never_announced_or_replayed_past_its_expiry() {
+    // An open DHMAD session that expires in 2 s, and a slow miss in the same batch: the
+    // response leaves about 1.5 s after the open session was looked up.
+    let app = spawn_app(|config| config.cache.open = Duration::from_secs(60)).await;
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(2_000);
+    let mut open = dhmad_session(DHMAD_ID, "pending");
+    open["session"]["expiresAt"] = json!(expires.to_rfc3339());
+    Mock::given(path(format!("/api/v1/sessions/{DHMAD_ID}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(open))
+        .mount(&app.dhmad)
+        .await;
+    Mock::given(path("/checkouts/cks_slow"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(1_500))
+                .set_body_json(crate::support::providers::dodo_session("cks_slow", Some("succeeded"))),
+        )
+        .mount(&app.dodo)
+        .await;
+    let query = format!(
+        r#"{{ checkoutSessions(refs: [{{provider: DHMAD, id: "{DHMAD_ID}"}}, {{provider: DODO, id: "cks_slow"}}]) {{ __typename }} }}"#
+    );
+    let reply = app.graphql(&query, json!({})).await;
+    let max_age: u64 =
+        reply.cache_control().trim_start_matches("private, max-age=").parse().unwrap_or(u64::MAX);
+    let left = (expires - chrono::Utc::now()).num_milliseconds().max(0) as u64;
+    assert!(max_age * 1000 <= left, "max-age={max_age} announced with {left} ms left");
+    // Replayed answers stop when the session does.
+    tokio::time::sleep(Duration::from_millis(left + 100)).await;
+    app.graphql(&query, json!({})).await;
+    assert_eq!(session_calls(&app.dhmad).await, 2, "after its expiry the session was asked again");
+}
+
+#[tokio::test]
+async fn the_session_cache_is_bounded_in_bytes() {
+    // Ten terminal sessions with 40 KiB of metadata each, into a 128 KiB cache: a count bound
+    // alone would keep all ten.
+    let app = spawn_app(|config| {
+        config.cache.max_bytes = 128 * 1024;
+        config.cache.max_entries = 1_000;
+    })
+    .await;
+    let ids: Vec<String> = (0..10).map(|i| format!("550e8400-e29b-41d4-a716-4466554400{i:02}")).collect();
+    for id in &ids {
+        let mut body = dhmad_session(id, "completed");
+        body["session"]["metadata"] = json!({"notes": "n".repeat(40 * 1024)});
+        Mock::given(path(format!("/api/v1/sessions/{id}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&app.dhmad)
+            .await;
+    }
+    for id in &ids {
+        assert_eq!(app.session("DHMAD", id).await["status"], "COMPLETED");
+    }
+    let metrics = app.metrics().await;
+    let entries: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("checkout_gateway_cache_entries "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    assert!((1.0..=3.0).contains(&entries), "{entries} sessions of 40 KiB in a 128 KiB cache");
+    assert!(metrics.contains(r#"checkout_gateway_cache_evictions_total{cause="size"}"#), "{metrics}");
 }

@@ -5,7 +5,7 @@ use checkout_gateway::providers::dhmad::sandbox as dhmad;
 use checkout_gateway::providers::dodo::sandbox as dodo;
 use serde_json::json;
 
-use crate::helpers::{post_graphql, start, RESULT_FIELDS};
+use crate::support::app::{post_graphql, start, RESULT_FIELDS};
 
 #[tokio::test]
 async fn every_fixture_answers_as_documented() {
@@ -16,7 +16,7 @@ async fn every_fixture_answers_as_documented() {
         ..Config::default()
     };
     let addr = start(config).await;
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
 
     let cases: Vec<(&str, String, &str, &str)> = vec![
         ("DHMAD", dhmad::OPEN.into(), "CheckoutSession", "OPEN"),
@@ -76,7 +76,7 @@ async fn every_fixture_answers_as_documented() {
 async fn the_demo_has_two_accounts_per_provider() {
     let config = Config { listen: "127.0.0.1:0".parse().unwrap(), demo: true, ..Config::default() };
     let addr = start(config).await;
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let query = r#"{
       live: checkoutSession(provider: DODO, id: "cks_demo_succeeded") { ... on CheckoutSession { account status } }
       test: checkoutSession(provider: DODO, id: "cks_demo_succeeded", account: "dodo_test") { ... on CheckoutSession { account status } }

@@ -1,7 +1,7 @@
-//! The DHMAD client: the request it sends, every status and body shape, timeouts; its
-//! webhooks' signature bounds, replays and refetch bound.
+//! The DHMAD client: the request it sends, every spelling of an id, every status and body
+//! shape, timeouts; its webhooks' signature bounds, replays and refetch bound.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use checkout_gateway::config::Secret;
@@ -11,8 +11,9 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{account_mut, dhmad_session, session_calls, spawn_app, TestApp, DHMAD_ID, DHMAD_KEY};
-use crate::live::{deliver, now, Upstream};
+use crate::support::app::{account_mut, spawn_app, TestApp, DHMAD_KEY};
+use crate::support::providers::{dhmad_session, session_calls, Upstream, DHMAD_ID};
+use crate::support::webhooks::{deliver, now, DHMAD_SECRET as WEBHOOK_SECRET};
 
 const SESSION_PATH: &str = "/api/v1/sessions/550e8400-e29b-41d4-a716-446655440000";
 
@@ -190,7 +191,7 @@ async fn a_non_uuid_id_is_refused_without_calling() {
         assert_eq!(answer["__typename"], "InvalidIdError", "{id:?}");
         assert_eq!(answer["code"], "INVALID_ID");
     }
-    assert_eq!(crate::helpers::session_calls(&app.dhmad).await, 0, "an invalid id reached DHMAD");
+    assert_eq!(crate::support::providers::session_calls(&app.dhmad).await, 0, "an invalid id reached DHMAD");
 }
 
 #[tokio::test]
@@ -229,7 +230,7 @@ async fn without_a_key_the_provider_is_not_configured_and_never_called() {
     let answer = app.session("DHMAD", DHMAD_ID).await;
     assert_eq!(answer["__typename"], "ProviderUnavailableError");
     assert_eq!(answer["reason"], "NOT_CONFIGURED");
-    assert_eq!(crate::helpers::session_calls(&app.dhmad).await, 0);
+    assert_eq!(crate::support::providers::session_calls(&app.dhmad).await, 0);
 }
 
 #[tokio::test]
@@ -246,7 +247,6 @@ async fn the_key_never_appears_in_an_answer() {
     assert!(!answer.to_string().contains(DHMAD_KEY));
 }
 
-const WEBHOOK_SECRET: &str = "dhmad_webhook_secret_for_tests";
 /// The escrow of `dhmad_session`'s sessions.
 const ESCROW: &str = "507f1f77bcf86cd799439011";
 
@@ -258,8 +258,7 @@ async fn webhook_app() -> (Arc<TestApp>, Upstream) {
     })
     .await;
     let upstream =
-        Upstream { body: Arc::new(Mutex::new(dhmad_session(DHMAD_ID, "pending"))), delay: Duration::ZERO };
-    Mock::given(path(SESSION_PATH)).respond_with(upstream.clone()).mount(&app.dhmad).await;
+        Upstream::mount(&app.dhmad, SESSION_PATH, dhmad_session(DHMAD_ID, "pending"), Duration::ZERO).await;
     (Arc::new(app), upstream)
 }
 
@@ -399,4 +398,23 @@ async fn a_burst_of_deliveries_for_one_escrow_costs_a_bounded_number_of_refetche
     assert!((2..=bound).contains(&refetches), "{refetches} refetches for 20 deliveries in {burst:?}");
     // None of them is lost: the last refetch came after the last delivery.
     assert_eq!(app.session("DHMAD", DHMAD_ID).await["status"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn spellings_of_one_dhmad_uuid_share_one_entry_and_one_call() {
+    let app = spawn_app(|_| {}).await;
+    Mock::given(path(format!("/api/v1/sessions/{DHMAD_ID}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dhmad_session(DHMAD_ID, "completed")))
+        .mount(&app.dhmad)
+        .await;
+    let upper = DHMAD_ID.to_uppercase();
+    let simple = DHMAD_ID.replace('-', "");
+    let braced = format!("{{{DHMAD_ID}}}");
+    let urn = format!("urn:uuid:{DHMAD_ID}");
+    for spelling in [DHMAD_ID, &upper, &simple, &braced, &urn] {
+        let session = app.session("DHMAD", spelling).await;
+        assert_eq!(session["__typename"], "CheckoutSession", "{spelling}: {session}");
+        assert_eq!(session["id"], DHMAD_ID, "the canonical id is reported for {spelling}");
+    }
+    assert_eq!(session_calls(&app.dhmad).await, 1, "one entry, one call; the provider saw the canonical id");
 }

@@ -9,8 +9,9 @@ use wiremock::{Mock, ResponseTemplate};
 
 use checkout_gateway::config::Secret;
 
-use crate::helpers::{account_mut, dodo_session, mount_dodo, spawn_app, DODO_KEY};
-use crate::live::{deliver, dodo_delivery, now, payment, WEBHOOK_SECRET};
+use crate::support::app::{account_mut, spawn_app, DODO_KEY};
+use crate::support::providers::{dodo_session, mount_dodo};
+use crate::support::webhooks::{deliver, dodo_delivery, now, payment, DODO_SECRET as WEBHOOK_SECRET};
 
 #[tokio::test]
 async fn sends_get_with_bearer_key_and_parses_every_field() {

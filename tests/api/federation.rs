@@ -4,7 +4,8 @@ use serde_json::json;
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{dodo_session, mount_dodo, spawn_app};
+use crate::support::app::spawn_app;
+use crate::support::providers::{dodo_session, mount_dodo};
 
 const ENTITIES: &str = r#"query($representations: [_Any!]!) {
   _entities(representations: $representations) {

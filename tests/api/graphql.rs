@@ -1,4 +1,5 @@
-//! The GraphQL surface: batches, HTTP methods, bad requests, cache headers.
+//! The GraphQL surface: batches, HTTP methods and cross-site requests, bad requests and their
+//! media types, validation of documents however often they ran, cache headers.
 
 use std::time::Duration;
 
@@ -6,9 +7,8 @@ use serde_json::{json, Value};
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{
-    dhmad_session, dodo_session, mount_dodo, mount_dodo_numbered, spawn_app, DHMAD_ID, RESULT_FIELDS,
-};
+use crate::support::app::{refusal, spawn_app, url, RESULT_FIELDS};
+use crate::support::providers::{dhmad_session, dodo_session, mount_dodo, mount_dodo_numbered, DHMAD_ID};
 
 fn batch_query() -> String {
     format!("query($refs: [CheckoutSessionRef!]!) {{ checkoutSessions(refs: $refs) {{ {RESULT_FIELDS} }} }}")
@@ -190,7 +190,7 @@ async fn cache_control_follows_the_shortest_lifetime_and_errors_forbid_storing()
     let one = |id: &str| format!(r#"{{ checkoutSession(provider: DODO, id: "{id}") {{ __typename }} }}"#);
 
     let done = app.graphql(&one("cks_done"), json!({})).await;
-    let max_age = |reply: &crate::helpers::Reply| -> u64 {
+    let max_age = |reply: &crate::support::app::Reply| -> u64 {
         let header = reply.cache_control().to_owned();
         header.strip_prefix("private, max-age=").unwrap_or_else(|| panic!("{header}")).parse().unwrap()
     };
@@ -352,5 +352,150 @@ async fn variables_are_checked_on_every_request_however_often_the_document_ran()
         for (variables, first) in bad.iter().zip(&first) {
             assert_eq!(ask(variables.clone()).await, (400, first.clone()), "{variables}, after a valid run");
         }
+    }
+}
+
+#[tokio::test]
+async fn queries_a_browser_could_send_cross_site_need_a_preflight_header() {
+    let app = spawn_app(|_| {}).await;
+    crate::support::providers::mount_dodo(&app, "cks_csrf", Some("succeeded")).await;
+    let query = r#"{ checkoutSession(provider: DODO, id: "cks_csrf") { __typename } }"#;
+    let body = json!({"query": query}).to_string();
+    // A GET, and a POST as text/plain or a form: refused without the header, before any call.
+    let get = app.http.get(url(&app)).query(&[("query", query)]).send().await.unwrap();
+    let (status, cache, refused) = refusal(get).await;
+    assert_eq!((status, cache.as_str()), (400, "no-store"));
+    assert!(refused["errors"][0]["message"].as_str().unwrap().contains("apollo-require-preflight"));
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let post = app
+            .http
+            .post(url(&app))
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 400, "{content_type}");
+    }
+    assert!(app.dodo.received_requests().await.unwrap().is_empty(), "nothing ran");
+    // With a preflight header, or as JSON (which a browser cannot send cross-site without a
+    // preflight), it runs.
+    for header in ["apollo-require-preflight", "x-apollo-operation-name"] {
+        let get =
+            app.http.get(url(&app)).query(&[("query", query)]).header(header, "1").send().await.unwrap();
+        assert_eq!(get.status(), 200, "{header}");
+    }
+    let post =
+        app.http.post(url(&app)).header("content-type", "application/json").body(body).send().await.unwrap();
+    assert_eq!(post.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_requests_get_graphql_errors_with_the_status_their_media_type_calls_for() {
+    let app = spawn_app(|_| {}).await;
+    let post = |body: &'static str, accept: &'static str| {
+        app.http
+            .post(url(&app))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(body)
+            .send()
+    };
+    // The body is not a GraphQL request at all: 400, whatever the client accepts.
+    for body in ["{\"query\": \"{ a\nb }\"}", "{not json", "{\"variables\": {}}", "[]"] {
+        let (status, cache, reply) = refusal(post(body, "application/json").await.unwrap()).await;
+        assert_eq!((status, cache.as_str()), (400, "no-store"), "{body}");
+        let message = reply["errors"][0]["message"].as_str().unwrap();
+        assert!(!message.contains("InvalidRequest("), "no Rust debug text: {message}");
+    }
+    // A document that does not parse or validate: 400 as graphql-response+json, 200 as json.
+    for document in ["{\"query\": \"{ checkoutSession(\"}", "{\"query\": \"{ nope }\"}"] {
+        let strict = post(document, "application/graphql-response+json").await.unwrap();
+        assert_eq!(strict.headers()["content-type"], "application/graphql-response+json");
+        let (status, cache, reply) = refusal(strict).await;
+        assert_eq!((status, cache.as_str()), (400, "no-store"), "{document}");
+        assert!(reply["errors"].is_array());
+        // A request error: no `data` entry at all (`null` would say it ran).
+        assert!(reply.get("data").is_none(), "{document}: {reply}");
+        let legacy = post(document, "application/json").await.unwrap();
+        assert_eq!(legacy.headers()["content-type"], "application/json");
+        assert_eq!(legacy.status(), 200, "{document}");
+        let legacy: Value = legacy.json().await.unwrap();
+        assert!(legacy.get("data").is_none(), "{document}: {legacy}");
+    }
+    // Any route's refusal is not stored either.
+    let missing = app.http.get(format!("http://{}/nowhere", app.addr)).send().await.unwrap();
+    assert_eq!(missing.headers()["cache-control"], "no-store");
+}
+
+/// The fast-validating schema is a speed-up (measured by `bench/run.sh`, row a′); this guards
+/// what it must not change: what a document answers, however often it ran before.
+#[tokio::test]
+async fn a_document_is_validated_strictly_until_it_has_passed_once() {
+    let app = spawn_app(|config| config.response_cache_bytes = 0).await;
+    crate::support::providers::mount_dodo(&app, "cks_v", Some("succeeded")).await;
+    let valid = r#"query V($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { status } } }"#;
+    let invalid = r#"query I($id: ID!) { checkoutSession(provider: DODO, id: $id) { ... on CheckoutSession { nope } } }"#;
+    for _ in 0..3 {
+        let ok = app.graphql(valid, json!({"id": "cks_v"})).await;
+        assert_eq!(ok.data("checkoutSession")["status"], "COMPLETED");
+        // A valid document with bad variables is still refused, however often it passed.
+        let bad_variable = app.graphql(valid, json!({"id": {"not": "an id"}})).await;
+        assert!(bad_variable.body["errors"].is_array(), "{}", bad_variable.body);
+        // An invalid document never passes, so it is never run on the fast schema.
+        let refused = app.graphql(invalid, json!({"id": "cks_v"})).await;
+        assert!(refused.body["errors"][0]["message"].as_str().unwrap().contains("nope"), "{}", refused.body);
+    }
+}
+
+/// A parsed document is shared by every request that sends its text (our async-graphql patch,
+/// vendor/async-graphql/PATCHED.md): `@skip` and `@include` must act on each request's own
+/// copy, and each request runs the operation it names, however the requests before it went.
+#[tokio::test]
+async fn a_shared_document_answers_each_request_by_its_own_variables_and_operation() {
+    let app = spawn_app(|config| config.response_cache_bytes = 0).await;
+    crate::support::providers::mount_dodo(&app, "cks_d", Some("succeeded")).await;
+    let document = r#"
+        query Full($id: ID!, $email: Boolean!, $brief: Boolean!) {
+          checkoutSession(provider: DODO, id: $id) {
+            ... on CheckoutSession { status customerEmail @include(if: $email) ...Times @skip(if: $brief) id }
+          }
+        }
+        query Kind($id: ID!) { checkoutSession(provider: DODO, id: $id) { __typename } }
+        fragment Times on CheckoutSession { createdAt fetchedAt }"#;
+    let run = |operation: &'static str, email: bool, brief: bool| {
+        let http = app.http.clone();
+        let body = json!({
+            "query": document,
+            "operationName": operation,
+            "variables": {"id": "cks_d", "email": email, "brief": brief},
+        });
+        let url = format!("http://{}/graphql", app.addr);
+        async move { http.post(url).json(&body).send().await.unwrap().text().await.unwrap() }
+    };
+    // The order alternates, so a request that changed the shared document would show in the next.
+    for (operation, email, brief, fields) in [
+        ("Full", false, false, vec!["status", "createdAt", "fetchedAt", "id"]),
+        ("Full", true, true, vec!["status", "customerEmail", "id"]),
+        ("Kind", false, false, vec!["__typename"]),
+        ("Full", false, true, vec!["status", "id"]),
+        ("Full", true, false, vec!["status", "customerEmail", "createdAt", "fetchedAt", "id"]),
+        ("Kind", true, true, vec!["__typename"]),
+        ("Full", false, false, vec!["status", "createdAt", "fetchedAt", "id"]),
+    ] {
+        let text = run(operation, email, brief).await;
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert!(body.get("errors").is_none(), "{text}");
+        let session = body["data"]["checkoutSession"].as_object().unwrap();
+        let mut keys: Vec<&str> = session.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = fields.clone();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{operation} email={email} brief={brief}: {text}");
+        // Fields come in the order the document selects them (checked on the text: a parsed
+        // JSON object need not keep its order).
+        let positions: Vec<usize> =
+            fields.iter().map(|field| text.find(&format!("\"{field}\"")).unwrap()).collect();
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{operation}: {text}");
     }
 }

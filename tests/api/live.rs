@@ -1,98 +1,37 @@
 //! Live sessions: provider webhooks refresh the cache and reach subscribers over WebSocket and
 //! Server-Sent Events; without webhooks one poller per watched session.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use checkout_gateway::config::{Config, Secret};
 use checkout_gateway::providers::{dhmad, dodo};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use wiremock::matchers::path;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
 use checkout_gateway::sessions::REFETCH_INTERVAL;
 
-use crate::helpers::{account_mut, dhmad_session, dodo_session, spawn_app, TestApp, DHMAD_ID};
-
-/// A Standard Webhooks secret, as Dodo's dashboard shows one.
-const DODO_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const DHMAD_SECRET: &str = "dhmad_webhook_secret_for_tests";
-
-/// What a provider answers for one session, changed by the test while the gateway runs.
-#[derive(Clone)]
-pub struct Upstream {
-    pub body: Arc<Mutex<Value>>,
-    pub delay: Duration,
-}
-
-impl Respond for Upstream {
-    fn respond(&self, _: &Request) -> ResponseTemplate {
-        ResponseTemplate::new(200).set_body_json(self.body.lock().unwrap().clone()).set_delay(self.delay)
-    }
-}
-
-impl Upstream {
-    pub fn set(&self, body: Value) {
-        *self.body.lock().unwrap() = body;
-    }
-}
+use crate::support::app::{account_mut, spawn_app, TestApp};
+use crate::support::providers::{
+    dhmad_session, dodo_calls, dodo_session, mount_dodo_upstream, Upstream, DHMAD_ID,
+};
+use crate::support::sockets::{upgrade_request, RawSocket, Socket, UPDATED};
+use crate::support::webhooks::{deliver, dodo_delivery, now, payment, Delivery, DHMAD_SECRET, DODO_SECRET};
 
 /// Dodo answers `id` from a body the test can change.
 async fn dodo_upstream(app: &TestApp, id: &str, status: Option<&str>, delay: Duration) -> Upstream {
-    let upstream = Upstream { body: Arc::new(Mutex::new(dodo_session(id, status))), delay };
-    Mock::given(path(format!("/checkouts/{id}"))).respond_with(upstream.clone()).mount(&app.dodo).await;
-    upstream
+    mount_dodo_upstream(&app.dodo, id, status, delay).await
 }
 
 async fn calls(app: &TestApp, id: &str) -> usize {
-    let requests = app.dodo.received_requests().await.unwrap();
-    requests.iter().filter(|r| r.url.path() == format!("/checkouts/{id}")).count()
+    dodo_calls(&app.dodo, id).await
 }
-
-pub const WEBHOOK_SECRET: &str = DODO_SECRET;
 
 fn with_dodo_secret(config: &mut Config) {
     account_mut(config, "dodo").webhook_secret = Some(Secret::new(DODO_SECRET));
-}
-
-/// A delivery: its headers and its body.
-type Delivery = (Vec<(String, String)>, String);
-
-/// A Dodo `payment.*` delivery for session `id`, signed with `secret` at `timestamp`.
-pub fn dodo_delivery(secret: &str, delivery: &str, timestamp: i64, kind: &str, data: Value) -> Delivery {
-    let body =
-        json!({"business_id": "bus_test", "type": kind, "timestamp": "2025-06-01T12:00:00Z", "data": data})
-            .to_string();
-    let signature = dodo::webhook::sign(secret, delivery, timestamp, body.as_bytes()).unwrap();
-    let headers = vec![
-        ("webhook-id".to_owned(), delivery.to_owned()),
-        ("webhook-timestamp".to_owned(), timestamp.to_string()),
-        ("webhook-signature".to_owned(), signature),
-    ];
-    (headers, body)
-}
-
-pub fn payment(id: &str, status: &str) -> Value {
-    json!({"payment_id": "pay_9Qz", "checkout_session_id": id, "status": status})
-}
-
-pub async fn deliver(
-    app: &TestApp,
-    provider: &str,
-    headers: &[(String, String)],
-    body: String,
-) -> (u16, Value) {
-    let mut request = app.http.post(format!("http://{}/webhooks/{provider}", app.addr)).body(body);
-    request = request.header("content-type", "application/json");
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Sends a signed `payment.<status>` delivery for `id`; returns the HTTP status.
@@ -103,96 +42,8 @@ async fn send_payment_event(app: &TestApp, id: &str, status: &str) -> u16 {
     deliver(app, "dodo", &headers, body).await.0
 }
 
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 fn uuid_like() -> String {
     format!("{:032x}", fastrand::u128(..))
-}
-
-const UPDATED: &str = "subscription($p: Provider!, $id: ID!) {
-    checkoutSessionUpdated(provider: $p, id: $id) {
-        __typename
-        ... on CheckoutSession { id status providerStatus }
-        ... on CheckoutError { code }
-    }
-}";
-
-/// The upgrade request of a WebSocket to `route` asking for the GraphQL `protocol`.
-pub fn upgrade_request(
-    addr: std::net::SocketAddr,
-    route: &str,
-    protocol: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut request = format!("ws://{addr}{route}").into_client_request().unwrap();
-    request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
-    request
-}
-
-/// A `graphql-transport-ws` client on one WebSocket.
-pub struct Socket {
-    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-}
-
-impl Socket {
-    pub async fn open(app: &TestApp, route: &str, protocol: &str) -> Socket {
-        Self::open_at(app.addr, route, protocol).await
-    }
-
-    pub async fn open_at(addr: std::net::SocketAddr, route: &str, protocol: &str) -> Socket {
-        Self::connect(addr, route, protocol, json!({})).await
-    }
-
-    /// A `graphql-transport-ws` connection whose `connection_init` carries `payload`.
-    pub async fn open_with(addr: std::net::SocketAddr, route: &str, payload: Value) -> Socket {
-        Self::connect(addr, route, "graphql-transport-ws", payload).await
-    }
-
-    async fn connect(addr: std::net::SocketAddr, route: &str, protocol: &str, payload: Value) -> Socket {
-        let request = upgrade_request(addr, route, protocol);
-        let (stream, response) =
-            tokio_tungstenite::connect_async(request).await.expect("the upgrade is accepted");
-        assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
-        let mut socket = Socket { stream };
-        socket.send(json!({"type": "connection_init", "payload": payload})).await;
-        assert_eq!(socket.next().await["type"], "connection_ack");
-        socket
-    }
-
-    pub async fn send(&mut self, message: Value) {
-        self.stream.send(Message::Text(message.to_string().into())).await.unwrap();
-    }
-
-    /// The next protocol message (pings answered by the library are skipped).
-    pub async fn next(&mut self) -> Value {
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
-                .await
-                .expect("a message within 5 s")
-                .expect("the socket is open")
-                .unwrap();
-            match message {
-                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-                Message::Close(frame) => return json!({"type": "closed", "frame": format!("{frame:?}")}),
-                _ => continue,
-            }
-        }
-    }
-
-    pub async fn subscribe(&mut self, id: &str, provider: &str, session: &str) {
-        let payload = json!({"query": UPDATED, "variables": {"p": provider, "id": session}});
-        self.send(json!({"id": id, "type": "subscribe", "payload": payload})).await;
-    }
-
-    /// The next `next` payload's session status (or error code), with its subscription id.
-    pub async fn update(&mut self) -> (String, String) {
-        let message = self.next().await;
-        assert_eq!(message["type"], "next", "{message}");
-        let result = &message["payload"]["data"]["checkoutSessionUpdated"];
-        let what = result.get("status").or(result.get("code")).and_then(Value::as_str).unwrap_or_default();
-        (message["id"].as_str().unwrap_or_default().to_owned(), what.to_owned())
-    }
 }
 
 #[tokio::test]
@@ -392,7 +243,7 @@ async fn the_refetch_is_shared_with_concurrent_queries_and_the_answer_does_not_w
     assert!(sent.elapsed() < Duration::from_millis(500), "the delivery is answered before the refetch ends");
     // Queries arriving while the refetch is in flight wait for it rather than read the old
     // answer or call again.
-    let answers = crate::helpers::concurrently(&app, 20, "DODO", "cks_slow").await;
+    let answers = crate::support::app::concurrently(&app, 20, "DODO", "cks_slow").await;
     assert!(answers.iter().all(|answer| answer["status"] == "COMPLETED"), "{answers:?}");
     assert_eq!(calls(&app, "cks_slow").await, 2, "the first lookup and the one shared refetch");
 }
@@ -610,7 +461,7 @@ async fn server_sent_events_carry_updates_for_get_and_post() {
 #[tokio::test]
 async fn the_older_graphql_ws_protocol_is_spoken_too() {
     let app = spawn_app(|_| {}).await;
-    crate::helpers::mount_dodo(&app, "cks_legacy", Some("processing")).await;
+    crate::support::providers::mount_dodo(&app, "cks_legacy", Some("processing")).await;
     let mut socket = Socket::open(&app, "/ws", "graphql-ws").await;
     let payload = json!({"query": UPDATED, "variables": {"p": "DODO", "id": "cks_legacy"}});
     socket.send(json!({"id": "1", "type": "start", "payload": payload})).await;
@@ -626,7 +477,7 @@ async fn connections_and_subscriptions_are_bounded() {
         config.max_subscription_connections = 1;
     })
     .await;
-    crate::helpers::mount_dodo(&app, "cks_b", None).await;
+    crate::support::providers::mount_dodo(&app, "cks_b", None).await;
     let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
     for n in ["1", "2"] {
         socket.subscribe(n, "DODO", "cks_b").await;
@@ -670,8 +521,6 @@ async fn a_websocket_from_another_sites_page_is_refused() {
     assert!(tokio_tungstenite::connect_async(request).await.is_ok());
 }
 
-type RawSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// The code of the close frame the server sends within `within` (other messages skipped).
 async fn close_code(socket: &mut RawSocket, within: Duration) -> Option<u16> {
     tokio::time::timeout(within, async {
@@ -710,7 +559,7 @@ async fn sockets_that_never_send_connection_init_take_no_subscription_slot() {
         config.connection_init_timeout = Duration::from_secs(30);
     })
     .await;
-    crate::helpers::mount_dodo(&app, "cks_slot", Some("processing")).await;
+    crate::support::providers::mount_dodo(&app, "cks_slot", Some("processing")).await;
     let mut idle = Vec::new();
     for _ in 0..2 {
         let request = upgrade_request(app.addr, "/ws", "graphql-transport-ws");
@@ -733,7 +582,7 @@ async fn sockets_that_never_send_connection_init_take_no_subscription_slot() {
 #[tokio::test]
 async fn a_websocket_message_over_the_bound_closes_the_socket_with_1009() {
     let app = spawn_app(|_| {}).await;
-    crate::helpers::mount_dodo(&app, "cks_big", Some("processing")).await;
+    crate::support::providers::mount_dodo(&app, "cks_big", Some("processing")).await;
     let (mut socket, _) =
         tokio_tungstenite::connect_async(upgrade_request(app.addr, "/ws", "graphql-transport-ws"))
             .await
@@ -915,10 +764,10 @@ async fn demo_sessions_move_and_their_webhooks_reach_a_subscriber() {
         shutdown_delay: Duration::ZERO,
         ..Config::default()
     };
-    let addr = crate::helpers::start(config).await;
+    let addr = crate::support::app::start(config).await;
     let app = TestApp {
         addr,
-        http: crate::helpers::http(),
+        http: crate::support::app::http(),
         dhmad: wiremock::MockServer::start().await,
         dodo: wiremock::MockServer::start().await,
     };
@@ -998,7 +847,7 @@ async fn a_session_whose_answer_cannot_change_is_not_polled() {
 #[tokio::test]
 async fn an_sse_stream_watches_at_most_the_per_connection_bound() {
     let app = spawn_app(|config| config.subscriptions_per_connection = 2).await;
-    crate::helpers::mount_dodo_numbered(&app, "cks_alias_").await;
+    crate::support::providers::mount_dodo_numbered(&app, "cks_alias_").await;
     let fields: String = (1..=3)
         .map(|n| {
             format!("s{n}: checkoutSessionUpdated(provider: DODO, id: \"cks_alias_{n}\") {{ __typename }} ")
@@ -1026,5 +875,5 @@ async fn an_sse_stream_watches_at_most_the_per_connection_bound() {
         2,
         "the two within the bound are answered: {events:?}"
     );
-    assert_eq!(crate::helpers::session_calls(&app.dodo).await, 2, "the refused one asked nothing");
+    assert_eq!(crate::support::providers::session_calls(&app.dodo).await, 2, "the refused one asked nothing");
 }

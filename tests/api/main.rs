@@ -4,8 +4,7 @@
 // A failed unwrap in a test is a failed test with a backtrace: what we want.
 #![allow(clippy::unwrap_used)]
 
-mod hardening;
-mod helpers;
+mod support;
 
 mod access;
 mod accounts;
@@ -14,9 +13,11 @@ mod cli;
 mod demo;
 mod dhmad;
 mod dodo;
+mod edge;
 mod federation;
 mod graphql;
 mod layers;
+mod limits;
 mod live;
 mod monitoring;
 mod ops;

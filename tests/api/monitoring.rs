@@ -12,8 +12,10 @@ use serde_json::{json, Value};
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{account_mut, concurrently, dodo_session, spawn_app};
-use crate::live::{deliver, dodo_delivery, now, payment, Socket, WEBHOOK_SECRET};
+use crate::support::app::{account_mut, concurrently, spawn_app};
+use crate::support::providers::dodo_session;
+use crate::support::sockets::Socket;
+use crate::support::webhooks::{deliver, dodo_delivery, now, payment, DODO_SECRET as WEBHOOK_SECRET};
 
 fn read(path: &str) -> String {
     let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));

@@ -1,10 +1,11 @@
-//! What operators see: probes, metrics, request ids.
+//! What operators see: probes, metrics (their series fixed whatever clients send), request ids.
 
 use serde_json::{json, Value};
 use wiremock::matchers::{header, header_exists, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{account_mut, concurrently, dodo_session, mount_dodo, spawn_app, TestApp};
+use crate::support::app::{account_mut, concurrently, spawn_app, url, TestApp};
+use crate::support::providers::{dodo_session, mount_dodo};
 
 async fn get(app: &TestApp, route: &str) -> (u16, String) {
     let response = app.http.get(format!("http://{}{route}", app.addr)).send().await.unwrap();
@@ -230,4 +231,29 @@ async fn the_process_memory_and_cpu_time_are_exported() {
         cpu = sample(&get(&app, "/metrics").await.1, "checkout_gateway_process_cpu_seconds_total");
     }
     assert!(cpu > 0.0, "CPU seconds: {cpu}");
+}
+
+#[tokio::test]
+async fn metrics_series_stay_fixed_whatever_clients_send() {
+    let app = spawn_app(|_| {}).await;
+    // Warm every series an ordinary request creates, then count.
+    app.graphql("query Warm { __typename }", json!({})).await;
+    let method = |name: &str| reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+    app.http.request(method("XYZ0"), url(&app)).send().await.unwrap();
+    for i in 0..250 {
+        app.graphql(&format!("query Op{i} {{ __typename }}"), json!({})).await;
+    }
+    let series = |metrics: &str| metrics.lines().filter(|l| !l.starts_with('#')).count();
+    app.metrics().await; // A scrape's own series appear after it.
+    let before = series(&app.metrics().await);
+    for i in 1..=5 {
+        app.http.request(method(&format!("XYZ{i}")), url(&app)).send().await.unwrap();
+    }
+    for i in 0..1_000 {
+        app.graphql(&format!("query Junk{i} {{ __typename }}"), json!({})).await;
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(series(&metrics), before, "junk methods and names added series");
+    assert!(metrics.contains(r#"method="other""#));
+    assert!(metrics.contains(r#"operation="other""#));
 }

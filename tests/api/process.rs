@@ -1,104 +1,15 @@
 //! The real binary as an operator runs it: signals, JSON logs, OTLP traces.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{dodo_session, post_graphql};
-
-/// The binary, started with `LOG_FORMAT=json` on a free port; its stdout lines arrive on a
-/// channel, parsed.
-pub struct Gateway {
-    child: Child,
-    pub addr: std::net::SocketAddr,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl Drop for Gateway {
-    /// A failed test must not leave a gateway running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    // The child is reaped by `Drop` on every path, including a failed start.
-    #[allow(clippy::zombie_processes)]
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"));
-        command
-            .args(args)
-            .env("GATEWAY_LISTEN", "127.0.0.1:0")
-            .env("GATEWAY_AUTH", "none")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env("GATEWAY_SHUTDOWN_DELAY", "0s")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::piped());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let parsed =
-                    serde_json::from_str::<Value>(&line).unwrap_or_else(|_| json!({"not_json": line}));
-                if send.send(parsed).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap();
-            if let Some(addr) = line["addr"].as_str() {
-                return Gateway { child, addr: addr.parse().unwrap(), lines };
-            }
-        }
-    }
-
-    /// Sends `signal`, then [`Self::finish`].
-    async fn stop(self, signal: &str) -> (Option<i32>, Vec<Value>) {
-        self.signal(signal);
-        self.finish().await
-    }
-
-    /// Waits (off the async runtime) for the exit code and the log lines.
-    async fn finish(self) -> (Option<i32>, Vec<Value>) {
-        tokio::task::spawn_blocking(move || {
-            let mut gateway = self;
-            gateway.wait()
-        })
-        .await
-        .unwrap()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
-        assert!(status.unwrap().success());
-    }
-
-    /// Waits for the process to exit; returns its exit code and every log line it printed.
-    fn wait(&mut self) -> (Option<i32>, Vec<Value>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let code = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status.code();
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (code, self.lines.try_iter().collect())
-    }
-}
+use crate::support::app::post_graphql;
+use crate::support::process::Gateway;
+use crate::support::providers::dodo_session;
 
 #[tokio::test]
 async fn sigterm_turns_readiness_off_then_drains_in_flight_queries_and_exits_zero() {
@@ -110,7 +21,7 @@ async fn sigterm_turns_readiness_off_then_drains_in_flight_queries_and_exits_zer
             ("GATEWAY_SHUTDOWN_GRACE", "10s"),
         ],
     );
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let addr = gateway.addr;
     let slow_query = tokio::spawn({
         let http = http.clone();
@@ -148,7 +59,7 @@ async fn json_logs_carry_the_request_id_and_upstream_call_but_never_the_key() {
     let secret = "dodo_live_key_do_not_log_0123456789";
     let gateway =
         Gateway::start(&[], &[("DODO_PAYMENTS_API_KEY", secret), ("DODO_PAYMENTS_BASE_URL", &dodo.uri())]);
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let response = http
         .post(format!("http://{}/graphql", gateway.addr))
         .header("x-request-id", "trace-me-7")
@@ -182,7 +93,7 @@ async fn traces_are_exported_over_otlp_when_the_endpoint_is_set() {
         &["--demo"],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.uri()), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
     );
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let reply = post_graphql(
         &http,
         gateway.addr,
@@ -236,7 +147,7 @@ async fn accounts_from_the_config_file_each_call_with_their_own_key() {
             ("DODO_PAYMENTS_BASE_URL", ""),
         ],
     );
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let query = r#"{
       a: checkoutSession(provider: DODO, id: "cks_acct") { ... on CheckoutSession { account providerStatus } }
       b: checkoutSession(provider: DODO, id: "cks_acct", account: "brand_b") { ... on CheckoutSession { account providerStatus } }
@@ -274,7 +185,7 @@ async fn a_stalled_log_pipe_never_stalls_requests_and_drops_are_counted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while http.get(format!("{base}/livez")).send().await.is_err() {
@@ -328,7 +239,7 @@ async fn sigterm_under_keep_alive_load_loses_no_request() {
         .map(|_| {
             let (url, body) = (url.clone(), body.clone());
             tokio::spawn(async move {
-                let http = crate::helpers::http();
+                let http = crate::support::app::http();
                 let (mut ok, mut lost, mut left) = (0u32, Vec::new(), None);
                 while Instant::now() < give_up {
                     match http.post(&url).json(&body).send().await {
@@ -389,7 +300,7 @@ async fn every_answered_request_leaves_an_access_trail_without_the_key() {
         &["--demo"],
         &[("GATEWAY_AUTH", "api-key"), ("GATEWAY_CONFIG", file.to_str().unwrap())],
     );
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let query = r#"query Dashboard { a: checkoutSession(provider: DODO, id: "cks_demo_succeeded") { __typename }
         b: checkoutSession(provider: DODO, id: "cks_demo_open") { __typename } }"#;
     for _ in 0..2 {
@@ -405,7 +316,7 @@ async fn every_answered_request_leaves_an_access_trail_without_the_key() {
     }
     // A subscription, authenticated in connection_init: written when it ends.
     let credentials = json!({"Authorization": format!("Bearer {key}")});
-    let mut socket = crate::live::Socket::open_with(gateway.addr, "/ws", credentials).await;
+    let mut socket = crate::support::sockets::Socket::open_with(gateway.addr, "/ws", credentials).await;
     let subscription = r#"subscription Watch { checkoutSessionUpdated(provider: DODO, id: "cks_demo_succeeded") {
         ... on CheckoutSession { status } } }"#;
     socket.send(json!({"id": "1", "type": "subscribe", "payload": {"query": subscription}})).await;
@@ -440,7 +351,7 @@ async fn in_log_mode_an_operation_outside_the_trusted_documents_runs_and_is_logg
     let manifest = json!({"format": "apollo-persisted-query-manifest", "version": 1,
                           "operations": [{"id": id, "name": "Listed", "type": "query", "body": listed}]});
     let (gateway, path) = log_mode_gateway(&manifest, "cg-log-manifest");
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     for query in [listed, other] {
         let reply = post_graphql(&http, gateway.addr, query, json!({})).await;
         assert_eq!(reply.body["data"]["checkoutSession"]["__typename"], "CheckoutSession", "{}", reply.body);
@@ -466,7 +377,7 @@ async fn a_long_operation_name_is_cut_in_every_log_line() {
     let manifest = json!({"format": "apollo-persisted-query-manifest", "version": 1, "operations": []});
     // Log mode: every operation is unlisted, runs, and is logged by its name.
     let (gateway, path) = log_mode_gateway(&manifest, "cg-long-name");
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let query = r#"{ checkoutSession(provider: DODO, id: "cks_demo_succeeded") { __typename } }"#;
     let response = http
         .post(format!("http://{}/graphql", gateway.addr))
@@ -476,7 +387,7 @@ async fn a_long_operation_name_is_cut_in_every_log_line() {
         .unwrap();
     assert_eq!(response.status(), 200);
     // A subscription's trail takes the document's own name.
-    let mut socket = crate::live::Socket::open_with(gateway.addr, "/ws", json!({})).await;
+    let mut socket = crate::support::sockets::Socket::open_with(gateway.addr, "/ws", json!({})).await;
     let subscription = format!(
         r#"subscription {named} {{ checkoutSessionUpdated(provider: DODO, id: "cks_demo_succeeded") {{
         ... on CheckoutSession {{ status }} }} }}"#

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use checkout_gateway::config::Config;
 
-use crate::helpers::start;
+use crate::support::app::start;
 
 /// The README's fenced blocks, in order: (language, text).
 fn blocks(readme: &str) -> Vec<(String, String)> {

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wiremock::matchers::path;
 use wiremock::{Mock, MockServer};
 
-use crate::helpers::{dodo_session, post_graphql, DODO_KEY};
-use crate::live::{dodo_delivery, now, payment, Socket, Upstream, WEBHOOK_SECRET};
-use crate::process::Gateway;
+use crate::support::app::{post_graphql, DODO_KEY};
+use crate::support::process::Gateway;
+use crate::support::providers::{dodo_calls as calls, dodo_session, mount_dodo_upstream as upstream};
+use crate::support::sockets::Socket;
+use crate::support::webhooks::{dodo_delivery, now, payment, DODO_SECRET as WEBHOOK_SECRET};
 
 /// A `redis-server` on a free port of 127.0.0.1, without persistence; killed when dropped.
 struct Redis {
@@ -136,7 +137,7 @@ impl Replica {
 }
 
 async fn replicas(redis: &Redis, dodo: &MockServer, count: usize, env: &[(&str, &str)]) -> Vec<Replica> {
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let mut started = Vec::new();
     for _ in 0..count {
         started.push(Replica::start(redis, dodo, env).ready(&http).await);
@@ -144,20 +145,9 @@ async fn replicas(redis: &Redis, dodo: &MockServer, count: usize, env: &[(&str, 
     started
 }
 
-async fn upstream(dodo: &MockServer, id: &str, status: Option<&str>, delay: Duration) -> Upstream {
-    let upstream = Upstream { body: Arc::new(std::sync::Mutex::new(dodo_session(id, status))), delay };
-    Mock::given(path(format!("/checkouts/{id}"))).respond_with(upstream.clone()).mount(dodo).await;
-    upstream
-}
-
-async fn calls(dodo: &MockServer, id: &str) -> usize {
-    let requests = dodo.received_requests().await.unwrap();
-    requests.iter().filter(|r| r.url.path() == format!("/checkouts/{id}")).count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_fetched_through_one_replica_costs_no_call_through_another() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     upstream(&dodo, "cks_shared", Some("succeeded"), Duration::ZERO).await;
     let group = replicas(&redis, &dodo, 2, &[]).await;
     assert_eq!(group[0].status(&http, "cks_shared").await, "COMPLETED");
@@ -177,7 +167,7 @@ async fn cold_misses_on_three_replicas_make_one_upstream_call() {
     let (redis, dodo) = (Redis::start(), MockServer::start().await);
     upstream(&dodo, "cks_cold", Some("succeeded"), Duration::from_millis(300)).await;
     let group = Arc::new(replicas(&redis, &dodo, 3, &[]).await);
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let tasks: Vec<_> = (0..300)
         .map(|n| {
             let (group, http) = (group.clone(), http.clone());
@@ -192,7 +182,7 @@ async fn cold_misses_on_three_replicas_make_one_upstream_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_to_one_replica_updates_another_and_its_subscriber() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     let session = upstream(&dodo, "cks_fan", None, Duration::ZERO).await;
     let group = replicas(&redis, &dodo, 2, &[("DODO_PAYMENTS_WEBHOOK_KEY", WEBHOOK_SECRET)]).await;
     assert_eq!(group[1].status(&http, "cks_fan").await, "OPEN");
@@ -225,7 +215,7 @@ async fn the_shared_quota_holds_a_burst_across_replicas() {
         .await;
     let env = [("GATEWAY_UPSTREAM_RATE_LIMIT", "5/s"), ("GATEWAY_LOOKUP_DEADLINE", "400ms")];
     let group = Arc::new(replicas(&redis, &dodo, 3, &env).await);
-    let http = crate::helpers::http();
+    let http = crate::support::app::http();
     let started = Instant::now();
     let tasks: Vec<_> = (0..45)
         .map(|n| {
@@ -253,7 +243,7 @@ async fn the_shared_quota_holds_a_burst_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_is_not_an_outage_and_its_return_is_noticed() {
-    let (mut redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (mut redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     Mock::given(wiremock::matchers::path_regex("^/checkouts/cks_r[0-9]+$"))
         .respond_with(
             wiremock::ResponseTemplate::new(200).set_body_json(dodo_session("cks_r", Some("succeeded"))),
@@ -304,7 +294,7 @@ async fn redis_going_away_is_not_an_outage_and_its_return_is_noticed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_written_in_another_format_is_ignored_not_misread() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     upstream(&dodo, "cks_format", None, Duration::ZERO).await;
     let group = replicas(&redis, &dodo, 2, &[]).await;
     assert_eq!(group[0].status(&http, "cks_format").await, "OPEN");
@@ -327,7 +317,7 @@ async fn an_entry_written_in_another_format_is_ignored_not_misread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_lock_delays_a_cold_lookup_a_bounded_while_then_it_asks_itself() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
     upstream(&dodo, "cks_stuck", Some("succeeded"), Duration::ZERO).await;
     let group = replicas(&redis, &dodo, 1, &[]).await;
@@ -375,7 +365,7 @@ async fn redis_set(redis: &Redis, key: &str, value: impl redis::ToRedisArgs) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_in_redis_lives_no_longer_than_the_cache_policy_allows() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     upstream(&dodo, "cks_seen", None, Duration::ZERO).await;
     upstream(&dodo, "cks_forged", Some("succeeded"), Duration::ZERO).await;
     upstream(&dodo, "cks_forever", Some("succeeded"), Duration::ZERO).await;
@@ -412,7 +402,7 @@ async fn an_entry_in_redis_lives_no_longer_than_the_cache_policy_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_or_a_lock_in_redis_that_no_replica_wrote_is_not_obeyed() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
     upstream(&dodo, "cks_held", Some("succeeded"), Duration::ZERO).await;
     upstream(&dodo, "cks_locked", Some("succeeded"), Duration::ZERO).await;
@@ -436,7 +426,7 @@ async fn a_hold_or_a_lock_in_redis_that_no_replica_wrote_is_not_obeyed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_reference_set_in_redis_is_read_in_a_bounded_sample() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
     let group = replicas(&redis, &dodo, 1, &[("DODO_PAYMENTS_WEBHOOK_KEY", WEBHOOK_SECRET)]).await;
     let scope = scope_of(&group[0], &redis, &http, "cks_seen").await;
@@ -469,7 +459,7 @@ async fn a_huge_reference_set_in_redis_is_read_in_a_bounded_sample() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_on_the_channel_that_no_replica_sends_are_ignored() {
-    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::helpers::http());
+    let (redis, dodo, http) = (Redis::start(), MockServer::start().await, crate::support::app::http());
     upstream(&dodo, "cks_seen", Some("succeeded"), Duration::ZERO).await;
     let group = replicas(&redis, &dodo, 1, &[]).await;
     let scope = scope_of(&group[0], &redis, &http, "cks_seen").await;

@@ -27,7 +27,7 @@ use checkout_gateway::providers::sandbox::{SandboxSpec, SandboxState};
 use checkout_gateway::providers::upstream::Upstream;
 use checkout_gateway::providers::{self, CredentialStatus, ProviderKind, SessionProvider};
 
-use crate::helpers::{account, http, post_graphql};
+use crate::support::app::{account, http, post_graphql};
 
 // ---- The module: what a new provider brings. -------------------------------------------
 

@@ -10,12 +10,9 @@
 // Needs the binary: `cargo build` at the repository root, or CHECKOUT_GATEWAY_BIN=/path/to/it.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 import { composeServices } from '@apollo/composition';
@@ -24,7 +21,7 @@ import { ApolloServer } from '@apollo/server';
 import { startStandaloneServer } from '@apollo/server/standalone';
 import { buildSchema, Kind, parse, print } from 'graphql';
 
-import { freePort } from '../support/net.js';
+import { startGateway } from '../support/gateway.js';
 import {
   DHMAD_COMPLETED,
   DHMAD_OPEN,
@@ -33,80 +30,14 @@ import {
 } from './orders-subgraph.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const BIN = process.env.CHECKOUT_GATEWAY_BIN ?? resolve(REPO, 'target', 'debug', 'checkout-gateway');
 const COMMITTED_SDL = resolve(REPO, 'schema.graphql');
-const READY_TIMEOUT_MS = 20_000;
 
 // --- helpers ------------------------------------------------------------------------------------
 
-/** Every child we start, so that an exit for any reason still kills it. */
-const children = new Set();
-process.on('exit', () => {
-  for (const child of children) child.kill('SIGKILL');
-});
-
-/** Start `checkout-gateway --demo` on a free port and wait for /readyz. */
+/** `checkout-gateway --demo` on a free port, once /readyz answers; `url` is its GraphQL endpoint. */
 async function startCheckoutGateway() {
-  if (!existsSync(BIN)) {
-    throw new Error(
-      `checkout-gateway binary not found at ${BIN}: run \`cargo build\` in ${REPO} ` +
-        'or set CHECKOUT_GATEWAY_BIN',
-    );
-  }
-  const port = await freePort();
-  const base = `http://127.0.0.1:${port}`;
-  const child = spawn(BIN, ['--demo'], {
-    env: { ...process.env, GATEWAY_LISTEN: `127.0.0.1:${port}`, RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-
-  // Keep the tail of its output for the failure message.
-  let output = '';
-  const keep = (chunk) => {
-    output = (output + chunk.toString()).slice(-16_384);
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  const exited = once(child, 'exit');
-  let spawnError = null;
-  child.on('error', (err) => {
-    spawnError = err;
-  });
-
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const killed = await Promise.race([exited.then(() => true), sleep(5_000, false)]);
-      if (!killed) {
-        child.kill('SIGKILL');
-        await exited;
-      }
-    }
-    children.delete(child);
-  };
-
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  for (;;) {
-    if (spawnError || child.exitCode !== null || child.signalCode !== null) {
-      await stop();
-      throw new Error(
-        `checkout-gateway exited before it was ready (${spawnError ?? `code ${child.exitCode}, signal ${child.signalCode}`}):\n${output}`,
-      );
-    }
-    try {
-      const res = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(1_000) });
-      if (res.status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`checkout-gateway not ready within ${READY_TIMEOUT_MS} ms:\n${output}`);
-    }
-    await sleep(100);
-  }
-  return { url: `${base}/graphql`, stop, output: () => output };
+  const gateway = await startGateway(['--demo']);
+  return { ...gateway, url: `${gateway.base}/graphql` };
 }
 
 /** POST a GraphQL request and return the parsed body; any HTTP status but 200 fails. */

@@ -1,6 +1,5 @@
 // Starts the built gateway for a Node suite: plain Node, no dependencies, imported by relative
-// path. (tests/federation, tests/subscriptions and tests/browser predate it and start theirs
-// themselves.)
+// path. (tests/subscriptions and tests/browser predate it and start theirs themselves.)
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';

@@ -1,3 +1,5 @@
+//! Gateways in this process: started on port 0 with wiremock providers, and asked over HTTP.
+
 use std::future::pending;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,9 +11,9 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use wiremock::MockServer;
 
+/// The keys `spawn_app` configures; tests look for them in what the providers receive.
 pub const DHMAD_KEY: &str = "sk_sandbox_1111111111111111111111111111111111111111111111111111111111111111";
 pub const DODO_KEY: &str = "dodo_test_key_2222";
-pub const DHMAD_ID: &str = "550e8400-e29b-41d4-a716-446655440000";
 
 /// A running gateway whose providers are two wiremock servers.
 pub struct TestApp {
@@ -94,12 +96,6 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("a reqwest client")
 }
 
-/// Requests a provider mock received for sessions: DHMAD's startup credential check
-/// (`GET /api/v1/me`) is not one.
-pub async fn session_calls(server: &MockServer) -> usize {
-    server.received_requests().await.unwrap().iter().filter(|r| r.url.path() != "/api/v1/me").count()
-}
-
 /// Builds and runs an application in the background; returns its address.
 pub async fn start(config: Config) -> SocketAddr {
     let app = Application::build(config).await.expect("the application builds");
@@ -119,6 +115,20 @@ pub async fn post_graphql(http: &reqwest::Client, addr: SocketAddr, query: &str,
     let headers = response.headers().clone();
     let body = response.json().await.expect("a JSON body");
     Reply { status, headers, body }
+}
+
+/// The GraphQL endpoint of `app`.
+pub fn url(app: &TestApp) -> String {
+    format!("http://{}/graphql", app.addr)
+}
+
+/// A refusal's status, `Cache-Control` and body (`null` when it is not JSON).
+pub async fn refusal(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let cache =
+        response.headers().get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, cache, body)
 }
 
 /// Every field of a session and of every error, so one query shows any answer whole.
@@ -176,38 +186,4 @@ pub async fn concurrently(
         answers.push(task.await.unwrap());
     }
     answers
-}
-
-/// Dodo answers `id` with a session in `status` (`None`: no payment yet).
-pub async fn mount_dodo(app: &TestApp, id: &str, status: Option<&str>) {
-    wiremock::Mock::given(wiremock::matchers::path(format!("/checkouts/{id}")))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(dodo_session(id, status)))
-        .mount(&app.dodo)
-        .await;
-}
-
-/// Dodo answers every id `<prefix><digits>` with a completed session.
-pub async fn mount_dodo_numbered(app: &TestApp, prefix: &str) {
-    wiremock::Mock::given(wiremock::matchers::path_regex(format!("^/checkouts/{prefix}[0-9]+$")))
-        .respond_with(
-            wiremock::ResponseTemplate::new(200).set_body_json(dodo_session(prefix, Some("succeeded"))),
-        )
-        .mount(&app.dodo)
-        .await;
-}
-
-/// A DHMAD `GET /sessions/{id}` 200 body.
-pub fn dhmad_session(id: &str, status: &str) -> Value {
-    json!({"session": {
-        "sessionId": id, "escrowId": "507f1f77bcf86cd799439011", "action": "sign_contract",
-        "targetUserEmail": "buyer@example.com", "status": status,
-        "metadata": {"order_id": "ord_123"}, "expiresAt": "2099-01-15T10:30:00Z",
-        "completedAt": null, "createdAt": "2024-01-15T10:00:00Z"
-    }})
-}
-
-/// A Dodo `GET /checkouts/{id}` 200 body.
-pub fn dodo_session(id: &str, payment_status: Option<&str>) -> Value {
-    json!({"id": id, "created_at": "2025-06-01T12:00:00Z", "customer_email": "ana@example.com",
-           "customer_name": "Ana", "payment_id": payment_status.map(|_| "pay_9Qz"), "payment_status": payment_status})
 }
