@@ -21,15 +21,13 @@ use crate::cache::responses::ResponseCache;
 use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::graphql::documents::{Admission, ApqStore};
-use crate::graphql::limits::ShapeLimits;
-use crate::graphql::{self, DocumentCache, Gateway, QueryLimits};
+use crate::graphql::{self, DocumentCache, Gateway};
 use crate::http::edge::{self, EdgeLimits, Phase};
 use crate::http::streams::{Guarded, StreamLimits, Streams};
 use crate::http::webhooks::Webhooks;
 use crate::http::{self, AppState, Credentials, StateInner};
 use crate::providers::guard::SharedQuota;
-use crate::providers::sandbox::SandboxOptions;
-use crate::providers::{self, Account, AccountConfig, CredentialStatus, ProviderKind};
+use crate::providers::{Account, AccountConfig, CredentialStatus, Registry};
 use crate::sessions::live::Hub;
 use crate::sessions::SessionService;
 use crate::telemetry::metrics::{Metrics, OperationLabels};
@@ -64,20 +62,20 @@ impl Application {
     /// free one; see [`Self::local_addr`]). With `config.demo`, first starts the sandbox
     /// providers and points the gateway at them.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build_with(config, providers::builtin()).await
+        Self::build_with(config, Registry::builtin()).await
     }
 
-    /// [`Self::build`] with the given providers: the schema's `Provider` enum and details
-    /// union are theirs, and each gets an unconfigured default account if it has none.
-    pub async fn build_with(mut config: Config, kinds: Vec<&'static ProviderKind>) -> anyhow::Result<Self> {
+    /// [`Self::build`] with the given providers (those `config` was resolved with): the
+    /// schema's `Provider` enum and details union are theirs, and each gets an unconfigured
+    /// default account if it has none.
+    pub async fn build_with(mut config: Config, kinds: Registry) -> anyhow::Result<Self> {
         // Bound first: the demo's sandboxes send their webhooks to this port.
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (GATEWAY_LISTEN): {e}", config.listen))?;
         if config.demo {
             let gateway = loopback(listener.local_addr()?);
-            let options = SandboxOptions { latency: config.demo_latency, step: config.demo_step };
-            config.accounts = demo::accounts(&kinds, options, gateway).await?;
+            config.accounts = demo::accounts(&kinds, config.sandbox, gateway).await?;
         }
         for kind in &kinds {
             if !config.accounts.iter().any(|account| std::ptr::eq(account.kind, *kind)) {
@@ -113,7 +111,7 @@ impl Application {
             entities_max: config.entities_max,
             quotas: Arc::new(ClientQuotas::new(&config.client_rate_limit)),
         };
-        let limits = QueryLimits { max_depth: config.max_depth, max_complexity: config.max_complexity };
+        let limits = config.query_limits;
         let admission = Admission {
             trusted: config.trusted_documents.clone(),
             apq: ApqStore::new(config.apq.then_some(APQ_BYTES)),
@@ -121,8 +119,7 @@ impl Application {
         let schema = graphql::schema(gateway.clone(), &kinds, config.introspection, limits, false);
         let prevalidated_schema = graphql::schema(gateway, &kinds, config.introspection, limits, true);
         let ready = Arc::new(AtomicBool::new(false));
-        let shape_limits =
-            ShapeLimits { max_aliases: config.max_aliases, max_root_fields: config.max_root_fields };
+        let shape_limits = config.shape_limits;
         let access = match config.access.clone() {
             Some(access) => access,
             None if config.demo => AccessConfig::open(),

@@ -8,18 +8,18 @@ use std::sync::Arc;
 
 use crate::domain::Secret;
 use crate::providers::sandbox::{self, SandboxOptions, SandboxWebhook};
-use crate::providers::{AccountConfig, ProviderKind};
+use crate::providers::{AccountConfig, Registry};
 
 /// Every environment of every provider as a sandbox on 127.0.0.1, one account each: the
 /// first environment's account is the provider's default and is named after it (`dodo`), the
 /// others after the provider and the environment (`dodo_test`).
 pub async fn accounts(
-    kinds: &[&'static ProviderKind],
+    registry: &Registry,
     options: SandboxOptions,
     gateway: SocketAddr,
 ) -> anyhow::Result<Vec<AccountConfig>> {
     let mut accounts = Vec::new();
-    for kind in kinds {
+    for kind in registry.iter() {
         for (index, (environment, _)) in kind.environments.iter().enumerate() {
             let name = if index == 0 { kind.slug.to_owned() } else { format!("{}_{environment}", kind.slug) };
             // Public demo values per account, so that each sandbox accepts only its own key

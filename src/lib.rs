@@ -28,7 +28,7 @@
 //! - [`quota`]: each client's budget of lookups that reach a provider (charged by the cache
 //!   on a miss).
 //! - [`providers`]: what a provider is ([`providers::ProviderKind`]), the one list of them
-//!   ([`providers::builtin`]), accounts, and one folder per provider (client and wire types,
+//!   ([`providers::Registry`]), accounts, and one folder per provider (client and wire types,
 //!   details type, sandbox); `upstream` holds the shared HTTP call.
 //! - [`view`]: the schema types whose members come from the providers (`Provider`,
 //!   `ProviderDetails`).

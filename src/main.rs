@@ -1,5 +1,6 @@
 use checkout_gateway::app::{shutdown_signal, Application};
 use checkout_gateway::config::{self, Command, Config};
+use checkout_gateway::providers::Registry;
 use checkout_gateway::telemetry;
 
 // An executed GraphQL request makes hundreds of small, short-lived allocations (the parsed
@@ -8,12 +9,13 @@ use checkout_gateway::telemetry;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let (cli, given) = config::parse();
+    let registry = Registry::builtin();
+    let (cli, given) = config::parse(&registry);
     if cli.command == Some(Command::Schema) {
-        print!("{}", checkout_gateway::graphql::sdl(&checkout_gateway::providers::builtin()));
+        print!("{}", checkout_gateway::graphql::sdl(&registry));
         return std::process::ExitCode::SUCCESS;
     }
-    let config = match Config::load(&cli, given) {
+    let config = match Config::load(&cli, given, &registry) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("checkout-gateway: {error}");
@@ -34,7 +36,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(serve(config));
+    let outcome = runtime.block_on(serve(config, registry));
     drop(runtime);
     telemetry.shutdown();
     match outcome {
@@ -46,8 +48,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = Application::build(config).await?;
+async fn serve(config: Config, registry: Registry) -> anyhow::Result<()> {
+    let app = Application::build_with(config, registry).await?;
     tracing::info!(addr = %app.local_addr()?, "serving GraphQL at /graphql");
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -57,7 +57,12 @@ impl TrustedDocuments {
     pub fn load(path: &Path, mode: TrustMode) -> Result<TrustedDocuments, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
-        let manifest: Manifest = serde_json::from_str(&text)
+        Self::parse(path, &text, mode)
+    }
+
+    /// A manifest already read from `path` (which the messages name).
+    pub fn parse(path: &Path, text: &str, mode: TrustMode) -> Result<TrustedDocuments, String> {
+        let manifest: Manifest = serde_json::from_str(text)
             .map_err(|e| format!("{} is not a persisted query manifest: {e}", path.display()))?;
         if manifest.format != "apollo-persisted-query-manifest" || manifest.version != 1 {
             return Err(format!(

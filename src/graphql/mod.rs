@@ -21,7 +21,7 @@ use crate::access::{Client, Rights};
 use crate::cache::Lookup;
 use crate::domain::FetchError;
 use crate::providers::schema::{with_providers, ProviderName};
-use crate::providers::{Account, ProviderKind};
+use crate::providers::{Account, ProviderKind, Registry};
 use crate::sessions::{permitted, SessionRef, SessionService};
 
 pub mod documents;
@@ -108,7 +108,7 @@ pub fn schema(
 
 /// The SDL a federation composition is given; `schema.graphql` holds exactly this for the
 /// built-in providers.
-pub fn sdl(providers: &[&'static ProviderKind]) -> String {
+pub fn sdl(providers: &Registry) -> String {
     builder(providers, QueryLimits::default()).finish().sdl_with_options(SDLExportOptions::new().federation())
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Owns: what a provider is to the rest of the gateway ([`ProviderKind`]: names,
 //! environments, how to build its client, its details type and its sandbox), the one list of
-//! built-in providers ([`builtin`]), what an account is ([`AccountConfig`], [`Account`]), and
+//! built-in providers ([`Registry::builtin`]), what an account is ([`AccountConfig`], [`Account`]), and
 //! the shared HTTP call every provider makes (`upstream`). Each provider is one folder: its
 //! client and wire types (`mod.rs`), its details type (`details.rs`), its sandbox
 //! (`sandbox.rs`). Wire types never leave their folder.
@@ -30,9 +30,50 @@ use guard::{CircuitState, Guard, GuardPolicy, RateLimit, SharedQuota};
 use upstream::Upstream;
 use webhook::WebhookSpec;
 
-/// The providers this gateway is built with: the one place that lists them.
-pub fn builtin() -> Vec<&'static ProviderKind> {
-    vec![&dhmad::KIND, &dodo::KIND]
+/// The providers a gateway is built with: a value handed to the configuration (which
+/// accounts, webhooks and defaults may name), the schema and the application, so that a
+/// provider defined elsewhere (a test's) is known to all of them alike.
+#[derive(Clone, Debug)]
+pub struct Registry(Vec<&'static ProviderKind>);
+
+impl Registry {
+    /// The providers of `src/providers/`: the one place that lists them.
+    pub fn builtin() -> Self {
+        Self(vec![&dhmad::KIND, &dodo::KIND])
+    }
+
+    /// These providers and `kind`, which comes last (in the schema's enum and union too).
+    pub fn with(mut self, kind: &'static ProviderKind) -> Self {
+        self.0.push(kind);
+        self
+    }
+
+    /// The provider whose `slug` this is.
+    pub fn get(&self, slug: &str) -> Option<&'static ProviderKind> {
+        self.0.iter().copied().find(|kind| kind.slug == slug)
+    }
+
+    /// Every slug, for messages: `dhmad, dodo`.
+    pub fn slugs(&self) -> String {
+        self.0.iter().map(|kind| kind.slug).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl<'a> IntoIterator for &'a Registry {
+    type Item = &'a &'static ProviderKind;
+    type IntoIter = std::slice::Iter<'a, &'static ProviderKind>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::ops::Deref for Registry {
+    type Target = [&'static ProviderKind];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// Reads a wait in seconds from an error body.

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use checkout_gateway::providers::Registry;
+
 fn gateway() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_checkout-gateway"));
     for var in ["GATEWAY_LISTEN", "DHMAD_API_KEY", "DODO_PAYMENTS_API_KEY", "GATEWAY_CONFIG", "GATEWAY_DEMO"]
@@ -90,7 +92,7 @@ fn readme() -> String {
 #[test]
 fn the_readme_documents_every_setting_the_code_has() {
     let readme = readme();
-    let command = checkout_gateway::config::command();
+    let command = checkout_gateway::config::command(&Registry::builtin());
     let mut checked = 0;
     for arg in command.get_arguments() {
         let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else { continue };
@@ -108,7 +110,8 @@ fn the_readme_documents_every_account_key_the_code_has() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
     std::fs::write(&file, "[accounts.a]\nno_such_key = 1\n").unwrap();
-    let error = checkout_gateway::config::Sources::from_file(&file).unwrap_err().to_string();
+    let error =
+        checkout_gateway::config::Sources::from_file(&file, &Registry::builtin()).unwrap_err().to_string();
     std::fs::remove_dir_all(&dir).unwrap();
     let expected = error.split("expected one of").nth(1).expect("serde lists the keys");
     let keys: Vec<&str> = expected.split(',').map(|key| key.trim().trim_matches('`')).collect();
@@ -125,23 +128,24 @@ fn the_readme_documents_every_account_key_the_code_has() {
 #[test]
 fn the_production_config_file_and_its_account_example_are_valid() {
     use checkout_gateway::config::{Config, LegacyAccount, Secret, Sources};
+    let registry = Registry::builtin();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/overlays/production/gateway.toml");
-    // Production sets DHMAD_API_KEY and DODO_PAYMENTS_API_KEY (from the Secret).
+    // Production sets every provider's key variable (DHMAD_API_KEY, DODO_PAYMENTS_API_KEY)
+    // from the Secret.
     let variables = Sources {
-        legacy: ["dhmad", "dodo"]
-            .into_iter()
-            .map(|slug| {
+        legacy: registry
+            .iter()
+            .map(|kind| {
                 (
-                    slug.to_owned(),
+                    kind.slug.to_owned(),
                     LegacyAccount { api_key: Some(Secret::new("key")), ..LegacyAccount::default() },
                 )
             })
             .collect(),
         ..Sources::default()
     };
-    let shipped =
-        Config::resolve_sources(variables.or(Sources::from_file(std::path::Path::new(path)).unwrap()))
-            .unwrap();
+    let in_file = Sources::from_file(std::path::Path::new(path), &registry).unwrap();
+    let shipped = Config::resolve(variables.or(in_file), &registry).unwrap();
     let names: Vec<&str> = shipped.accounts.iter().map(|a| &*a.name).collect();
     assert_eq!(names, ["dhmad", "dodo"], "the shipped file adds no account");
     let dhmad = &shipped.accounts[0];
@@ -165,7 +169,8 @@ fn the_production_config_file_and_its_account_example_are_valid() {
     assert!(example.contains("api_key_file"), "{example}");
     let file = dir.join("gateway.toml");
     std::fs::write(&file, example).unwrap();
-    let config = Config::resolve_sources(Sources::from_file(&file).unwrap()).unwrap();
+    // The load step reads the key file the example names.
+    let config = Config::resolve(Sources::from_file(&file, &registry).unwrap().gather(), &registry).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let account = &config.accounts[0];
     assert_eq!((&*account.name, account.base_url.as_str()), ("dodo_test", "https://test.dodopayments.com"));

@@ -3,6 +3,7 @@
 use checkout_gateway::config::Config;
 use checkout_gateway::providers::dhmad::sandbox as dhmad;
 use checkout_gateway::providers::dodo::sandbox as dodo;
+use checkout_gateway::providers::Registry;
 use serde_json::json;
 
 use crate::support::app::{post_graphql, start, RESULT_FIELDS};
@@ -49,12 +50,17 @@ async fn every_fixture_answers_as_documented() {
         ("DODO", dodo::SLOW.into(), "ProviderUnavailableError", "TIMEOUT"),
     ];
     // A 429 holds every call of its account for the wait it asks: the 429 fixtures are asked
-    // through each provider's second account, so that they hold none of the others.
+    // through each provider's second account (named after its second environment), so that
+    // they hold none of the others.
+    let registry = Registry::builtin();
+    let second_account = |provider: &str| {
+        let kind = registry.iter().find(|kind| kind.name == provider).expect("a registered provider");
+        format!("{}_{}", kind.slug, kind.environments[1].0)
+    };
     let refs: Vec<_> = cases
         .iter()
-        .map(|(p, id, _, what)| match (*what, *p) {
-            ("RATE_LIMITED", "DHMAD") => json!({"provider": p, "id": id, "account": "dhmad_sandbox"}),
-            ("RATE_LIMITED", _) => json!({"provider": p, "id": id, "account": "dodo_test"}),
+        .map(|(p, id, _, what)| match *what {
+            "RATE_LIMITED" => json!({"provider": p, "id": id, "account": second_account(p)}),
             _ => json!({"provider": p, "id": id}),
         })
         .collect();

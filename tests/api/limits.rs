@@ -70,10 +70,10 @@ async fn one_body_limit_for_every_content_type() {
 #[tokio::test]
 async fn documents_are_bounded_in_depth_complexity_aliases_and_root_fields() {
     let app = spawn_app(|config| {
-        config.max_aliases = 5;
-        config.max_root_fields = 4;
-        config.max_depth = 6;
-        config.max_complexity = 50;
+        config.shape_limits.max_aliases = 5;
+        config.shape_limits.max_root_fields = 4;
+        config.query_limits.max_depth = 6;
+        config.query_limits.max_complexity = 50;
     })
     .await;
     let send = |query: String| {

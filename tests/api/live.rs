@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use checkout_gateway::config::{Config, Secret};
+use checkout_gateway::providers::sandbox::SandboxOptions;
 use checkout_gateway::providers::{dhmad, dodo};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -760,7 +761,7 @@ async fn demo_sessions_move_and_their_webhooks_reach_a_subscriber() {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         demo: true,
-        demo_step: Duration::from_millis(400),
+        sandbox: SandboxOptions { step: Duration::from_millis(400), ..SandboxOptions::default() },
         shutdown_delay: Duration::ZERO,
         ..Config::default()
     };

@@ -19,15 +19,15 @@ use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use checkout_gateway::app::Application;
-use checkout_gateway::config::Config;
+use checkout_gateway::config::{self, Config};
 use checkout_gateway::domain::{
     normalise_status, CheckoutSession, CheckoutStatus, FetchError, FetchResult, ProviderDetails,
 };
 use checkout_gateway::providers::sandbox::{SandboxSpec, SandboxState};
 use checkout_gateway::providers::upstream::Upstream;
-use checkout_gateway::providers::{self, CredentialStatus, ProviderKind, SessionProvider};
+use checkout_gateway::providers::{CredentialStatus, ProviderKind, Registry, SessionProvider};
 
-use crate::support::app::{account, http, post_graphql};
+use crate::support::app::{http, post_graphql};
 
 // ---- The module: what a new provider brings. -------------------------------------------
 
@@ -155,10 +155,8 @@ async fn sandbox_session(
 
 // ---- The one line that registers it. -----------------------------------------------------
 
-fn kinds() -> Vec<&'static ProviderKind> {
-    let mut kinds = providers::builtin();
-    kinds.push(&ACME);
-    kinds
+fn registry() -> Registry {
+    Registry::builtin().with(&ACME)
 }
 
 // ---- The tests. --------------------------------------------------------------------------
@@ -172,8 +170,14 @@ const QUERY: &str = r#"query($id: ID!, $account: String) {
   }
 }"#;
 
-async fn start(config: Config) -> std::net::SocketAddr {
-    let app = Application::build_with(config, kinds()).await.expect("the application builds");
+/// Loads the configuration as the binary does (these flags, the environment, the file they
+/// name and what it names) with the registry that knows Acme, and runs the gateway.
+async fn start(args: &[&str]) -> std::net::SocketAddr {
+    let registry = registry();
+    let args = std::iter::once("checkout-gateway").chain(args.iter().copied());
+    let (cli, given) = config::parse_from(&registry, args).expect("the flags are valid");
+    let config = Config::load(&cli, given, &registry).expect("the configuration is valid");
+    let app = Application::build_with(config, registry).await.expect("the application builds");
     let addr = app.local_addr().unwrap();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     addr
@@ -192,14 +196,21 @@ async fn a_provider_defined_in_the_tests_answers_through_graphql_with_its_own_de
         .mount(&acme)
         .await;
     Mock::given(path("/v2/sessions/acs_gone")).respond_with(ResponseTemplate::new(404)).mount(&acme).await;
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        accounts: vec![account(&ACME, "acme", acme.uri(), Some("acme-key"))],
-        shutdown_delay: std::time::Duration::ZERO,
-        access: Some(checkout_gateway::access::AccessConfig::open()),
-        ..Config::default()
-    };
-    let addr = start(config).await;
+    // An account of Acme as any other: a table naming its provider, its key in a file.
+    let dir = std::env::temp_dir().join(format!("cg-acme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("acme-key");
+    std::fs::write(&key, "acme-key\n").unwrap();
+    let file = dir.join("gateway.toml");
+    let text = format!(
+        "auth = \"none\"\nshutdown_delay = \"0s\"\n\
+         [accounts.acme]\nprovider = \"acme\"\nbase_url = \"{}\"\napi_key_file = \"{}\"\n",
+        acme.uri(),
+        key.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let addr = start(&["--listen", "127.0.0.1:0", "--config", file.to_str().unwrap()]).await;
+    std::fs::remove_dir_all(&dir).unwrap();
     let http = http();
 
     for _ in 0..2 {
@@ -241,8 +252,7 @@ async fn a_provider_defined_in_the_tests_answers_through_graphql_with_its_own_de
 
 #[tokio::test]
 async fn the_new_provider_has_a_demo_with_one_account_per_environment() {
-    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), demo: true, ..Config::default() };
-    let addr = start(config).await;
+    let addr = start(&["--demo", "--listen", "127.0.0.1:0"]).await;
     let http = http();
     for (account, environment) in [(None, "live"), (Some("acme_test"), "test")] {
         let reply =
@@ -256,8 +266,8 @@ async fn the_new_provider_has_a_demo_with_one_account_per_environment() {
 
 #[test]
 fn without_registration_the_schema_does_not_know_it() {
-    let builtin = checkout_gateway::graphql::sdl(&providers::builtin());
+    let builtin = checkout_gateway::graphql::sdl(&Registry::builtin());
     assert!(!builtin.contains("ACME") && !builtin.contains("AcmeSessionDetails"));
-    let extended = checkout_gateway::graphql::sdl(&kinds());
+    let extended = checkout_gateway::graphql::sdl(&registry());
     assert!(extended.contains("AcmeSessionDetails") && extended.contains("Acme Pay, a provider"));
 }
