@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Weak};
 
 use axum::routing::get;
 use axum::Router;
@@ -16,16 +16,19 @@ use tokio::net::TcpListener;
 
 use crate::access::quota::ClientQuotas;
 use crate::access::{Access, AccessConfig, AuthMode};
+use crate::cache::changes::Listener;
 use crate::cache::redis::Shared;
+use crate::cache::replicated::Replicated;
 use crate::cache::responses::ResponseCache;
 use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::graphql::documents::{Admission, ApqStore};
 use crate::graphql::{self, DocumentCache, Gateway};
 use crate::http::edge::{self, EdgeLimits, Phase};
+use crate::http::readiness::Readiness;
 use crate::http::streams::{Guarded, StreamLimits, Streams};
 use crate::http::webhooks::Webhooks;
-use crate::http::{self, AppState, Credentials, StateInner};
+use crate::http::{self, AppState, StateInner};
 use crate::providers::guard::SharedQuota;
 use crate::providers::{Account, AccountConfig, CredentialStatus, Registry};
 use crate::sessions::live::Hub;
@@ -50,7 +53,7 @@ pub struct Application {
     ready: Arc<AtomicBool>,
     config: Config,
     accounts: Vec<Arc<Account>>,
-    credentials: Credentials,
+    readiness: Arc<Readiness>,
     /// Where a shutdown stands, for connections and streams.
     phase: tokio::sync::watch::Sender<Phase>,
     /// `/metrics` on its own port (GATEWAY_METRICS_LISTEN).
@@ -92,19 +95,20 @@ impl Application {
             .iter()
             .map(|account| Account::new(account.clone(), &limits, &http, &metrics).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let credentials: Credentials = Arc::new(RwLock::new(
-            accounts.iter().map(|account| (account.name().clone(), CredentialStatus::Checking)).collect(),
-        ));
-        let hub = Arc::new(Hub::new(REFERENCES_MAX, metrics.clone()));
-        let mut cache = SessionCache::new(config.cache, hub, metrics.clone());
-        if let Some(shared) = &shared {
-            cache = cache.with_shared(shared.clone());
-        }
-        let service = Arc::new(SessionService::new(&accounts, cache)?);
+        let replicated = shared.map(|shared| Replicated::new(shared, metrics.clone()));
+        let readiness =
+            Arc::new(Readiness::new(Arc::new(accounts.clone()), replicated.as_ref().map(|r| r.health())));
+        let hub = Arc::new(Hub::new(metrics.clone()));
         let responses = Arc::new(ResponseCache::new(config.response_cache_bytes));
-        let replayed = responses.clone();
-        // Another replica's webhook changed a session: replayed answers may hold it.
-        service.listen_to_replicas(move || replayed.clear());
+        // Both hear of each change after the cache: watchers, and replayed answers that may
+        // hold the session.
+        let listeners: Vec<Weak<dyn Listener>> =
+            vec![Arc::downgrade(&hub) as _, Arc::downgrade(&responses) as _];
+        let cache = SessionCache::new(config.cache, replicated.clone(), listeners, metrics.clone());
+        if let Some(replicated) = &replicated {
+            replicated.listen(&cache, &accounts);
+        }
+        let service = Arc::new(SessionService::new(&accounts, cache, hub)?);
         let gateway = Gateway {
             service: service.clone(),
             batch_max: config.batch_max,
@@ -150,7 +154,7 @@ impl Application {
             access.clone(),
             metrics.clone(),
         );
-        let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, responses.clone(), metrics.clone()));
+        let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, metrics.clone()));
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -167,7 +171,7 @@ impl Application {
             service,
             metrics,
             ready: ready.clone(),
-            credentials: credentials.clone(),
+            readiness: readiness.clone(),
             accounts: Arc::new(accounts.clone()),
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
@@ -185,7 +189,7 @@ impl Application {
             (listener, router)
         });
         let router = http::router(state, metrics_server.is_none());
-        Ok(Self { listener, router, ready, config, accounts, credentials, phase, metrics_server })
+        Ok(Self { listener, router, ready, config, accounts, readiness, phase, metrics_server })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -204,7 +208,7 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, router, ready, config, accounts, credentials, phase, metrics_server } = self;
+        let Self { listener, router, ready, config, accounts, readiness, phase, metrics_server } = self;
         if let Some((listener, router)) = metrics_server {
             tokio::spawn(async move {
                 if let Err(error) = axum::serve(listener, router).await {
@@ -212,7 +216,7 @@ impl Application {
                 }
             });
         }
-        tokio::spawn(check_credentials(accounts, credentials));
+        tokio::spawn(check_credentials(accounts, readiness));
         let phases = phase.subscribe();
         let limits = EdgeLimits {
             max_connections: config.max_connections,
@@ -241,10 +245,6 @@ impl Application {
     }
 }
 
-/// Entries of the index from payment and escrow ids to sessions (webhooks name sessions by
-/// them).
-const REFERENCES_MAX: u64 = 200_000;
-
 /// Where a process on this machine reaches `addr` (a wildcard address is reached on loopback).
 fn loopback(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -255,7 +255,7 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Checks each account's key once, in the background: readiness never waits on a provider.
-async fn check_credentials(accounts: Vec<Arc<Account>>, credentials: Credentials) {
+async fn check_credentials(accounts: Vec<Arc<Account>>, readiness: Arc<Readiness>) {
     for account in accounts {
         let status = account.client.check_credentials().await;
         let (provider, name) = (account.kind().slug, &**account.name());
@@ -275,9 +275,7 @@ async fn check_credentials(accounts: Vec<Arc<Account>>, credentials: Credentials
             }
             _ => tracing::info!(provider, account = name, status = ?status, "credential check"),
         }
-        if let Ok(mut map) = credentials.write() {
-            map.insert(account.name().clone(), status);
-        }
+        readiness.checked(&account, status);
     }
 }
 

@@ -1,14 +1,15 @@
 //! The gateway's own model of a checkout session and of what can go wrong fetching one.
 //!
-//! Owns: the session, its normalised status, the errors, the credential type. Knows no
-//! provider and no GraphQL: every provider module maps its wire format into these types, and
-//! the GraphQL layer mirrors the enums (`graphql::types`) without this module knowing.
+//! Owns: the session, its normalised status, the errors, the credential type, and [`lock`]
+//! (here because this leaf is the one module every layer may import). Knows no provider and
+//! no GraphQL: every provider module maps its wire format into these types, and the GraphQL
+//! layer mirrors the enums (`graphql::types`) without this module knowing.
 
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 
@@ -76,7 +77,8 @@ pub fn normalise_status(
 /// What only one provider knows about a session, beyond the common fields: each provider
 /// module defines its own type, and only that module reads it back (by downcasting).
 /// Anything derivable from the common fields is not stored twice: a cache holds many.
-pub trait ProviderDetails: Any + fmt::Debug + Send + Sync {
+/// Compared with `==` (live updates send only changes): the type derives `PartialEq`.
+pub trait ProviderDetails: Any + fmt::Debug + Send + Sync + SameDetails {
     /// Bytes this value holds on the heap beyond its own size, for the cache's byte bound.
     fn heap_bytes(&self) -> usize {
         0
@@ -87,11 +89,17 @@ pub trait ProviderDetails: Any + fmt::Debug + Send + Sync {
     fn to_json(&self) -> Option<serde_json::Value> {
         None
     }
+}
 
-    /// Whether `other` says the same (live updates send only changes). Two values that print
-    /// the same are the same; a provider may compare more cheaply.
+/// Whether two details say the same: equal values of one type. Implemented for every type
+/// with `PartialEq`, so that `dyn ProviderDetails` can be compared.
+pub trait SameDetails {
+    fn same_as(&self, other: &dyn ProviderDetails) -> bool;
+}
+
+impl<T: PartialEq + Any> SameDetails for T {
     fn same_as(&self, other: &dyn ProviderDetails) -> bool {
-        format!("{self:?}") == format!("{other:?}")
+        (other as &dyn Any).downcast_ref::<T>() == Some(self)
     }
 }
 
@@ -326,4 +334,11 @@ impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret)
     }
+}
+
+/// The guard of `mutex`, even if a thread panicked while holding it: every mutex here guards
+/// data that each critical section leaves whole (one insert, one update), so a panic elsewhere
+/// must not turn every later caller into a panic too.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -2,40 +2,26 @@
 //!
 //! # Layout
 //!
-//! A request flows top to bottom; each module imports only modules below it (a test fails on
-//! an import circle):
+//! A request flows top to bottom; each module imports only modules below it, or of its own
+//! folder (tests/api/layers.rs fails on any other import, `super::` paths included):
 //!
-//! - [`server`]: axum routes (`/graphql`, `/ws`, `/livez`, `/readyz`, `/metrics`), wiring,
-//!   `--demo`, graceful shutdown; [`streams`]: subscriptions over WebSocket and Server-Sent
-//!   Events.
-//! - [`webhooks`]: `POST /webhooks/{provider}`: verified, de-duplicated, routed to an account,
-//!   acted on after the answer.
-//! - [`graphiql`]: the GraphiQL page and its embedded assets; [`refusal`]: the one shape of a
-//!   refused HTTP request.
-//! - [`response_cache`]: whole answers replayed while everything in them may be reused.
-//! - [`access`]: who may ask (none, API keys, JWT; the router's secret) and which accounts.
-//! - [`documents`]: which documents may run (trusted documents) and APQ's store.
-//! - [`graphql`]: the schema and thin resolvers; answers become members of a result union,
-//!   errors are data with a stable code.
-//! - [`service`]: picks the account, answers batches in order with each session asked once.
-//! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`],
-//!   accounts included.
-//! - [`live`]: who watches which session; changes published to its watchers; the index from
-//!   the payments and escrows webhooks name to sessions.
-//! - [`shared`]: the Redis tier replicas share (answers, locks, pub/sub, quotas), optional.
-//! - [`cache`]: moka in front of every account; lifetime by what the answer says; concurrent
-//!   misses share one upstream call.
-//! - [`quota`]: each client's budget of lookups that reach a provider (charged by the cache
-//!   on a miss).
-//! - [`providers`]: what a provider is ([`providers::ProviderKind`]), the one list of them
-//!   ([`providers::Registry`]), accounts, and one folder per provider (client and wire types,
-//!   details type, sandbox); `upstream` holds the shared HTTP call.
-//! - [`view`]: the schema types whose members come from the providers (`Provider`,
-//!   `ProviderDetails`).
-//! - [`sandbox`]: serving a provider's built-in stand-in, for `--demo` and benchmarks.
-//! - [`metrics`], [`telemetry`], [`net`]: Prometheus metrics; logs, OTLP traces and request
-//!   ids; the outbound HTTP client.
-//! - [`domain`]: the provider-independent session and error types: no provider, no GraphQL.
+//! - [`app`]: builds every part from the configuration, runs, drains (`main` starts it).
+//! - [`demo`]: `--demo`, the sandbox providers wired in.
+//! - [`http`]: routes, the edge's accept loop, handlers, subscriptions over WebSocket and SSE,
+//!   webhooks in, refusals, GraphiQL, what `/readyz` reports.
+//! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`].
+//! - [`graphql`]: the schema and thin resolvers; which documents may run (trusted documents,
+//!   APQ), shape limits.
+//! - [`sessions`]: picks the account, answers batches in order, watches sessions (the live
+//!   hub), acts on webhooks.
+//! - [`cache`]: the session cache and its lifetimes; the "session changed" event its
+//!   listeners hear; the cross-replica protocol over Redis; replayed responses.
+//! - [`access`]: who may ask (none, API keys, JWT) and which accounts; each client's budget.
+//! - [`providers`]: what a provider is, the registry ([`providers::Registry`]), accounts, the
+//!   guarded upstream call, webhook verification, one folder per provider.
+//! - [`telemetry`]: logs, traces, request ids, Prometheus metrics.
+//! - [`net`], [`domain`]: the outbound HTTP client; the provider-independent session and error
+//!   types. Leaves: they import neither each other nor anything above.
 
 pub mod access;
 pub mod app;

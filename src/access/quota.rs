@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::domain::FetchError;
+use crate::domain::{lock, FetchError};
 use crate::providers::guard::RateLimit;
 
 /// Clients whose windows are kept at most (each ~100 bytes); past it the least used are
@@ -80,7 +80,7 @@ impl Payer {
     pub fn spend(&self) -> Result<(), FetchError> {
         let windows = self.windows();
         let now = Instant::now();
-        let mut next = windows.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = lock(&windows.0);
         let mut wait = Duration::ZERO;
         for (&(count, period), at) in self.limits.iter().zip(next.iter()) {
             let step = period / count.max(1);

@@ -7,30 +7,38 @@
 //! session is invalidated (a webhook said it changed) may carry the old state: its answer is
 //! then neither stored (here or in the shared tier) nor told to watchers.
 //!
-//! Owns: the lifetimes ([`CachePolicy`]) and the one session cache, keyed by account scope and id.
+//! Owns: the lifetimes ([`CachePolicy`]) and the one session cache, keyed by account scope and
+//! id; it publishes every answer a provider gives as a [`SessionChanged`], and drops what a
+//! change makes old. Beside it: the event ([`changes`]), the cross-replica protocol
+//! ([`replicated`]) over the Redis client ([`redis`]), the reference index ([`references`]),
+//! and the replayed responses ([`responses`]).
 
+pub mod changes;
 pub mod redis;
+pub mod references;
+pub mod replicated;
 pub mod responses;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::future::BoxFuture;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 
+use self::changes::{Changes, Listener, SessionChanged};
+use self::references::References;
+use self::replicated::Replicated;
 use crate::access::quota::Payer;
-use crate::cache::redis::Shared;
-use crate::domain::CheckoutSession;
-use crate::domain::{CheckoutStatus, FetchError, FetchResult};
+use crate::domain::{lock, CheckoutStatus, FetchError, FetchResult};
 use crate::providers::Account;
-use crate::sessions::live::{Hub, REFERENCE_TTL};
 use crate::telemetry::metrics::Metrics;
 
 /// Lifetimes per kind of answer; each is a setting.
@@ -156,170 +164,11 @@ struct Landing<'a> {
 
 impl Drop for Landing<'_> {
     fn drop(&mut self) {
-        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut flights = lock(self.flights);
         if flights.get(&self.key).is_some_and(|flight| flight.number == self.number) {
             flights.remove(&self.key);
         }
     }
-}
-
-/// How long a replica's lock on asking a provider lasts at most (a replica that dies holding
-/// it blocks nobody longer), how long the others wait for its answer before asking
-/// themselves, and how often they look.
-const LOCK_TTL: Duration = Duration::from_secs(10);
-const LOCK_WAIT: Duration = Duration::from_secs(2);
-const LOCK_POLL: Duration = Duration::from_millis(20);
-
-/// The version of what this gateway writes to the shared tier; an entry of any other version
-/// is skipped (and overwritten), never misread, during a rolling upgrade.
-pub const SHARED_FORMAT: u32 = 1;
-
-/// What replicas say to each other over pub/sub.
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
-pub struct Message {
-    /// `invalidate` (a webhook came: drop your copy) or `update` (the new answer is shared).
-    pub kind: String,
-    pub scope: String,
-    pub id: String,
-    /// The replica that sent it (it ignores its own).
-    pub from: String,
-}
-
-impl Message {
-    fn encode(kind: &str, key: &Key, from: &str) -> Vec<u8> {
-        let message = Message {
-            kind: kind.to_owned(),
-            scope: key.0.to_string(),
-            id: key.1.to_string(),
-            from: from.to_owned(),
-        };
-        serde_json::to_vec(&message).unwrap_or_default()
-    }
-}
-
-/// An entry as the shared tier holds it. Moments are Unix milliseconds: replicas share no
-/// monotonic clock.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SharedEntry {
-    v: u32,
-    expires_at: i64,
-    kept_until: i64,
-    asked_at: i64,
-    answer: SharedAnswer,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum SharedAnswer {
-    Session(Box<SessionRecord>),
-    NotFound,
-}
-
-/// A session without what the reader knows already (provider, account, id).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SessionRecord {
-    status: CheckoutStatus,
-    provider_status: Option<String>,
-    created_at: chrono::DateTime<Utc>,
-    expires_at: Option<chrono::DateTime<Utc>>,
-    completed_at: Option<chrono::DateTime<Utc>>,
-    customer_email: Option<Box<str>>,
-    customer_name: Option<Box<str>>,
-    payment_id: Option<Box<str>>,
-    metadata: Option<serde_json::Value>,
-    fetched_at: chrono::DateTime<Utc>,
-    details: Option<serde_json::Value>,
-}
-
-/// An instant as Unix milliseconds, and back, through the wall clock now.
-fn to_unix_ms(at: Instant) -> i64 {
-    let (now, wall) = (Instant::now(), Utc::now().timestamp_millis());
-    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    if at >= now {
-        wall.saturating_add(millis(at - now))
-    } else {
-        wall.saturating_sub(millis(now - at))
-    }
-}
-
-/// Moments further ahead than this are read as this far: no lifetime the gateway gives is
-/// longer, and an `Instant` cannot hold every `i64` of milliseconds.
-const FURTHEST_AHEAD: Duration = Duration::from_secs(31 * 24 * 3600);
-
-fn from_unix_ms(ms: i64) -> Instant {
-    let now = Utc::now().timestamp_millis();
-    let base = Instant::now();
-    if ms >= now {
-        base + Duration::from_millis(u64::try_from(ms.saturating_sub(now)).unwrap_or(0)).min(FURTHEST_AHEAD)
-    } else {
-        base.checked_sub(Duration::from_millis(u64::try_from(now - ms).unwrap_or(0))).unwrap_or(base)
-    }
-}
-
-/// `None` for what is never shared (errors).
-fn encode(entry: &Entry) -> Option<Vec<u8>> {
-    let answer = match &entry.answer {
-        Ok(session) => SharedAnswer::Session(Box::new(SessionRecord {
-            status: session.status,
-            provider_status: session.provider_status.as_ref().map(|s| s.to_string()),
-            created_at: session.created_at,
-            expires_at: session.expires_at,
-            completed_at: session.completed_at,
-            customer_email: session.customer_email.clone(),
-            customer_name: session.customer_name.clone(),
-            payment_id: session.payment_id.clone(),
-            metadata: session.metadata.as_deref().cloned(),
-            fetched_at: session.fetched_at,
-            details: session.details.as_ref().and_then(|details| details.to_json()),
-        })),
-        Err(FetchError::NotFound) => SharedAnswer::NotFound,
-        Err(_) => return None,
-    };
-    let shared = SharedEntry {
-        v: SHARED_FORMAT,
-        expires_at: to_unix_ms(entry.expires_at),
-        kept_until: to_unix_ms(entry.kept_until),
-        asked_at: to_unix_ms(entry.asked_at),
-        answer,
-    };
-    serde_json::to_vec(&shared).ok()
-}
-
-/// An entry another replica shared, if it is of this format, its moments held to what
-/// `policy` allows for its answer: whoever can write to Redis must not make a replica serve an
-/// answer longer than the gateway would have kept it.
-fn decode(bytes: &[u8], account: &Account, id: &Arc<str>, policy: &CachePolicy) -> Option<Entry> {
-    #[derive(serde::Deserialize)]
-    struct Version {
-        v: u32,
-    }
-    if serde_json::from_slice::<Version>(bytes).ok()?.v != SHARED_FORMAT {
-        return None;
-    }
-    let shared: SharedEntry = serde_json::from_slice(bytes).ok()?;
-    let answer = match shared.answer {
-        SharedAnswer::NotFound => Err(FetchError::NotFound),
-        SharedAnswer::Session(record) => Ok(Arc::new(CheckoutSession {
-            provider: account.kind().name,
-            account: account.name().clone(),
-            id: id.clone(),
-            status: record.status,
-            provider_status: record.provider_status.map(std::borrow::Cow::Owned),
-            created_at: record.created_at,
-            expires_at: record.expires_at,
-            completed_at: record.completed_at,
-            customer_email: record.customer_email,
-            customer_name: record.customer_name,
-            payment_id: record.payment_id,
-            metadata: record.metadata.map(Box::new),
-            fetched_at: record.fetched_at,
-            details: record.details.as_ref().and_then(account.kind().details_from_json),
-        })),
-    };
-    let now = Instant::now();
-    let expires_at = from_unix_ms(shared.expires_at).min(now + policy.lifetime(&answer).unwrap_or_default());
-    let kept_until = from_unix_ms(shared.kept_until).min(policy.kept_until(&answer, expires_at, now));
-    Some(Entry { answer, expires_at, kept_until, asked_at: from_unix_ms(shared.asked_at).min(now) })
 }
 
 /// An answer and until when a client may reuse it (`None`: not at all). The moment is
@@ -353,15 +202,26 @@ pub struct SessionCache {
     /// and whether its session was invalidated meanwhile.
     in_flight: Mutex<HashMap<Key, Flight>>,
     next_call: AtomicU64,
-    /// Told every answer a provider gives, so that whoever watches the session hears of it.
-    hub: Arc<Hub>,
-    /// The tier replicas share, between this cache and the providers; `None`: alone.
-    shared: Option<Arc<Shared>>,
+    /// Told every answer a provider gives (whoever watches the session hears of it), and
+    /// every change a webhook or another replica reports; this cache listens first.
+    changes: Arc<Changes>,
+    /// The sessions each payment or escrow names, as this replica saw them.
+    references: References,
+    /// The protocol with the other replicas, between this cache and the providers; `None`:
+    /// alone.
+    replicated: Option<Arc<Replicated>>,
     metrics: Arc<Metrics>,
 }
 
 impl SessionCache {
-    pub fn new(policy: CachePolicy, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+    /// `listeners`: told of every change after this cache (see [`changes`]); `replicated`:
+    /// the shared tier, if replicas share one.
+    pub fn new(
+        policy: CachePolicy,
+        replicated: Option<Arc<Replicated>>,
+        listeners: Vec<Weak<dyn Listener>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let evictions = metrics.cache_evictions.clone();
         let weigh = weigher(&policy);
         let cache = Cache::builder()
@@ -382,26 +242,22 @@ impl SessionCache {
             })
             .build();
         let calls = Cache::builder().name("calls in flight").build();
-        Self {
-            policy,
-            cache,
-            calls,
-            in_flight: Mutex::default(),
-            next_call: AtomicU64::new(0),
-            hub,
-            shared: None,
-            metrics,
-        }
-    }
-
-    /// Puts the shared tier between this cache and the providers.
-    pub fn with_shared(mut self, shared: Arc<Shared>) -> Self {
-        self.shared = Some(shared);
-        self
-    }
-
-    pub fn shared(&self) -> Option<&Arc<Shared>> {
-        self.shared.as_ref()
+        Arc::new_cyclic(|this: &Weak<Self>| {
+            // First: the old state is dropped before anyone else hears of a change.
+            let this: Weak<dyn Listener> = this.clone();
+            let changes = Arc::new(Changes::new([this].into_iter().chain(listeners).collect()));
+            Self {
+                policy,
+                cache,
+                calls,
+                in_flight: Mutex::default(),
+                next_call: AtomicU64::new(0),
+                changes,
+                references: References::new(),
+                replicated,
+                metrics,
+            }
+        })
     }
 
     /// The stored answer for `id` as `account` sees it, or the provider's answer now (shared
@@ -467,11 +323,13 @@ impl SessionCache {
                 called = true;
                 let landing = self.take_off(key);
                 let asked_at = Instant::now();
-                let entry = match &self.shared {
-                    Some(shared) => {
-                        self.through_shared(shared, account, key, fresh, asked_at, &landing).await
+                let provider = async { self.entry(account.client.fetch_session(&key.1).await, asked_at) };
+                let entry = match &self.replicated {
+                    Some(replicated) => {
+                        let superseded = || self.superseded(&landing);
+                        replicated.ask(account, key, fresh, &self.policy, provider, superseded).await
                     }
-                    None => self.entry(account.client.fetch_session(&key.1).await, asked_at),
+                    None => provider.await,
                 };
                 // Stored before the askers waiting here are released, so that one arriving
                 // after them finds it.
@@ -488,7 +346,7 @@ impl SessionCache {
                 }
                 let superseded = self.superseded(&landing);
                 if !superseded {
-                    self.hub.publish(key, &entry.answer);
+                    self.changes.publish(SessionChanged::Answered { key, answer: &entry.answer }).await;
                 }
                 Err::<Infallible, _>((entry, superseded))
             })
@@ -510,8 +368,7 @@ impl SessionCache {
     }
 
     fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight>> {
-        // A panic while holding it leaves the map as it was: still usable.
-        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.in_flight)
     }
 
     /// Whether the session of the call `landing` records was invalidated since it began.
@@ -538,23 +395,22 @@ impl SessionCache {
             .await;
     }
 
-    /// Stops what is stored for `id` from being fresh (a webhook said it changed); it is still
-    /// kept for stale-if-error. A lookup from now on asks the provider (and a [`Self::refresh`]
-    /// joins it); a call already in flight is not stored. Returns the canonical id when
-    /// something was stored or asked for.
-    pub async fn invalidate(&self, account: &Account, id: &str) -> Option<Arc<str>> {
-        let key = self.key(account, id).ok()?;
+    /// Stops what is stored for `key` from being fresh (a webhook said it changed); it is
+    /// still kept for stale-if-error. A lookup from now on asks the provider (and a
+    /// [`Self::refresh`] joins it); a call already in flight is not stored. `here`: the webhook
+    /// came to this replica, so every replica's copy goes too. `true` when something was
+    /// stored or asked for.
+    async fn drop_stale(&self, key: &Key, here: bool) -> bool {
         // First, so that what the call in flight writes from now on is refused, and what it
         // wrote before is deleted below.
-        let in_flight = self.supersede(&key);
+        let in_flight = self.supersede(key);
         let mut shared_held = false;
-        if let Some(shared) = &self.shared {
-            // Every replica's copy goes too: the shared one now, the local ones by message.
-            shared_held = shared.delete(&key.0, &key.1).await;
-            shared.publish(&Message::encode("invalidate", &key, &shared.replica)).await;
+        if let Some(replicated) = self.replicated.as_ref().filter(|_| here) {
+            // The shared copy now, the other replicas' by message.
+            shared_held = replicated.forget(key).await;
         }
-        let held = self.demote(&key).await;
-        (held || shared_held || in_flight).then_some(key.1)
+        let held = self.demote(key).await;
+        held || shared_held || in_flight
     }
 
     /// What is stored for `key` stops being fresh (kept for stale-if-error); `false` when
@@ -589,130 +445,28 @@ impl SessionCache {
         if superseded && !called {
             self.call(account, &key, true).await;
         }
-        if let Some(shared) = &self.shared {
+        if let Some(replicated) = &self.replicated {
             // The other replicas take the new answer from the shared tier.
-            shared.publish(&Message::encode("update", &key, &shared.replica)).await;
-        }
-    }
-
-    /// Between the local cache and the provider: a fresh answer another replica shared; else
-    /// the lock on asking the provider (waiting a bounded while for the replica that holds it
-    /// to share its answer); else, or after, the provider, whose answer is shared. `fresh`:
-    /// a webhook said the session changed, so nothing shared before may be taken.
-    async fn through_shared(
-        &self,
-        shared: &Shared,
-        account: &Account,
-        key: &Key,
-        fresh: bool,
-        asked_at: Instant,
-        landing: &Landing<'_>,
-    ) -> Entry {
-        let label = [account.kind().slug, &**account.name()];
-        if !fresh {
-            if let Some(entry) = self.read_shared(shared, account, key).await {
-                self.metrics.shared_hits.with_label_values(&label).inc();
-                return entry;
-            }
-        }
-        let locked = shared.lock(&key.0, &key.1, LOCK_TTL).await;
-        if !fresh {
-            let shared_answer = match locked {
-                // Another replica may have shared its answer and let go of the lock between
-                // the read above and taking the lock.
-                Some(true) => {
-                    let entry = self.read_shared(shared, account, key).await;
-                    if entry.is_some() {
-                        shared.unlock(&key.0, &key.1).await;
-                    }
-                    entry
-                }
-                // Another replica is asking: its answer, if it comes in time.
-                Some(false) => self.await_shared(shared, account, key).await,
-                None => None,
-            };
-            if let Some(entry) = shared_answer {
-                self.metrics.shared_hits.with_label_values(&label).inc();
-                return entry;
-            }
-        }
-        let entry = self.entry(account.client.fetch_session(&key.1).await, asked_at);
-        let now = Instant::now();
-        if entry.expires_at > now && !self.superseded(landing) {
-            if let Some(value) = encode(&entry) {
-                shared.put(&key.0, &key.1, &value, to_unix_ms(entry.kept_until)).await;
-                // Invalidated while it was being written: the invalidation's delete may have
-                // come first.
-                if self.superseded(landing) {
-                    shared.delete(&key.0, &key.1).await;
-                }
-            }
-        }
-        if locked == Some(true) {
-            shared.unlock(&key.0, &key.1).await;
-        }
-        entry
-    }
-
-    /// The answer the replica holding `key`'s lock shares, if it does within [`LOCK_WAIT`].
-    async fn await_shared(&self, shared: &Shared, account: &Account, key: &Key) -> Option<Entry> {
-        let until = Instant::now() + LOCK_WAIT;
-        while Instant::now() < until {
-            tokio::time::sleep(LOCK_POLL).await;
-            if let Some(entry) = self.read_shared(shared, account, key).await {
-                return Some(entry);
-            }
-        }
-        None
-    }
-
-    /// The answer another replica shared for `key`, if it is of this format and still fresh.
-    async fn read_shared(&self, shared: &Shared, account: &Account, key: &Key) -> Option<Entry> {
-        let bytes = shared.get(&key.0, &key.1).await?;
-        let entry = decode(&bytes, account, &key.1, &self.policy)?;
-        (entry.expires_at > Instant::now()).then_some(entry)
-    }
-
-    /// Another replica changed `id`'s answer in the shared tier (or says it is about to): the
-    /// local copy is dropped or replaced, and watchers here are told. `update`: read the new
-    /// one now, where this replica holds or watches the session.
-    pub async fn adopt(&self, account: &Account, id: &str, update: bool) {
-        let Ok(key) = self.key(account, id) else { return };
-        self.supersede(&key);
-        let held = self.demote(&key).await;
-        if !update || !(held || self.hub.is_watched(&key)) {
-            return;
-        }
-        let Some(shared) = &self.shared else { return };
-        if let Some(entry) = self.read_shared(shared, account, &key).await {
-            self.cache.insert(key.clone(), entry.clone()).await;
-            self.hub.publish(&key, &entry.answer);
+            replicated.announce(&key).await;
         }
     }
 
     /// Remembers that `reference` (a payment, an escrow) names session `id` in `scope`, here
     /// and for the other replicas.
     pub async fn note_reference(&self, scope: &Arc<str>, reference: &str, id: &Arc<str>) {
-        self.hub.note_reference(scope, reference, id);
-        if let Some(shared) = &self.shared {
-            shared.add_reference(scope, reference, id, REFERENCE_TTL).await;
+        self.references.note(scope, reference, id);
+        if let Some(replicated) = &self.replicated {
+            replicated.note_reference(scope, reference, id).await;
         }
     }
 
     /// The sessions this replica, or any other, saw under `reference` in `scope`.
     pub async fn sessions_of(&self, scope: &Arc<str>, reference: &str) -> Vec<Arc<str>> {
-        let mut ids = self.hub.sessions_of(scope, reference).to_vec();
-        if let Some(shared) = &self.shared {
-            ids.extend(shared.references(scope, reference).await.into_iter().map(Arc::from));
+        let mut ids = self.references.sessions_of(scope, reference).to_vec();
+        if let Some(replicated) = &self.replicated {
+            ids.extend(replicated.references(scope, reference).await);
         }
         ids
-    }
-
-    /// Drops every local answer: pub/sub reconnected, and messages may have been missed (so
-    /// the calls in flight may carry a state another replica was told has changed).
-    pub fn clear_local(&self) {
-        self.flights().values_mut().for_each(|flight| flight.superseded = true);
-        self.cache.invalidate_all();
     }
 
     /// The canonical key of `id` for `account`.
@@ -720,8 +474,9 @@ impl SessionCache {
         Ok((account.scope.clone(), account.client.canonical_id(id)?))
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+    /// Where changes are published, to this cache and the listeners after it.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -756,5 +511,25 @@ impl Entry {
         // An answer whose lifetime is zero (an error, an expired session) is never reusable.
         let reusable_until = (self.expires_at > Instant::now()).then_some(self.expires_at);
         Lookup { reusable_until, answer: self.answer, stale: false }
+    }
+}
+
+impl Listener for SessionCache {
+    fn changed<'a>(&'a self, change: SessionChanged<'a>) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match change {
+                SessionChanged::Stale { key, here } => self.drop_stale(key, here).await,
+                // Its own answers, stored already (or refused), and another replica's, stored
+                // by whoever read it.
+                SessionChanged::Answered { .. } => false,
+            }
+        })
+    }
+
+    /// Drops every local answer: pub/sub reconnected, and messages may have been missed (so
+    /// the calls in flight may carry a state another replica was told has changed).
+    fn everything_changed(&self) {
+        self.flights().values_mut().for_each(|flight| flight.superseded = true);
+        self.cache.invalidate_all();
     }
 }

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use crate::domain::Secret;
+use crate::domain::{lock, Secret};
 use crate::providers::guard::{SharedQuota, Taken};
 use crate::telemetry::metrics::Metrics;
 
@@ -187,12 +187,8 @@ impl Shared {
         }))
     }
 
-    fn locked(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     pub fn state(&self) -> SharedState {
-        match *self.locked() {
+        match *lock(&self.breaker) {
             Breaker::Open { until } if Instant::now() < until => SharedState::Down,
             _ => SharedState::Up,
         }
@@ -216,7 +212,7 @@ impl Shared {
             Err(_) => "timeout",
         };
         self.metrics.redis_operations.with_label_values(&[op, label]).inc();
-        let mut breaker = self.locked();
+        let mut breaker = lock(&self.breaker);
         *breaker = match (&*breaker, ok) {
             (_, true) => Breaker::Closed { failures: 0 },
             (Breaker::Closed { failures }, false) if failures + 1 < BREAKER_FAILURES => {

@@ -7,17 +7,23 @@
 //! validating, executing or serialising again. Keyed by the exact request (JSON body, or URL
 //! query for GET); bounded in bytes.
 //!
-//! A webhook clears it; an answer whose execution began before a clear may hold the state the
-//! webhook replaced, so it is never replayed: each answer carries the epoch (the number of
-//! clears) its execution began in, and only answers of the current epoch are replayed.
+//! A session changed by a webhook (here or at another replica) clears it: it listens to the
+//! session cache's changes ([`SessionChanged::Stale`]), after the cache has dropped the old
+//! state. An answer whose execution began before a clear may hold the state the webhook
+//! replaced, so it is never replayed: each answer carries the epoch (the number of clears) its
+//! execution began in, and only answers of the current epoch are replayed.
 
+use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use moka::sync::Cache;
 use moka::Expiry;
+
+use super::changes::{Listener, SessionChanged};
 
 /// A stored answer, ready to send.
 #[derive(Debug)]
@@ -106,6 +112,21 @@ impl ResponseCache {
             let stored = StoredResponse { body: Bytes::copy_from_slice(&stored.body), ..stored };
             cache.insert(Bytes::copy_from_slice(key), Arc::new(stored));
         }
+    }
+}
+
+impl Listener for ResponseCache {
+    /// A webhook's change clears every answer (which hold the session is not kept); a
+    /// provider's answer does not: an answer is kept no longer than the sessions it holds.
+    fn changed<'a>(&'a self, change: SessionChanged<'a>) -> BoxFuture<'a, bool> {
+        if let SessionChanged::Stale { .. } = change {
+            self.clear();
+        }
+        Box::pin(ready(false))
+    }
+
+    fn everything_changed(&self) {
+        self.clear();
     }
 }
 

@@ -19,7 +19,7 @@ use futures::{Stream, StreamExt};
 use crate::access::quota::{ClientQuotas, Payer};
 use crate::access::{Client, Rights};
 use crate::cache::Lookup;
-use crate::domain::FetchError;
+use crate::domain::{lock, FetchError};
 use crate::providers::schema::{with_providers, ProviderName};
 use crate::providers::{Account, ProviderKind, Registry};
 use crate::sessions::{permitted, SessionRef, SessionService};
@@ -144,13 +144,9 @@ struct Reuse {
     no_store: bool,
 }
 
-fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl RequestScope {
     fn observe(&self, lookup: &Lookup) {
-        let mut reuse = locked(&self.0.reuse);
+        let mut reuse = lock(&self.0.reuse);
         match lookup.reusable_until {
             Some(until) if lookup.answer.is_ok() => {
                 reuse.earliest = Some(reuse.earliest.map_or(until, |e| e.min(until)));
@@ -163,14 +159,14 @@ impl RequestScope {
     /// stops being reusable; `None` for a response with any error, any answer that must not
     /// be reused (a stale one included), or no session at all.
     pub fn reusable_until(&self, response_has_errors: bool) -> Option<Instant> {
-        let reuse = locked(&self.0.reuse);
+        let reuse = lock(&self.0.reuse);
         reuse.earliest.filter(|_| !reuse.no_store && !response_has_errors)
     }
 
     /// The index in `representations` of the failing entity `key`: its n-th copy for the
     /// n-th failure with that key.
     fn entity_index(&self, ctx: &Context<'_>, key: &EntityKey<'_>) -> Option<usize> {
-        let mut positions = locked(&self.0.entity_positions);
+        let mut positions = lock(&self.0.entity_positions);
         let positions = positions.get_or_insert_with(|| entity_positions(ctx));
         positions.get_mut(&key.owned()).and_then(VecDeque::pop_front)
     }

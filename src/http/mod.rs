@@ -8,13 +8,13 @@
 
 pub mod edge;
 pub mod graphiql;
+pub mod readiness;
 pub mod refusal;
 pub mod streams;
 pub mod webhooks;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,17 +38,15 @@ use crate::cache::responses::{cache_control, ResponseCache, StoredResponse};
 use crate::graphql::documents::Admission;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::{DocumentCache, GatewaySchema, RequestScope};
+use crate::http::readiness::Readiness;
 use crate::http::refusal::graphql_error;
 use crate::http::streams::Streams;
 use crate::http::webhooks::Webhooks;
 use crate::providers::guard::CircuitState;
-use crate::providers::{Account, CredentialStatus};
+use crate::providers::Account;
 use crate::sessions::SessionService;
 use crate::telemetry;
 use crate::telemetry::metrics::{Metrics, OperationLabels};
-
-/// What the startup credential check found, per account name (`/readyz` reports it).
-pub(crate) type Credentials = Arc<RwLock<BTreeMap<Arc<str>, CredentialStatus>>>;
 
 /// What every handler reads: one pointer to clone (axum clones the state several times per
 /// request; cloning each field was ~2 % of an executed request).
@@ -73,8 +71,9 @@ pub(crate) struct StateInner {
     pub(crate) metrics: Arc<Metrics>,
     /// False until the server is serving, and again from the moment shutdown begins.
     pub(crate) ready: Arc<AtomicBool>,
-    pub(crate) credentials: Credentials,
-    /// For their circuits' state, read live by `/readyz` and `/metrics`.
+    /// What `/readyz` reports besides being ready.
+    pub(crate) readiness: Arc<Readiness>,
+    /// For their circuits' state, read live by `/metrics`.
     pub(crate) accounts: Arc<Vec<Arc<Account>>>,
     /// The longest a request may take, whatever it waits for.
     pub(crate) request_timeout: Duration,
@@ -579,32 +578,14 @@ async fn livez() -> &'static str {
 /// 200 while serving, 503 before and from the start of shutdown. Never calls a provider; the
 /// startup credential check is reported, not waited on.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let checked = state.credentials.read().map(|map| map.clone()).unwrap_or_default();
-    let accounts: serde_json::Map<String, serde_json::Value> = state
-        .accounts
-        .iter()
-        .map(|account| {
-            let credentials = checked.get(account.name()).copied().unwrap_or(CredentialStatus::Checking);
-            let report = json!({
-                "provider": account.kind().slug,
-                "default": account.config.default,
-                "credentials": credentials,
-                "circuit": account.circuit(),
-            });
-            (account.name().to_string(), report)
-        })
-        .collect();
-    // Redis trouble is reported, never made a reason to be unready: the replica works alone.
-    let shared = match state.service.cache().shared() {
-        None => json!({"configured": false}),
-        Some(shared) => json!({"configured": true, "state": shared.state(), "pubsub": shared.is_listening()}),
-    };
+    let mut report = state.readiness.report();
     let (status, label) = if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     };
-    (status, Json(json!({"status": label, "accounts": accounts, "shared": shared}))).into_response()
+    report["status"] = json!(label);
+    (status, Json(report)).into_response()
 }
 
 pub(crate) async fn metrics_page(State(state): State<AppState>) -> Response {

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::cache::responses::ResponseCache;
 use crate::providers::webhook::{
     Refusal, WebhookEvent, MAX_SIGNATURES, MAX_SIGNATURE_HEADER_BYTES, TOLERANCE_SECONDS,
 };
@@ -50,22 +49,15 @@ pub struct Webhooks {
     /// (provider, SHA-256 of the body) of deliveries taken within the replay window, for
     /// providers whose signature covers only the body.
     bodies: moka::sync::Cache<(&'static str, [u8; 32]), ()>,
-    /// Replayed answers may hold a session an event changed: forgotten when one does.
-    responses: Arc<ResponseCache>,
     metrics: Arc<Metrics>,
 }
 
 impl Webhooks {
-    pub fn new(
-        service: Arc<SessionService>,
-        kinds: &[&'static ProviderKind],
-        responses: Arc<ResponseCache>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(service: Arc<SessionService>, kinds: &[&'static ProviderKind], metrics: Arc<Metrics>) -> Self {
         let seen = moka::sync::Cache::builder().max_capacity(SEEN_MAX).time_to_live(SEEN_FOR).build();
         let bodies =
             moka::sync::Cache::builder().max_capacity(BODY_SEEN_MAX).time_to_live(BODY_SEEN_FOR).build();
-        Self { service, kinds: kinds.to_vec(), seen, bodies, responses, metrics }
+        Self { service, kinds: kinds.to_vec(), seen, bodies, metrics }
     }
 
     fn accounts_of(&self, kind: &ProviderKind) -> Vec<&Arc<Account>> {
@@ -142,17 +134,14 @@ impl Webhooks {
             return self.answer(kind, "ignored", StatusCode::OK, "nothing to do for this event");
         }
         self.log(kind, &event, &accounts, "accepted");
-        // Before the answer, the old state stops being served (cheap: no provider call)…
+        // Before the answer, the old state stops being served, replayed answers included
+        // (cheap: no provider call)…
         let mut work = Vec::new();
         for account in accounts {
             let ids = self.service.invalidate_targets(&account, &event.targets).await;
             if !ids.is_empty() {
                 work.push((account, ids));
             }
-        }
-        if !work.is_empty() {
-            // Replayed answers may hold one of these sessions.
-            self.responses.clear();
         }
         // …and after it (in tasks of their own), the new state is fetched: a slow provider must
         // not make the delivery time out.

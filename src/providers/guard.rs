@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::domain::{FetchError, UnavailableReason};
+use crate::domain::{lock, FetchError, UnavailableReason};
 
 /// A provider's quota as written in settings: `40/s`, `100/min`, `5000/h`, several joined with
 /// `,` (all apply), or `off`.
@@ -114,7 +114,7 @@ impl Window {
     /// Takes a slot now, or says how long until one frees up.
     fn take(&self) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut calls = locked(&self.calls);
+        let mut calls = lock(&self.calls);
         while calls.front().is_some_and(|&at| now.duration_since(at) >= self.period) {
             calls.pop_front();
         }
@@ -201,10 +201,6 @@ fn refused(reason: UnavailableReason, wait: Duration) -> FetchError {
     FetchError::Unavailable { reason, upstream_status: None, retry_after_seconds: Some(seconds(wait)) }
 }
 
-fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Guard {
     pub fn new(policy: GuardPolicy) -> Self {
         let windows = policy
@@ -232,7 +228,7 @@ impl Guard {
     }
 
     pub fn circuit(&self) -> CircuitState {
-        match *locked(&self.breaker) {
+        match *lock(&self.breaker) {
             Breaker::Closed { .. } => CircuitState::Closed,
             Breaker::Open { until } if Instant::now() < until => CircuitState::Open,
             Breaker::Open { .. } | Breaker::HalfOpen { .. } => CircuitState::HalfOpen,
@@ -241,8 +237,7 @@ impl Guard {
 
     /// How long a 429's hold keeps this replica from calling (zero: none in force).
     pub fn held_for(&self) -> Duration {
-        locked(&self.held_until)
-            .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()))
+        lock(&self.held_until).map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()))
     }
 
     /// Waits until a call may be made, or refuses at once: while a 429's wait lasts
@@ -252,7 +247,7 @@ impl Guard {
     /// never made, or the caller was cancelled), it gives back the half-open trial it may hold,
     /// so that the circuit never stays half-open with a trial nobody will finish.
     pub async fn admit(&self, deadline: Instant) -> Result<Ticket<'_>, FetchError> {
-        if let Some(until) = *locked(&self.held_until) {
+        if let Some(until) = *lock(&self.held_until) {
             let now = Instant::now();
             if now < until {
                 return Err(refused(UnavailableReason::RateLimited, until - now));
@@ -301,7 +296,7 @@ impl Guard {
 
     /// Whether the call let through is the half-open circuit's one trial.
     fn admit_breaker(&self) -> Result<bool, FetchError> {
-        let mut breaker = locked(&self.breaker);
+        let mut breaker = lock(&self.breaker);
         match *breaker {
             Breaker::Closed { .. } => Ok(false),
             Breaker::Open { until } => {
@@ -325,7 +320,7 @@ impl Guard {
     /// A trial that ended without an outcome (never made, or cancelled) gives its slot back:
     /// the next call is the trial.
     fn release_trial(&self) {
-        let mut breaker = locked(&self.breaker);
+        let mut breaker = lock(&self.breaker);
         if let Breaker::HalfOpen { trial: true } = *breaker {
             *breaker = Breaker::HalfOpen { trial: false };
         }
@@ -339,7 +334,7 @@ impl Guard {
     /// No call of this replica before `wait` has passed (kept if a longer hold is in force).
     fn hold_locally(&self, wait: Duration) {
         let until = Instant::now() + self.clamp(wait);
-        let mut held = locked(&self.held_until);
+        let mut held = lock(&self.held_until);
         *held = Some(held.map_or(until, |current| current.max(until)));
     }
 
@@ -354,7 +349,7 @@ impl Guard {
             }
             self.hold_locally(wait);
         }
-        let mut breaker = locked(&self.breaker);
+        let mut breaker = lock(&self.breaker);
         let failed = outcome == Outcome::Failed;
         *breaker = match (&*breaker, failed) {
             (_, false) => Breaker::Closed { failures: 0 },

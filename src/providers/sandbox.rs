@@ -19,6 +19,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 
+use crate::domain::lock;
+
 /// How long the "slow" fixtures take: longer than any sensible upstream timeout, so they
 /// show the gateway's timeout, and short enough not to pin resources forever.
 pub const SLOW_FIXTURE_DELAY: Duration = Duration::from_secs(60);
@@ -105,7 +107,7 @@ impl SandboxState {
     /// Where live fixture `id` stands: its first sight starts its clock (`true` with the
     /// step then), and the number of whole steps since.
     pub fn live_step(&self, id: &str) -> (u32, bool) {
-        let mut seen = self.first_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = lock(&self.first_seen);
         let now = std::time::Instant::now();
         let mut first = false;
         let since = *seen.entry(id.to_owned()).or_insert_with(|| {

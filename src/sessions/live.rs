@@ -1,19 +1,20 @@
 //! Live sessions: who watches which session, and telling them when its answer changes.
 //!
 //! Owns: one topic per watched session (account view and id), created by its first watcher
-//! and dropped with its last, so that a session nobody watches costs nothing here; publishing
-//! an answer to a topic (only a change wakes anyone); and the index from the ids a provider's
-//! webhooks name (a payment, an escrow) to the sessions the gateway has seen under them.
-//! Knows nothing of how answers are fetched: the cache publishes what providers answer, the
-//! service polls, webhooks refresh.
+//! and dropped with its last, so that a session nobody watches costs nothing here; and
+//! publishing an answer to a topic (only a change wakes anyone). Knows nothing of how answers
+//! are fetched: it listens to the cache's changes ([`SessionChanged`]), which carry what
+//! providers answer; the service polls, webhooks refresh.
 
 use std::collections::HashMap;
+use std::future::ready;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use crate::domain::FetchResult;
+use crate::cache::changes::{Listener, SessionChanged};
+use crate::domain::{lock, FetchResult};
 use crate::telemetry::metrics::Metrics;
 
 /// Whose view (an account's scope) and which session (its canonical id).
@@ -22,38 +23,19 @@ pub type TopicKey = (Arc<str>, Arc<str>);
 /// The latest answer a topic has published; `None` until the first.
 type Latest = Option<FetchResult>;
 
-/// Sessions one provider reference (a payment id, an escrow id) may name; a reference with
-/// more (an escrow with many sessions) keeps the latest ones.
-const SESSIONS_PER_REFERENCE: usize = 64;
-
-/// How long a payment or escrow id keeps naming its sessions (here and in the shared tier):
-/// providers redeliver an event for about a day.
-pub const REFERENCE_TTL: Duration = Duration::from_secs(48 * 3600);
-
 #[derive(Debug)]
 pub struct Hub {
     topics: Mutex<HashMap<TopicKey, Topic>>,
-    /// (scope, reference) → session ids, for webhooks that name a payment or an escrow
-    /// (keyed like a topic: whose view, and the provider's id).
-    references: moka::sync::Cache<TopicKey, Arc<[Arc<str>]>>,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    /// `references_max`: entries of the reference index; each is kept [`REFERENCE_TTL`].
-    pub fn new(references_max: u64, metrics: Arc<Metrics>) -> Self {
-        Self {
-            topics: Mutex::default(),
-            references: moka::sync::Cache::builder()
-                .max_capacity(references_max)
-                .time_to_live(REFERENCE_TTL)
-                .build(),
-            metrics,
-        }
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { topics: Mutex::default(), metrics }
     }
 
     fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Topic>> {
-        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.topics)
     }
 
     /// Starts watching `key`. The watcher that creates the topic also gets its [`Abandoned`]
@@ -82,7 +64,7 @@ impl Hub {
     /// Tells `key`'s watchers about `answer`, if anyone watches and it differs from the last
     /// one published. A passing failure (the provider unreachable, a quota) is not news: the
     /// watchers keep the last answer rather than flapping to an error and back.
-    pub fn publish(&self, key: &TopicKey, answer: &FetchResult) {
+    fn tell(&self, key: &TopicKey, answer: &FetchResult) {
         if matches!(answer, Err(error) if error.may_serve_stale()) {
             return;
         }
@@ -99,25 +81,20 @@ impl Hub {
             self.metrics.live_updates.inc();
         }
     }
+}
 
-    /// Remembers that `reference` (a provider's id for a payment or an escrow) names session
-    /// `id` in `scope`.
-    pub fn note_reference(&self, scope: &Arc<str>, reference: &str, id: &Arc<str>) {
-        let key = (scope.clone(), Arc::from(reference));
-        self.references.entry(key).and_upsert_with(|known| match known {
-            Some(entry) if entry.value().contains(id) => entry.into_value(),
-            Some(entry) => {
-                let known = entry.into_value();
-                let skip = (known.len() + 1).saturating_sub(SESSIONS_PER_REFERENCE);
-                known.iter().skip(skip).cloned().chain([id.clone()]).collect()
+impl Listener for Hub {
+    /// An answer is told to the session's watchers; a webhook's change is theirs once the
+    /// session is fetched again (answered), so it only asks whether anyone watches.
+    fn changed<'a>(&'a self, change: SessionChanged<'a>) -> BoxFuture<'a, bool> {
+        let watched = match change {
+            SessionChanged::Stale { key, .. } => self.is_watched(key),
+            SessionChanged::Answered { key, answer } => {
+                self.tell(key, answer);
+                false
             }
-            None => Arc::from([id.clone()]),
-        });
-    }
-
-    /// The sessions seen under `reference` in `scope`.
-    pub fn sessions_of(&self, scope: &Arc<str>, reference: &str) -> Arc<[Arc<str>]> {
-        self.references.get(&(scope.clone(), Arc::from(reference))).unwrap_or_else(|| Arc::from([]))
+        };
+        Box::pin(ready(watched))
     }
 }
 
@@ -189,13 +166,14 @@ impl Drop for Watch {
 mod tests {
     use super::*;
     use futures::FutureExt;
+    use std::time::Duration;
 
     /// The last watcher leaves while a new one arrives: the poller of the topic must keep
     /// running as long as the topic is in the hub (the new watcher may join it), and stop
     /// once it is removed.
     #[test]
     fn the_poller_stops_only_when_its_topic_is_removed() {
-        let hub = Arc::new(Hub::new(16, Arc::new(Metrics::new())));
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
         let key: TopicKey = (Arc::from("scope"), Arc::from("id"));
         let (watch, abandoned) = hub.watch(key.clone());
         let abandoned = abandoned.expect("the first watcher creates the topic");

@@ -3,12 +3,13 @@
 //! Owns: which account answers a request (the named one, or the provider's default), batches
 //! (input order, each distinct session asked once), watching a session (its first answer,
 //! then its changes; polling it while watched where no webhook keeps it current) and what a
-//! webhook event refreshes. Goes through the cache.
+//! webhook event refreshes (each session it names published as changed). Goes through the
+//! cache.
 
 pub mod live;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -16,12 +17,13 @@ use futures::StreamExt;
 
 use crate::access::quota::Payer;
 use crate::access::Rights;
-use crate::cache::{Key, Lookup, Message, SessionCache};
-use crate::domain::{CheckoutSession, FetchError, FetchResult};
+use crate::cache::changes::SessionChanged;
+use crate::cache::{Key, Lookup, SessionCache};
+use crate::domain::{lock, CheckoutSession, FetchError, FetchResult};
 use crate::providers::schema::DetailsObject;
 use crate::providers::webhook::Target;
 use crate::providers::Account;
-use crate::sessions::live::{same_answer, Abandoned};
+use crate::sessions::live::{same_answer, Abandoned, Hub};
 
 /// One session to look up: the provider's schema name, the account (`None`: the provider's
 /// default) and the id.
@@ -33,7 +35,9 @@ pub struct SessionService {
     defaults: HashMap<&'static str, Arc<Account>>,
     /// Every account by name: names are unique across providers.
     accounts: HashMap<Arc<str>, Arc<Account>>,
-    cache: SessionCache,
+    cache: Arc<SessionCache>,
+    /// Who watches which session (told every answer by the cache's changes).
+    hub: Arc<Hub>,
     /// Sessions being refetched for a webhook, or refetched less than [`REFETCH_INTERVAL`]
     /// ago; `true`: another webhook came meanwhile, so one more refetch is due.
     refetching: Mutex<HashMap<Key, bool>>,
@@ -49,7 +53,7 @@ pub const REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 impl SessionService {
     /// Each provider's default is its account marked `default`, else its first. Account
     /// names must be unique across providers.
-    pub fn new(accounts: &[Arc<Account>], cache: SessionCache) -> anyhow::Result<Self> {
+    pub fn new(accounts: &[Arc<Account>], cache: Arc<SessionCache>, hub: Arc<Hub>) -> anyhow::Result<Self> {
         let mut by_name = HashMap::new();
         for account in accounts {
             if by_name.insert(account.name().clone(), account.clone()).is_some() {
@@ -63,7 +67,7 @@ impl SessionService {
                 *default = account.clone();
             }
         }
-        Ok(Self { defaults, accounts: by_name, cache, refetching: Mutex::default() })
+        Ok(Self { defaults, accounts: by_name, cache, hub, refetching: Mutex::default() })
     }
 
     /// The account that answers for `provider` and `account`, or the typed reason none does.
@@ -151,7 +155,7 @@ impl SessionService {
         self.defaults.get(session.provider).map(|account| (account.kind().details)(session.clone()))
     }
 
-    pub fn cache(&self) -> &SessionCache {
+    pub fn cache(&self) -> &Arc<SessionCache> {
         &self.cache
     }
 }
@@ -207,7 +211,7 @@ impl SessionService {
             Err(error) => return once(error),
         };
         // Watching starts before the first lookup, so no change between the two is missed.
-        let (mut watch, poll) = self.cache.hub().watch(key.clone());
+        let (mut watch, poll) = self.hub.watch(key.clone());
         if let Some(abandoned) = poll.filter(|_| !account.has_webhooks()) {
             let (service, account, id) = (self.clone(), account.clone(), key.1.clone());
             tokio::spawn(poll_while_watched(service, account, id, abandoned, payer.clone()));
@@ -238,11 +242,10 @@ impl SessionService {
 
     /// The sessions a webhook event names that the gateway holds, watches or is asking the
     /// provider for (a session nobody asked for is not fetched: it would only spend the quota),
-    /// each made stale at once so that no lookup from now on reads the old answer (and a call in
-    /// flight, which may carry it, is not stored). Returns their canonical ids, for
-    /// [`Self::refresh`].
+    /// each published as changed at once so that no lookup from now on reads the old answer
+    /// (and a call in flight, which may carry it, is not stored). Returns their canonical ids,
+    /// for [`Self::refresh`].
     pub async fn invalidate_targets(&self, account: &Arc<Account>, targets: &[Target]) -> Vec<Arc<str>> {
-        let hub = self.cache.hub();
         let mut ids: Vec<Arc<str>> = Vec::new();
         for target in targets {
             match target {
@@ -262,9 +265,9 @@ impl SessionService {
         ids.dedup();
         let mut known = Vec::with_capacity(ids.len());
         for id in ids {
-            let held = self.cache.invalidate(account, &id).await.is_some();
-            if held || hub.is_watched(&(account.scope.clone(), id.clone())) {
-                known.push(id);
+            let Ok(key) = self.cache.key(account, &id) else { continue };
+            if self.cache.changes().publish(SessionChanged::Stale { key: &key, here: true }).await {
+                known.push(key.1);
             }
         }
         known
@@ -311,55 +314,12 @@ impl SessionService {
     }
 
     fn refetching(&self) -> MutexGuard<'_, HashMap<Key, bool>> {
-        self.refetching.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.refetching)
     }
 
     /// Every configured account.
     pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.accounts.values()
-    }
-
-    /// Acts on what other replicas say over the shared tier: a webhook came to one of them
-    /// (drop the local copy), or its new answer is shared (take it where held or watched).
-    /// After a reconnection every local answer is dropped: messages may have been missed.
-    /// `changed` runs on each message (what else this replica keeps of answers must go too).
-    pub fn listen_to_replicas(self: &Arc<Self>, changed: impl Fn() + Send + Sync + 'static) {
-        let changed = Arc::new(changed);
-        let on_resubscribed = changed.clone();
-        let Some(shared) = self.cache.shared().cloned() else { return };
-        let (service, cleared) = (self.clone(), self.clone());
-        let replica = shared.replica.clone();
-        // Messages are acted on a bounded number at a time: a flood (from a replica, or from
-        // whoever can publish on the channel) cannot start unbounded work. Past the bound,
-        // every local answer is dropped at once, as after a reconnection: nothing stale is
-        // served, and that costs nothing per message.
-        let working = Arc::new(tokio::sync::Semaphore::new(ADOPTING_MAX));
-        shared.listen(
-            move |bytes| {
-                let Ok(message) = serde_json::from_slice::<Message>(&bytes) else { return };
-                if message.from == replica || !matches!(message.kind.as_str(), "invalidate" | "update") {
-                    return;
-                }
-                let Some(account) = service.accounts.values().find(|a| *a.scope == *message.scope).cloned()
-                else {
-                    return;
-                };
-                changed();
-                let Ok(permit) = working.clone().try_acquire_owned() else {
-                    service.cache.clear_local();
-                    return;
-                };
-                let service = service.clone();
-                tokio::spawn(async move {
-                    service.cache.adopt(&account, &message.id, message.kind == "update").await;
-                    drop(permit);
-                });
-            },
-            move || {
-                cleared.cache.clear_local();
-                on_resubscribed();
-            },
-        );
     }
 }
 
@@ -401,9 +361,6 @@ async fn poll_while_watched(
     metrics.live_pollers.dec();
 }
 
-/// Messages from other replicas acted on at once, at most.
-const ADOPTING_MAX: usize = 64;
-
 /// An answer polling cannot change: a final status, or an error asking again would repeat
 /// (not found, credentials or account refused, an invalid id). A session that is not found
 /// a moment after its creation is the client's to ask again for.
@@ -435,7 +392,7 @@ struct Refetched<'a> {
 impl Drop for Refetched<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.refetching.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            lock(self.refetching).remove(&key);
         }
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use checkout_gateway::cache::{CachePolicy, SessionCache};
 use checkout_gateway::net::http_client;
 use checkout_gateway::providers::{dhmad, Account, Limits};
-use checkout_gateway::sessions::live::Hub;
 use checkout_gateway::telemetry::metrics::Metrics;
 use chrono::Utc;
 use serde_json::json;
@@ -158,9 +157,7 @@ async fn the_cache_key_holds_the_credential() {
     let (a, b) = (client("sk_sandbox_a"), client("sk_sandbox_b"));
     assert_ne!(a.scope, b.scope);
     assert!(!a.scope.contains("sk_sandbox_a"), "the key itself is never part of the cache key");
-    let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(1000, metrics.clone()));
-    let cache = SessionCache::new(CachePolicy::default(), hub, metrics);
+    let cache = SessionCache::new(CachePolicy::default(), None, Vec::new(), metrics());
 
     let seen_by_a = cache.lookup(&a, DHMAD_ID).await.answer.unwrap();
     let seen_by_b = cache.lookup(&b, DHMAD_ID).await.answer.unwrap();

@@ -112,7 +112,7 @@ struct Wire {
 }
 
 /// The details type, as stored…
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct AcmeDetails {
     note: Box<str>,
 }

@@ -24,10 +24,6 @@ impl ProviderDetails for DhmadDetails {
     fn to_json(&self) -> Option<serde_json::Value> {
         Some(serde_json::json!({"escrowId": self.escrow_id, "action": self.action}))
     }
-
-    fn same_as(&self, other: &dyn ProviderDetails) -> bool {
-        (other as &dyn std::any::Any).downcast_ref::<Self>() == Some(self)
-    }
 }
 
 impl DhmadDetails {

@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
+use async_graphql::resolver_utils::EnumType;
 use async_graphql::{Enum, Object};
 
+use super::PAYMENT_STATUSES;
 use crate::domain::CheckoutSession;
 
 /// Dodo's `IntentStatus`, plus `UNKNOWN` for values added after this gateway was built.
@@ -26,21 +28,16 @@ pub enum DodoPaymentStatus {
 }
 
 impl DodoPaymentStatus {
+    /// The value for a documented `payment_status` (the one table of them is the provider
+    /// module's), `UNKNOWN` for any other. Each value's name is Dodo's word in upper case.
     pub fn from_wire(raw: &str) -> Self {
-        match raw {
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            "processing" => Self::Processing,
-            "requires_customer_action" => Self::RequiresCustomerAction,
-            "requires_merchant_action" => Self::RequiresMerchantAction,
-            "requires_payment_method" => Self::RequiresPaymentMethod,
-            "requires_confirmation" => Self::RequiresConfirmation,
-            "requires_capture" => Self::RequiresCapture,
-            "partially_captured" => Self::PartiallyCaptured,
-            "partially_captured_and_capturable" => Self::PartiallyCapturedAndCapturable,
-            _ => Self::Unknown,
+        if !PAYMENT_STATUSES.iter().any(|(documented, _)| *documented == raw) {
+            return Self::Unknown;
         }
+        Self::items()
+            .iter()
+            .find(|item| item.name.eq_ignore_ascii_case(raw))
+            .map_or(Self::Unknown, |item| item.value)
     }
 }
 
@@ -60,5 +57,22 @@ impl DodoSessionDetails {
     /// raw value is in `CheckoutSession.providerStatus`).
     async fn payment_status(&self) -> Option<DodoPaymentStatus> {
         self.0.provider_status.as_deref().map(DodoPaymentStatus::from_wire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema's values and the documented statuses are one list: each documented status
+    /// has its own value, and each value but `UNKNOWN` is a documented status.
+    #[test]
+    fn every_documented_status_has_its_own_value() {
+        let named: Vec<DodoPaymentStatus> =
+            PAYMENT_STATUSES.iter().map(|(raw, _)| DodoPaymentStatus::from_wire(raw)).collect();
+        assert!(!named.contains(&DodoPaymentStatus::Unknown), "{named:?}");
+        assert_eq!(named.len() + 1, DodoPaymentStatus::items().len(), "{named:?}");
+        assert_eq!(DodoPaymentStatus::from_wire("unknown"), DodoPaymentStatus::Unknown);
+        assert_eq!(DodoPaymentStatus::from_wire("SUCCEEDED"), DodoPaymentStatus::Unknown);
     }
 }

@@ -142,7 +142,8 @@ impl WireSession {
 }
 
 /// Dodo's documented `payment_status` values and what they mean (PROVIDERS.md); null means
-/// the customer has not reached payment yet (`OPEN`).
+/// the customer has not reached payment yet (`OPEN`). The one list of them: the schema's
+/// `DodoPaymentStatus` and the sandbox's fixtures are read from it.
 const PAYMENT_STATUSES: &[(&str, CheckoutStatus)] = &[
     ("requires_customer_action", CheckoutStatus::ActionRequired),
     ("requires_merchant_action", CheckoutStatus::ActionRequired),

@@ -9,22 +9,9 @@ use axum::{Json, Router};
 use chrono::Duration;
 use serde_json::json;
 
+use super::PAYMENT_STATUSES;
 use crate::providers::sandbox::{SandboxState, SandboxWebhook, SLOW_FIXTURE_DELAY};
 
-/// Every documented `payment_status`; `cks_demo_<status>` holds a session in that status.
-pub const PAYMENT_STATUSES: [&str; 11] = [
-    "succeeded",
-    "failed",
-    "cancelled",
-    "processing",
-    "requires_customer_action",
-    "requires_merchant_action",
-    "requires_payment_method",
-    "requires_confirmation",
-    "requires_capture",
-    "partially_captured",
-    "partially_captured_and_capturable",
-];
 /// `cks_bench_<anything>`: a completed session under any id, for benchmarks.
 pub const BENCH_PREFIX: &str = "cks_bench_";
 /// `cks_live_<anything>`: a session that moves on its own from its first read: open, then
@@ -71,8 +58,12 @@ async fn checkout(State(state): State<SandboxState>, Path(id): Path<String>, hea
         }))
         .into_response()
     };
-    if let Some(status) = id.strip_prefix("cks_demo_").filter(|s| PAYMENT_STATUSES.contains(s)) {
-        return session(Some(status));
+    // `cks_demo_<status>` holds a session in that documented status.
+    let documented = id
+        .strip_prefix("cks_demo_")
+        .and_then(|status| PAYMENT_STATUSES.iter().find(|(known, _)| *known == status));
+    if let Some((status, _)) = documented {
+        return session(Some(*status));
     }
     if let Some(name) = id.strip_prefix(LIVE_PREFIX) {
         let (step, first) = state.live_step(&id);
