@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["main"],
     &["app"],
+    // Above every part it configures: a section may be a type its part owns.
+    &["config"],
     &["demo"],
     &["http"],
-    &["config"],
     &["graphql"],
     &["sessions"],
     &["cache"],
