@@ -161,7 +161,9 @@ impl Pipeline {
 
     /// Runs `request` as a stream of answers (a subscription, or any operation a client wants
     /// streamed). Its trail is written when the stream ends (completed, or the client left),
-    /// with the document's own name and how many answers were sent.
+    /// with how many answers were sent. A stream is not counted in the operations' metrics, so
+    /// its line names it by its own name (cut to a log line's bound), not by a label: the
+    /// labels' bounded set is there for `/metrics`.
     pub fn stream(
         &self,
         mut request: async_graphql::Request,
