@@ -23,17 +23,19 @@ use crate::cache::responses::ResponseCache;
 use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::graphql::documents::{Admission, ApqStore};
+use crate::graphql::operation::OperationLabels;
+use crate::graphql::pipeline::{Pipeline, Stages};
 use crate::graphql::{self, DocumentCache, Gateway};
 use crate::http::edge::{self, EdgeLimits, Phase};
 use crate::http::readiness::Readiness;
-use crate::http::streams::{Guarded, StreamLimits, Streams};
+use crate::http::streams::{StreamLimits, Streams};
 use crate::http::webhooks::Webhooks;
 use crate::http::{self, AppState, StateInner};
 use crate::providers::guard::SharedQuota;
 use crate::providers::{Account, AccountConfig, CredentialStatus, Registry};
 use crate::sessions::live::Hub;
 use crate::sessions::SessionService;
-use crate::telemetry::metrics::{Metrics, OperationLabels};
+use crate::telemetry::metrics::Metrics;
 use crate::{demo, net};
 
 /// Distinct operation names kept as metrics labels; later ones count as `other`.
@@ -140,9 +142,18 @@ impl Application {
         if access.mode() == AuthMode::Jwt {
             tokio::spawn(access.clone().keep_jwks_fresh());
         }
+        let pipeline = Pipeline::new(Stages {
+            schema,
+            prevalidated_schema,
+            documents: DocumentCache::new(DOCUMENT_CACHE_BYTES),
+            shape_limits,
+            operations: OperationLabels::new(OPERATION_LABELS_MAX),
+            admission,
+            metrics: metrics.clone(),
+        });
         let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
         let streams = Streams::new(
-            Guarded::new(schema.clone(), shape_limits, admission.clone()),
+            pipeline.clone(),
             StreamLimits {
                 max_connections: config.max_subscription_connections,
                 per_connection: config.subscriptions_per_connection,
@@ -164,9 +175,7 @@ impl Application {
             None => None,
         };
         let state = AppState(Arc::new(StateInner {
-            schema,
-            prevalidated_schema,
-            documents: Arc::new(DocumentCache::new(DOCUMENT_CACHE_BYTES)),
+            pipeline,
             responses,
             service,
             metrics,
@@ -176,12 +185,9 @@ impl Application {
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
             graphiql: config.graphiql,
-            shape_limits,
-            operations: Arc::new(OperationLabels::new(OPERATION_LABELS_MAX)),
             streams,
             webhooks,
             access,
-            admission,
         }));
         // Scrapers only, on a port the public Service need not expose.
         let metrics_server = metrics_listener.map(|listener| {

@@ -231,8 +231,8 @@ impl Admission {
                 match trusted.mode() {
                     TrustMode::Log => {
                         // The document's own name when the request gives none.
-                        let operation = crate::telemetry::metrics::operation_name(request)
-                            .unwrap_or_else(|| "anonymous".into());
+                        let operation =
+                            super::operation::operation_name(request).unwrap_or_else(|| "anonymous".into());
                         log_unlisted(&operation);
                         admitted = Admitted::Logged;
                     }

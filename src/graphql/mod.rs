@@ -3,7 +3,8 @@
 //! service, so a router's fetch of a cached session costs no upstream call.
 //!
 //! Owns: the schema (built for a list of providers), the resolvers, the per-request scope
-//! (reuse, entity error placement, the session budget) and the parsed-document cache.
+//! (reuse, entity error placement, the session budget) and the parsed-document cache. How a
+//! request gets to run is [`pipeline`]'s.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +27,8 @@ use crate::sessions::{permitted, SessionRef, SessionService};
 
 pub mod documents;
 pub mod limits;
+pub mod operation;
+pub mod pipeline;
 mod timestamp;
 mod types;
 

@@ -6,8 +6,9 @@
 
 use axum::extract::Path;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
+
+use crate::http::refusal::{refuse, Code};
 
 /// The embedded files: name, content type, bytes.
 const ASSETS: [(&str, &str, &[u8]); 4] = [
@@ -84,6 +85,6 @@ pub async fn asset(Path(name): Path<String>) -> Response {
             ([(CONTENT_TYPE, *content_type), (CACHE_CONTROL, "public, max-age=31536000, immutable")], *bytes)
                 .into_response()
         }
-        None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+        None => refuse(Code::NotFound, "no such asset"),
     }
 }

@@ -6,8 +6,9 @@
 //! Owns: how many stream connections are open at once (a WebSocket counts once its client is
 //! admitted), how long a WebSocket may wait for `connection_init`, how large a message it may
 //! send, how many subscriptions it may run, the idle ping, closing streams at shutdown (so
-//! clients reconnect to another replica), and the checks every streamed operation goes through
-//! (the document's shape, the per-operation session budget) like one sent over HTTP.
+//! clients reconnect to another replica). Each streamed operation runs through the same
+//! pipeline as one sent over HTTP (`graphql::pipeline`: admission, the document, its shape,
+//! its own request scope, its trail); streams add the per-connection subscription budget.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,40 +16,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::{Data, Executor};
+use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
 use prometheus::IntGauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::access::{bearer_credential, Access, Client};
-use crate::graphql::documents::Admission;
-use crate::graphql::limits::{self, ShapeLimits};
-use crate::graphql::{GatewaySchema, RequestScope, SubscriptionBudget};
+use crate::access::{bearer_credential, Access, Client, Denied};
+use crate::graphql::pipeline::{client_in, Pipeline};
+use crate::graphql::SubscriptionBudget;
 use crate::http::edge::{ConnectionSlot, Phase};
-use crate::http::refusal::graphql_error;
-use crate::telemetry::metrics::{operation_name, Metrics};
-
-/// The schema as streams run it: each operation gets its own request scope (so aliases cannot
-/// multiply the session budget) and the shape checks HTTP requests get.
-#[derive(Clone)]
-pub struct Guarded {
-    schema: GatewaySchema,
-    shape: ShapeLimits,
-    admission: Admission,
-}
-
-impl std::fmt::Debug for Guarded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guarded").field("shape", &self.shape).finish_non_exhaustive()
-    }
-}
+use crate::http::refusal::{refuse, Code};
+use crate::http::AppState;
+use crate::telemetry::metrics::Metrics;
 
 impl std::fmt::Debug for Streams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,89 +48,11 @@ impl std::fmt::Debug for Streams {
     }
 }
 
-impl Guarded {
-    pub fn new(schema: GatewaySchema, shape: ShapeLimits, admission: Admission) -> Self {
-        Self { schema, shape, admission }
-    }
-
-    /// The request with its own scope, or why it is refused. The client is in the request
-    /// (SSE) or in the connection's data (WebSocket).
-    fn prepare(
-        &self,
-        mut request: async_graphql::Request,
-        session: Option<&Data>,
-    ) -> Result<async_graphql::Request, async_graphql::ServerError> {
-        let via_router = client_of(&request.data, session).is_some_and(|client| client.via_router);
-        self.admission.admit(&mut request, via_router)?;
-        if let Ok(document) = request.parsed_query() {
-            limits::check(document, self.shape)
-                .map_err(|reason| async_graphql::ServerError::new(reason, None))?;
-        }
-        Ok(request.data(RequestScope::default()))
-    }
-}
-
-impl Executor for Guarded {
-    async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
-        match self.prepare(request, None) {
-            Ok(request) => self.schema.execute(request).await,
-            Err(error) => async_graphql::Response::from_errors(vec![error]),
-        }
-    }
-
-    fn execute_stream(
-        &self,
-        request: async_graphql::Request,
-        session_data: Option<Arc<Data>>,
-    ) -> BoxStream<'static, async_graphql::Response> {
-        match self.prepare(request, session_data.as_deref()) {
-            Ok(request) => {
-                let client = client_of(&request.data, session_data.as_deref())
-                    .map_or_else(|| std::sync::Arc::from("unknown"), |client| client.name.clone());
-                let mut request = request;
-                let operation = operation_name(&mut request).unwrap_or_else(|| "anonymous".into());
-                let mut trail = Trail { client, operation, sent: 0 };
-                Executor::execute_stream(&self.schema, request, session_data)
-                    .map(move |response| {
-                        // The whole trail is moved in (not just its counter), so it is
-                        // written when the stream is dropped.
-                        let trail = &mut trail;
-                        trail.sent += 1;
-                        response
-                    })
-                    .boxed()
-            }
-            Err(error) => {
-                futures::stream::once(async { async_graphql::Response::from_errors(vec![error]) }).boxed()
-            }
-        }
-    }
-}
-
-/// Who asks: the client in the request's data (SSE), else in the connection's (WebSocket).
-fn client_of<'a>(request: &'a Data, session: Option<&'a Data>) -> Option<&'a Client> {
-    let find = |data: &'a Data| data.get(&std::any::TypeId::of::<Client>())?.downcast_ref::<Client>();
-    find(request).or_else(|| session.and_then(find))
-}
-
-/// The access trail of one streamed operation, written when it ends (completed, or the
-/// client left): who, which operation, and how many answers (sessions) it was sent.
-struct Trail {
-    client: std::sync::Arc<str>,
-    operation: String,
-    sent: usize,
-}
-
-impl Drop for Trail {
-    fn drop(&mut self) {
-        crate::telemetry::access(&self.client, &self.operation, self.sent);
-    }
-}
-
 /// What stream connections share.
 #[derive(Clone)]
 pub struct Streams {
-    executor: Guarded,
+    /// How each operation runs: the same gate as HTTP's.
+    pipeline: Pipeline,
     /// One permit per admitted WebSocket connection or open SSE stream.
     connections: Arc<Semaphore>,
     max_connections: usize,
@@ -171,14 +79,14 @@ pub struct StreamLimits {
 
 impl Streams {
     pub fn new(
-        executor: Guarded,
+        pipeline: Pipeline,
         limits: StreamLimits,
         phase: watch::Receiver<Phase>,
         access: Arc<Access>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            executor,
+            pipeline,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             max_connections: limits.max_connections,
             per_connection: limits.per_connection,
@@ -200,8 +108,8 @@ impl Streams {
     }
 
     fn full(&self) -> Response {
-        graphql_error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        refuse(
+            Code::SubscriptionsFull,
             &format!(
                 "{} subscription connections are open, the most this gateway serves \
                  (GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS); try another replica or later",
@@ -235,17 +143,14 @@ impl Streams {
         connection: Option<ConnectionSlot>,
     ) -> Response {
         if !same_origin(headers) {
-            return graphql_error(
-                StatusCode::FORBIDDEN,
-                "a WebSocket from a page of another site is not accepted",
-            );
+            return refuse(Code::ForbiddenOrigin, "a WebSocket from a page of another site is not accepted");
         }
         // A replica that is full says so at once (503, another replica may have room); the
         // slot itself is taken at admission.
         if self.connections.available_permits() == 0 {
             return self.full();
         }
-        let (executor, per_connection, ping) = (self.executor.clone(), self.per_connection, self.ping);
+        let (pipeline, per_connection, ping) = (self.pipeline.clone(), self.per_connection, self.ping);
         let (access, streams, init_timeout) = (self.access.clone(), self.clone(), self.init_timeout);
         let closing = self.closing();
         upgrade
@@ -269,7 +174,7 @@ impl Streams {
                 // The protocol writes into a channel; one loop writes it and the pings out.
                 let (outgoing, mut queued) = futures::channel::mpsc::channel::<Message>(32);
                 let admitted = handshake.clone();
-                let serve = GraphQLWebSocket::new_with_pair(outgoing, incoming, executor, protocol)
+                let serve = GraphQLWebSocket::new_with_pair(outgoing, incoming, pipeline, protocol)
                     .on_connection_init(move |payload| async move {
                         admitted.received.store(true, Ordering::Relaxed);
                         let client = match client {
@@ -364,9 +269,9 @@ impl Streams {
     /// A stream opened with a credential that expires (a JWT) ends with an error event then.
     pub fn sse(&self, request: async_graphql::Request) -> Response {
         let Some(slot) = self.open("sse") else { return self.full() };
-        let expires_at = client_of(&request.data, None).and_then(|client| client.expires_at);
+        let expires_at = client_in(&request.data).and_then(|client| client.expires_at);
         let request = request.data(SubscriptionBudget::new(self.per_connection));
-        let results = self.executor.execute_stream(request, None).take_until(until(expires_at));
+        let results = self.pipeline.stream(request, None).take_until(until(expires_at));
         let expired = futures::stream::once(async move {
             let error = async_graphql::ServerError::new(
                 "the token has expired: subscribe again with a fresh one",
@@ -392,6 +297,30 @@ impl Streams {
             event
         });
         Sse::new(events).keep_alive(KeepAlive::new().interval(self.ping).text("ping")).into_response()
+    }
+}
+
+/// A WebSocket for subscriptions (`/ws`, Apollo Router's default subgraph path, and
+/// `/graphql`).
+pub(super) async fn websocket(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    // The connection's place among GATEWAY_MAX_CONNECTIONS, kept by the WebSocket it becomes.
+    let slot = parts.extensions.remove::<ConnectionSlot>();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
+    let protocol = GraphQLProtocol::from_request_parts(&mut parts, &state).await;
+    // Credentials in the upgrade's headers (routers, servers), or else in the protocol's
+    // `connection_init` payload (browsers cannot set headers on a WebSocket).
+    let client = match state.access.authenticate(&parts.headers).await {
+        Ok(client) => Some(client),
+        Err(Denied::Missing) => None,
+        Err(denied) => return refuse(Code::Unauthenticated, &denied.message()),
+    };
+    match (upgrade, protocol) {
+        (Ok(upgrade), Ok(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol, client, slot),
+        _ => refuse(
+            Code::BadRequest,
+            "a WebSocket upgrade with the `graphql-transport-ws` (or `graphql-ws`) subprotocol is expected here",
+        ),
     }
 }
 

@@ -6,12 +6,14 @@
 //! fetched again through the same guarded path as a query (quota, breaker), their cache
 //! entries replaced and their subscribers told.
 //!
-//! Owns: the route's answers and outcomes (each counted and logged, never the body), and the
-//! ids (and body digests) of deliveries already processed.
+//! Owns: the route's answers and outcomes (each counted and logged, never the body; a refusal
+//! in the one shape of `refusal`, with a `WEBHOOK_…` code), and the ids (and body digests) of
+//! deliveries already processed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,6 +21,8 @@ use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::http::refusal::{refuse, Code};
+use crate::http::{read_body, AppState};
 use crate::providers::webhook::{
     Refusal, WebhookEvent, MAX_SIGNATURES, MAX_SIGNATURE_HEADER_BYTES, TOLERANCE_SECONDS,
 };
@@ -109,16 +113,16 @@ impl Webhooks {
                 event = %event.kind,
                 "a signed delivery names a business_id no account has: set `business_id` on the account"
             );
-            return self.answer(
+            return self.refused(
                 kind,
                 "unknown_account",
-                StatusCode::UNPROCESSABLE_ENTITY,
+                Code::WebhookUnknownAccount,
                 "no account has this business_id",
             );
         }
         let first = self.seen.entry((kind.slug, Box::from(event.id.as_str()))).or_insert(()).is_fresh();
         if !first {
-            return self.answer(kind, "duplicate", StatusCode::OK, "already processed");
+            return self.answer(kind, "duplicate", "already processed");
         }
         if !spec.signs_id_and_time {
             // The same signed body under a new id and timestamp: a replay (or the provider
@@ -126,12 +130,12 @@ impl Webhooks {
             let digest: [u8; 32] = Sha256::digest(body).into();
             if !self.bodies.entry((kind.slug, digest)).or_insert(()).is_fresh() {
                 self.log(kind, &event, &accounts, "duplicate_body");
-                return self.answer(kind, "duplicate_body", StatusCode::OK, "already processed");
+                return self.answer(kind, "duplicate_body", "already processed");
             }
         }
         if event.targets.is_empty() {
             self.log(kind, &event, &accounts, "ignored");
-            return self.answer(kind, "ignored", StatusCode::OK, "nothing to do for this event");
+            return self.answer(kind, "ignored", "nothing to do for this event");
         }
         self.log(kind, &event, &accounts, "accepted");
         // Before the answer, the old state stops being served, replayed answers included
@@ -148,7 +152,7 @@ impl Webhooks {
         for (account, ids) in &work {
             self.service.refresh(account, ids);
         }
-        self.answer(kind, "accepted", StatusCode::OK, "accepted")
+        self.answer(kind, "accepted", "accepted")
     }
 
     fn log(&self, kind: &ProviderKind, event: &WebhookEvent, accounts: &[Arc<Account>], outcome: &str) {
@@ -166,42 +170,61 @@ impl Webhooks {
     }
 
     fn refuse(&self, kind: &ProviderKind, refusal: Refusal) -> Response {
-        let (status, message) = match refusal {
-            Refusal::Malformed(what) => (StatusCode::BAD_REQUEST, format!("missing or unreadable: {what}")),
+        let (code, message) = match refusal {
+            Refusal::Malformed(what) => (Code::WebhookMalformed, format!("missing or unreadable: {what}")),
             Refusal::BadSignature => {
-                (StatusCode::UNAUTHORIZED, "no configured webhook secret signs this delivery".to_owned())
+                (Code::WebhookBadSignature, "no configured webhook secret signs this delivery".to_owned())
             }
             Refusal::Stale => (
-                StatusCode::BAD_REQUEST,
+                Code::WebhookStaleTimestamp,
                 "the delivery's timestamp is more than 5 minutes from now".to_owned(),
             ),
             Refusal::Oversized(what) => (
-                StatusCode::BAD_REQUEST,
+                Code::WebhookOversizedSignature,
                 format!(
                     "{what} holds more than {MAX_SIGNATURES} signatures or {MAX_SIGNATURE_HEADER_BYTES} bytes"
                 ),
             ),
             // Signed: acknowledged, so that the provider neither retries it nor disables the
             // endpoint, and left alone.
-            Refusal::UnknownEvent => (StatusCode::OK, "not an event type handled here; ignored".to_owned()),
+            Refusal::UnknownEvent => {
+                tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook ignored");
+                return self.answer(kind, refusal.outcome(), "not an event type handled here; ignored");
+            }
         };
-        if status.is_success() {
-            tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook ignored");
-        } else {
-            tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook refused");
-        }
-        self.answer(kind, refusal.outcome(), status, &message)
+        tracing::info!(provider = kind.slug, outcome = refusal.outcome(), "webhook refused");
+        self.refused(kind, refusal.outcome(), code, &message)
     }
 
-    fn answer(&self, kind: &ProviderKind, outcome: &str, status: StatusCode, message: &str) -> Response {
+    /// A delivery taken (or acknowledged and left alone): 200, `{"status": …}`.
+    fn answer(&self, kind: &ProviderKind, outcome: &str, message: &str) -> Response {
         self.metrics.webhooks.with_label_values(&[kind.slug, outcome]).inc();
-        let body = if status.is_success() { json!({"status": message}) } else { json!({"error": message}) };
-        (status, Json(body)).into_response()
+        (StatusCode::OK, Json(json!({"status": message}))).into_response()
+    }
+
+    /// A delivery refused: counted under `outcome`, answered as every refusal is. Providers
+    /// read only the status (a 4xx is not retried as a 5xx would be).
+    fn refused(&self, kind: &ProviderKind, outcome: &str, code: Code, message: &str) -> Response {
+        self.metrics.webhooks.with_label_values(&[kind.slug, outcome]).inc();
+        refuse(code, message)
     }
 }
 
 /// The same answer as any unknown route: without a secret nothing is accepted.
 fn not_configured() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": "no webhook secret is configured for this provider"})))
-        .into_response()
+    refuse(Code::NotFound, "no webhook secret is configured for this provider")
+}
+
+/// `POST /webhooks/{provider}`: the body is bounded on its own, far below a GraphQL request's.
+pub(super) async fn deliver(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let too_large = || format!("a webhook delivery holds at most {MAX_BODY_BYTES} bytes");
+    match read_body(body, MAX_BODY_BYTES, too_large).await {
+        Ok(bytes) => state.webhooks.receive(&provider, &parts.headers, &bytes).await,
+        Err(refused) => refused,
+    }
 }

@@ -1,11 +1,12 @@
 //! Logs and traces: tracing to stdout (readable text, or JSON with `LOG_FORMAT=json`), and
 //! OpenTelemetry traces over OTLP/HTTP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. Also the request id that follows a request
-//! from the HTTP layer to the provider calls it causes.
+//! from the HTTP layer to the provider calls it causes. The access trail is `trail`'s.
 //!
 //! Owns: the log format, the subscriber, the exporter, the request id.
 
 pub mod metrics;
+pub mod trail;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -58,45 +59,6 @@ impl Telemetry {
 static DROPPED_LOG_LINES: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
     std::sync::OnceLock::new();
 
-/// The log writer and format, for the access trail (see [`access`]).
-static ACCESS_WRITER: std::sync::OnceLock<(tracing_appender::non_blocking::NonBlocking, LogFormat)> =
-    std::sync::OnceLock::new();
-
-/// One access-trail line: who (never a secret), which operation, how many sessions, which
-/// request. Written straight to the log writer in the log's format, on the target
-/// `checkout_gateway::access` (which `RUST_LOG` can silence): a line per request through the
-/// full tracing formatter halved the throughput of cached answers.
-pub fn access(client: &str, operation: &str, sessions: usize) {
-    if !tracing::enabled!(target: "checkout_gateway::access", tracing::Level::INFO) {
-        return;
-    }
-    // Callers pass bounded names already; a line is never longer for one that did not.
-    let operation = crate::telemetry::metrics::bounded_name(operation);
-    let Some((writer, format)) = ACCESS_WRITER.get() else {
-        // No writer of ours (tests that install no subscriber of their own): an ordinary event.
-        tracing::info!(target: "checkout_gateway::access", client, operation, sessions, "access");
-        return;
-    };
-    let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
-    let line = match format {
-        LogFormat::Json => {
-            let text = |value: &str| serde_json::to_string(value).unwrap_or_else(|_| "\"\"".into());
-            format!(
-                "{{\"timestamp\":\"{timestamp}\",\"level\":\"INFO\",\"target\":\"checkout_gateway::access\",\"message\":\"access\",\"client\":{},\"operation\":{},\"sessions\":{sessions},\"request_id\":{}}}\n",
-                text(client),
-                text(operation),
-                text(&request_id)
-            )
-        }
-        LogFormat::Text => format!(
-            "{timestamp}  INFO checkout_gateway::access: access client={client:?} operation={operation:?} sessions={sessions} request_id={request_id}\n"
-        ),
-    };
-    use std::io::Write;
-    let _ = writer.clone().write_all(line.as_bytes());
-}
-
 /// Log lines dropped because stdout could not keep up (0 before `init`).
 pub fn dropped_log_lines() -> u64 {
     DROPPED_LOG_LINES.get().map_or(0, |counter| counter.dropped_lines() as u64)
@@ -123,7 +85,7 @@ pub fn init(format: LogFormat, queue_lines: usize) -> anyhow::Result<Telemetry> 
         // moment costs one write to stdout rather than one per line.
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let _ = DROPPED_LOG_LINES.set(writer.error_counter());
-    let _ = ACCESS_WRITER.set((writer.clone(), format));
+    trail::install(writer.clone(), format);
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -76,6 +76,7 @@ async fn api_keys_admit_known_clients_only() {
         assert_eq!(status, 401, "{credential:?}");
         let message = answer["errors"][0]["message"].as_str().unwrap();
         assert!(message.contains(says), "{credential:?}: {message}");
+        assert_eq!(answer["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{credential:?}");
     }
     assert_eq!(session_calls(&app.dodo).await, 0, "no refused request reached a provider");
     let (status, answer) = as_client(&app, ALL_KEY, &body).await;

@@ -314,7 +314,8 @@ async fn a_signature_header_over_its_bounds_is_refused_before_any_mac_while_prob
         .unwrap();
     let took = started.elapsed();
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("x-webhook-signature"), "{answer}");
+    assert!(answer["errors"][0]["message"].as_str().unwrap().contains("x-webhook-signature"), "{answer}");
+    assert_eq!(answer["errors"][0]["extensions"]["code"], "WEBHOOK_OVERSIZED_SIGNATURE", "{answer}");
     assert!(took < Duration::from_secs(1), "answered in {took:?}");
 
     // Over the bounds by one signature, or by length: refused the same way.

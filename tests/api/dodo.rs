@@ -220,7 +220,8 @@ async fn a_webhook_signature_header_over_its_bounds_is_refused_whatever_it_holds
     let started = Instant::now();
     let (status, answer) = deliver(&app, "dodo", &headers, body).await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("webhook-signature"), "{answer}");
+    assert!(answer["errors"][0]["message"].as_str().unwrap().contains("webhook-signature"), "{answer}");
+    assert_eq!(answer["errors"][0]["extensions"]["code"], "WEBHOOK_OVERSIZED_SIGNATURE", "{answer}");
     assert!(started.elapsed() < Duration::from_secs(1), "answered in {:?}", started.elapsed());
     // A rotation's two signatures, the right one second: taken.
     let (headers, body) = with_signatures("msg_rotation", &|right| format!("v1,AAAA {right}"));

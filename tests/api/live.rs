@@ -141,7 +141,10 @@ async fn refused_deliveries_change_nothing() {
     for (what, (headers, body), status, outcome) in cases {
         let (got, answer) = deliver(&app, "dodo", &headers, body).await;
         assert_eq!(got, status, "{what}: {answer}");
-        assert!(answer["error"].is_string(), "{what}: {answer}");
+        assert!(answer["errors"][0]["message"].is_string(), "{what}: {answer}");
+        // The refusal's code names the outcome it is counted under.
+        let code = format!("WEBHOOK_{}", outcome.to_ascii_uppercase());
+        assert_eq!(answer["errors"][0]["extensions"]["code"], code.as_str(), "{what}: {answer}");
         *expected.entry(outcome).or_default() += 1;
     }
     // Each refusal counted once, under its own outcome.

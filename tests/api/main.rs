@@ -23,6 +23,7 @@ mod monitoring;
 mod ops;
 mod process;
 mod readme;
+mod refusals;
 mod replicas;
 mod resilience;
 mod third_provider;

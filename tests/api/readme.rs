@@ -107,3 +107,32 @@ fn every_repository_file_the_documents_name_exists() {
     }
     assert!(named >= 5, "only {named} file names found: the scan is broken");
 }
+
+/// The README's "Refusals" table lists every refusal code the gateway sends, each with the
+/// status it is sent with, and no other: a new code must be documented where clients look.
+#[test]
+fn every_refusal_code_is_in_the_readme_with_its_status() {
+    use checkout_gateway::http::refusal::Code;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let (_, section) = readme.split_once("\n### Refusals\n").expect("the README has a Refusals section");
+    let section = section.split("\n#").next().unwrap_or(section);
+    // Rows of the table: | `CODE` | status | when |
+    let rows: std::collections::BTreeMap<&str, &str> = section
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.strip_prefix('|')?.split('|').map(str::trim);
+            let code = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((code, cells.next()?))
+        })
+        .filter(|(code, _)| *code != "code")
+        .collect();
+    for code in Code::ALL {
+        let status =
+            rows.get(code.as_str()).unwrap_or_else(|| panic!("{} is not in the README", code.as_str()));
+        assert_eq!(*status, code.status().as_str(), "the README's status for {}", code.as_str());
+    }
+    let codes: Vec<&str> = Code::ALL.iter().map(|code| code.as_str()).collect();
+    for documented in rows.keys() {
+        assert!(codes.contains(documented), "the README lists {documented}, which no refusal sends");
+    }
+}
