@@ -6,12 +6,12 @@
 //! folder (tests/api/layers.rs fails on any other import, `super::` paths included):
 //!
 //! - [`app`]: builds every part from the configuration, runs, drains (`main` starts it).
+//! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`].
 //! - [`demo`]: `--demo`, the sandbox providers wired in.
 //! - [`http`]: routes, the edge's accept loop, handlers, subscriptions over WebSocket and SSE,
 //!   webhooks in, refusals, GraphiQL, what `/readyz` reports.
-//! - [`config`]: flags, environment, file and defaults into one checked [`config::Config`].
-//! - [`graphql`]: the schema and thin resolvers; which documents may run (trusted documents,
-//!   APQ), shape limits.
+//! - [`graphql`]: the one pipeline every operation passes (HTTP and streams alike), the schema
+//!   and thin resolvers; which documents may run (trusted documents, APQ), shape limits.
 //! - [`sessions`]: picks the account, answers batches in order, watches sessions (the live
 //!   hub), acts on webhooks.
 //! - [`cache`]: the session cache and its lifetimes; the "session changed" event its
