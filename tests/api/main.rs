@@ -25,4 +25,5 @@ mod process;
 mod readme;
 mod replicas;
 mod resilience;
+mod routers;
 mod third_provider;
