@@ -271,7 +271,18 @@ impl Access {
     /// The client a request's headers prove, or why they prove none. `/livez`, `/readyz`
     /// and `/metrics` never ask.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Client, Denied> {
-        if let Some(given) = header(headers, "router-authorization") {
+        self.admit(header(headers, "router-authorization"), bearer(headers)).await
+    }
+
+    /// The client that a router secret (`Router-Authorization`'s value) and a bearer
+    /// credential prove, wherever they were sent: request headers, or a WebSocket's
+    /// `connection_init` payload (where Hive Router puts the headers it sends a subgraph).
+    pub async fn admit(
+        &self,
+        router_secret: Option<&str>,
+        credential: Option<&str>,
+    ) -> Result<Client, Denied> {
+        if let Some(given) = router_secret {
             if !self.router_secret_matches(given) {
                 return Err(Denied::BadRouterSecret);
             }
@@ -284,11 +295,11 @@ impl Access {
                     metered: false,
                 });
             }
-            let mut client = self.client(bearer(headers)).await?;
+            let mut client = self.client(credential).await?;
             client.via_router = true;
             return Ok(client);
         }
-        self.client(bearer(headers)).await
+        self.client(credential).await
     }
 
     /// The client a bearer credential proves (`None`: none was sent).

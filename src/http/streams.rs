@@ -179,10 +179,14 @@ impl Streams {
                         admitted.received.store(true, Ordering::Relaxed);
                         let client = match client {
                             Some(client) => client,
-                            // Not in the upgrade's headers: in the payload, as browsers send it.
-                            None => access.client(payload_bearer(&payload)).await.map_err(|denied| {
-                                async_graphql::Error::new(denied.message())
-                            })?,
+                            // Not in the upgrade's headers: in the payload, as browsers and
+                            // Hive Router (the headers it sends this subgraph) put them.
+                            None => {
+                                let (secret, credential) = payload_credentials(&payload);
+                                access.admit(secret, credential).await.map_err(|denied| {
+                                    async_graphql::Error::new(denied.message())
+                                })?
+                            }
                         };
                         let Some(slot) = streams.open("websocket") else {
                             // 1013 "try again later": another replica may have room.
@@ -372,13 +376,22 @@ impl Drop for Slot {
     }
 }
 
-/// The bearer credential of a `connection_init` payload: `{"Authorization": "Bearer …"}`
-/// (either case), or the same inside `headers`, as GraphiQL and graphql-ws clients send it.
-fn payload_bearer(payload: &serde_json::Value) -> Option<&str> {
-    fn field(object: &serde_json::Value) -> Option<&str> {
-        ["Authorization", "authorization"].iter().find_map(|name| object.get(*name)?.as_str())
-    }
-    bearer_credential(field(payload).or_else(|| payload.get("headers").and_then(field))?)
+/// The router secret and the bearer credential of a `connection_init` payload, as
+/// `(Router-Authorization, Authorization's credential)`. Names in any case, at the top
+/// (`{"Authorization": "Bearer …"}` from GraphiQL and graphql-ws clients; the headers Hive
+/// Router sends this subgraph, `{"router-authorization": "…", "authorization": "Bearer …"}`),
+/// else inside `headers` or `connectionParams` (Apollo Router's shape). A `null` payload has
+/// neither.
+fn payload_credentials(payload: &serde_json::Value) -> (Option<&str>, Option<&str>) {
+    let places = [Some(payload), payload.get("headers"), payload.get("connectionParams")];
+    let find = |name: &str| places.iter().flatten().find_map(|object| payload_field(object, name));
+    (find("router-authorization"), find("authorization").and_then(bearer_credential))
+}
+
+/// A non-empty string field of a JSON object, its name in any case (as header names are).
+fn payload_field<'a>(object: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    let (_, value) = object.as_object()?.iter().find(|(key, _)| key.eq_ignore_ascii_case(name))?;
+    value.as_str().map(str::trim).filter(|value| !value.is_empty())
 }
 
 /// No `Origin` (not a browser), or one naming the host the request was sent to.

@@ -5,38 +5,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use checkout_gateway::access::{AccessConfig, ApiKey, AuthMode, JwtConfig, Rights};
-use checkout_gateway::config::Secret;
+use checkout_gateway::access::{AccessConfig, AuthMode, JwtConfig};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::support::access::{api_keys, sha256, ALL_KEY, DODO_ONLY_KEY};
 use crate::support::app::{spawn_app, TestApp};
 use crate::support::providers::{mount_dodo, session_calls, DHMAD_ID};
-
-const ALL_KEY: &str = "key-of-the-operations-team";
-const DODO_ONLY_KEY: &str = "key-of-the-dodo-dashboard";
-
-fn sha256(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-fn api_keys() -> AccessConfig {
-    AccessConfig {
-        mode: AuthMode::ApiKey,
-        api_keys: vec![
-            ApiKey { name: "ops".into(), sha256: sha256(ALL_KEY), rights: Rights::from_list(&["*"]) },
-            ApiKey {
-                name: "dodo-dashboard".into(),
-                sha256: sha256(DODO_ONLY_KEY),
-                rights: Rights::from_list(&["dodo"]),
-            },
-        ],
-        router_secrets: vec![Secret::new("router-current"), Secret::new("router-next")],
-        ..AccessConfig::open()
-    }
-}
 
 const QUERY: &str = "query($p: Provider!, $id: ID!) { checkoutSession(provider: $p, id: $id) {
     __typename ... on CheckoutSession { status } ... on CheckoutError { code }

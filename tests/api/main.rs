@@ -26,4 +26,5 @@ mod readme;
 mod refusals;
 mod replicas;
 mod resilience;
+mod routers;
 mod third_provider;

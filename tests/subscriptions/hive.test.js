@@ -12,9 +12,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHmac, randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -26,6 +24,8 @@ import { parse } from 'graphql';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 
+import { arrivals } from '../support/arrivals.js';
+import { DODO_SESSION_UPDATED as SUBSCRIPTION, dodoEnv, sendPaymentWebhook, startDodo } from '../support/dodo.js';
 import { freePort } from '../support/net.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -33,9 +33,6 @@ const REPO = resolve(HERE, '..', '..');
 const BIN = process.env.CHECKOUT_GATEWAY_BIN ?? resolve(REPO, 'target', 'debug', 'checkout-gateway');
 const HIVE = resolve(HERE, 'node_modules', '.bin', 'hive-gateway');
 const READY_TIMEOUT_MS = 60_000;
-const DODO_KEY = 'dodo_key_for_the_router_test';
-// A Standard Webhooks secret as Dodo's dashboard shows one.
-const WEBHOOK_SECRET = `whsec_${Buffer.from('router-test-webhook-secret').toString('base64')}`;
 
 const children = new Set();
 process.on('exit', () => {
@@ -79,54 +76,6 @@ async function waitFor(url, child) {
   throw new Error(`${url} not ready within ${READY_TIMEOUT_MS} ms:\n${child.output}`);
 }
 
-/** Dodo's `GET /checkouts/{id}`, answering from `sessions` (the test changes them). */
-function startDodo(sessions) {
-  const server = http.createServer((request, response) => {
-    const id = decodeURIComponent(request.url.replace(/^\/checkouts\//, ''));
-    if (request.headers.authorization !== `Bearer ${DODO_KEY}`) {
-      response.writeHead(401, { 'content-type': 'application/json' });
-      return response.end(JSON.stringify({ code: 'UNAUTHORIZED' }));
-    }
-    const status = sessions.get(id);
-    if (status === undefined) {
-      response.writeHead(404, { 'content-type': 'application/json' });
-      return response.end(JSON.stringify({ code: 'NOT_FOUND', message: 'Item not found' }));
-    }
-    response.writeHead(200, { 'content-type': 'application/json' });
-    response.end(
-      JSON.stringify({
-        id,
-        created_at: '2025-06-01T12:00:00Z',
-        customer_email: 'ana@example.com',
-        customer_name: 'Ana',
-        payment_id: status ? 'pay_router' : null,
-        payment_status: status,
-      }),
-    );
-  });
-  return new Promise((ready) => server.listen(0, '127.0.0.1', () => ready(server)));
-}
-
-/** Signs a delivery as Dodo does (Standard Webhooks) and posts it to the gateway. */
-async function sendWebhook(gateway, type, data) {
-  const id = `msg_${randomUUID()}`;
-  const timestamp = Math.floor(Date.now() / 1000);
-  const body = JSON.stringify({ business_id: 'bus_router', type, timestamp: new Date().toISOString(), data });
-  const key = Buffer.from(WEBHOOK_SECRET.slice('whsec_'.length), 'base64');
-  const signature = createHmac('sha256', key).update(`${id}.${timestamp}.${body}`).digest('base64');
-  const response = await fetch(`${gateway}/webhooks/dodo`, {
-    method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      'webhook-id': id,
-      'webhook-timestamp': String(timestamp),
-      'webhook-signature': `v1,${signature}`,
-    },
-    body,
-  });
-  assert.equal(response.status, 200, await response.text());
-}
-
 /** Hive Gateway over `supergraph`, with `transportEntries` for the checkout subgraph. */
 async function startHive(supergraph, transportEntries) {
   const dir = mkdtempSync(join(tmpdir(), 'hive-'));
@@ -145,46 +94,19 @@ async function startHive(supergraph, transportEntries) {
   return { child, url: `ws://127.0.0.1:${port}/graphql` };
 }
 
-const SUBSCRIPTION = `subscription($id: ID!) {
-  checkoutSessionUpdated(provider: DODO, id: $id) {
-    __typename
-    ... on CheckoutSession { id status providerStatus }
-    ... on CheckoutError { code }
-  }
-}`;
-
 /** Subscribes through the router; returns the results as they come, and a way to stop. */
 function subscribe(url, id) {
   const client = createClient({ url, webSocketImpl: WebSocket, retryAttempts: 0 });
-  const results = [];
-  const waiters = [];
+  const results = arrivals();
   client.subscribe(
     { query: SUBSCRIPTION, variables: { id } },
     {
-      next: (result) => {
-        results.push({ at: Date.now(), result });
-        waiters.splice(0).forEach((wake) => wake());
-      },
-      error: (error) => {
-        results.push({ at: Date.now(), result: { errors: [{ message: String(error?.message ?? error) }] } });
-        waiters.splice(0).forEach((wake) => wake());
-      },
+      next: (result) => results.push(result),
+      error: (error) => results.push({ errors: [{ message: String(error?.message ?? error) }] }),
       complete: () => {},
     },
   );
-  return {
-    results,
-    /** The `n`-th result (0-based), waiting up to `ms`. */
-    async nth(n, ms = 10_000) {
-      const deadline = Date.now() + ms;
-      while (results.length <= n) {
-        if (Date.now() > deadline) throw new Error(`no result #${n} within ${ms} ms: ${JSON.stringify(results)}`);
-        await Promise.race([new Promise((wake) => waiters.push(wake)), sleep(100)]);
-      }
-      return results[n];
-    },
-    close: () => client.dispose(),
-  };
+  return { ...results, close: () => client.dispose() };
 }
 
 describe('checkoutSessionUpdated through Hive Gateway', () => {
@@ -205,9 +127,7 @@ describe('checkoutSessionUpdated through Hive Gateway', () => {
         ...process.env,
         GATEWAY_LISTEN: `127.0.0.1:${port}`,
         GATEWAY_AUTH: 'none',
-        DODO_PAYMENTS_API_KEY: DODO_KEY,
-        DODO_PAYMENTS_BASE_URL: `http://127.0.0.1:${dodo.address().port}`,
-        DODO_PAYMENTS_WEBHOOK_KEY: WEBHOOK_SECRET,
+        ...dodoEnv(dodo),
         RUST_LOG: 'warn',
       },
     });
@@ -242,12 +162,7 @@ describe('checkoutSessionUpdated through Hive Gateway', () => {
       });
       // The provider's state changes, then its webhook says so.
       sessions.set('cks_router', 'succeeded');
-      const sent = Date.now();
-      await sendWebhook(gatewayUrl, 'payment.succeeded', {
-        payment_id: 'pay_router',
-        checkout_session_id: 'cks_router',
-        status: 'succeeded',
-      });
+      const sent = await sendPaymentWebhook(gatewayUrl, 'payment.succeeded', 'cks_router', 'succeeded');
       const update = await subscription.nth(1, 5_000);
       assert.equal(update.result.data.checkoutSessionUpdated.status, 'COMPLETED', JSON.stringify(update.result));
       const took = update.at - sent;

@@ -1,5 +1,6 @@
-// Starts the built gateway for a Node suite: plain Node, no dependencies, imported by relative
-// path. (tests/subscriptions and tests/browser predate it and start theirs themselves.)
+// Starts the built gateway (or another server, such as a router) for a Node suite: plain Node,
+// no dependencies, imported by relative path. (tests/subscriptions and tests/browser predate it
+// and start theirs themselves.)
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -30,10 +31,20 @@ export async function startGateway(args, env = {}) {
   }
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const child = spawn(BIN, args, {
+  const { stop, output } = await startProcess('checkout-gateway', BIN, args, {
     env: { ...process.env, GATEWAY_LISTEN: `127.0.0.1:${port}`, RUST_LOG: 'warn', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    readyUrl: `${base}/readyz`,
   });
+  return { base, stop, output };
+}
+
+/**
+ * Starts `command` (called `name` in messages) and waits until `readyUrl` answers 200 (within
+ * `timeoutMs`); the child is killed if it exits or is not ready by then. Returns `stop()`
+ * (SIGTERM, then SIGKILL after 5 s) and the tail of its output.
+ */
+export async function startProcess(name, command, args, { env, cwd, readyUrl, timeoutMs = READY_TIMEOUT_MS }) {
+  const child = spawn(command, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   let output = '';
   const keep = (chunk) => {
@@ -56,25 +67,25 @@ export async function startGateway(args, env = {}) {
     }
     children.delete(child);
   };
-  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (spawnError || child.exitCode !== null || child.signalCode !== null) {
       await stop();
       throw new Error(
-        `checkout-gateway exited before it was ready (${spawnError ?? `code ${child.exitCode}, signal ${child.signalCode}`}):\n${output}`,
+        `${name} exited before it was ready (${spawnError ?? `code ${child.exitCode}, signal ${child.signalCode}`}):\n${output}`,
       );
     }
     try {
-      const res = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(1_000) });
+      const res = await fetch(readyUrl, { signal: AbortSignal.timeout(1_000) });
       if (res.status === 200) break;
     } catch {
       // not listening yet
     }
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`checkout-gateway not ready within ${READY_TIMEOUT_MS} ms:\n${output}`);
+      throw new Error(`${name} not ready within ${timeoutMs} ms:\n${output}`);
     }
     await sleep(100);
   }
-  return { base, stop, output: () => output };
+  return { stop, output: () => output };
 }
