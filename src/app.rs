@@ -22,6 +22,7 @@ use crate::cache::replicated::Replicated;
 use crate::cache::responses::ResponseCache;
 use crate::cache::SessionCache;
 use crate::config::Config;
+use crate::graphql::answers::Answers;
 use crate::graphql::documents::{Admission, ApqStore};
 use crate::graphql::operation::OperationLabels;
 use crate::graphql::pipeline::{Pipeline, Stages};
@@ -111,11 +112,13 @@ impl Application {
             replicated.listen(&cache, &accounts);
         }
         let service = Arc::new(SessionService::new(&accounts, cache, hub)?);
+        let answers = Arc::new(Answers::new(&metrics.graphql_answers));
         let gateway = Gateway {
             service: service.clone(),
             batch_max: config.batch_max,
             entities_max: config.entities_max,
             quotas: Arc::new(ClientQuotas::new(&config.client_rate_limit)),
+            answers: answers.clone(),
         };
         let limits = config.query_limits;
         let admission = Admission {
@@ -150,6 +153,7 @@ impl Application {
             operations: OperationLabels::new(OPERATION_LABELS_MAX),
             admission,
             metrics: metrics.clone(),
+            answers,
         });
         let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
         let streams = Streams::new(

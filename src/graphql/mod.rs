@@ -21,10 +21,12 @@ use crate::access::quota::{ClientQuotas, Payer};
 use crate::access::{Client, Rights};
 use crate::cache::Lookup;
 use crate::domain::{lock, FetchError};
+use crate::graphql::answers::Answers;
 use crate::providers::schema::{with_providers, ProviderName};
 use crate::providers::{Account, ProviderKind, Registry};
 use crate::sessions::{permitted, SessionRef, SessionService};
 
+pub mod answers;
 pub mod documents;
 pub mod limits;
 pub mod operation;
@@ -47,6 +49,8 @@ pub struct Gateway {
     pub entities_max: usize,
     /// Each client's budget of lookups that reach a provider.
     pub quotas: Arc<ClientQuotas>,
+    /// Answers by type, counted as each leaves a resolver.
+    pub answers: Arc<Answers>,
 }
 
 /// The schema for `providers`: they are the values of `Provider` and the members of
@@ -322,7 +326,11 @@ fn too_large(message: String, max: usize) -> async_graphql::Error {
     })
 }
 
-fn observe(ctx: &Context<'_>, lookup: &Lookup) {
+/// Each lookup's answer: counted by type, and its reuse noted in the request's scope. The
+/// caller's `gateway` is passed in: looking it up again in `ctx` would cost each answer a
+/// type-map search or three.
+fn observe(ctx: &Context<'_>, gateway: &Gateway, lookup: &Lookup) {
+    gateway.answers.count(&lookup.answer);
     if let Some(scope) = ctx.data_opt::<RequestScope>() {
         scope.observe(lookup);
     }
@@ -343,10 +351,12 @@ impl Query {
         account: Option<String>,
     ) -> async_graphql::Result<CheckoutSessionResult> {
         spend(ctx, 1)?;
-        let service = &gateway(ctx).service;
-        let lookup =
-            service.lookup(readable(ctx, &provider, account.as_deref()), &id, payer(ctx).as_ref()).await;
-        observe(ctx, &lookup);
+        let gateway = gateway(ctx);
+        let lookup = gateway
+            .service
+            .lookup(readable(ctx, &provider, account.as_deref()), &id, payer(ctx).as_ref())
+            .await;
+        observe(ctx, gateway, &lookup);
         Ok(CheckoutSessionResult::from_lookup(&provider, lookup))
     }
 
@@ -368,7 +378,7 @@ impl Query {
             .iter()
             .zip(lookups)
             .map(|(r, lookup)| {
-                observe(ctx, &lookup);
+                observe(ctx, gateway, &lookup);
                 CheckoutSessionResult::from_lookup(&r.provider, lookup)
             })
             .collect())
@@ -454,11 +464,13 @@ impl Subscription {
             Some(budget) => budget.take()?,
             None => None,
         };
-        let updates =
-            gateway(ctx).service.watch(readable(ctx, &provider, account.as_deref()), &id, payer(ctx));
+        let gateway = gateway(ctx);
+        let updates = gateway.service.watch(readable(ctx, &provider, account.as_deref()), &id, payer(ctx));
+        let answers = gateway.answers.clone();
         Ok(updates.map(move |lookup| {
             // Held as long as the subscription runs.
             let _held = &permit;
+            answers.count(&lookup.answer);
             CheckoutSessionResult::from_lookup(&provider, lookup)
         }))
     }
@@ -492,7 +504,7 @@ async fn entity(ctx: &Context<'_>, key: EntityKey<'_>) -> Option<CheckoutSession
     // or provider of ours (a name the client made up is not echoed back as a provider).
     let provider = account.as_ref().ok().map(|account| ProviderName::new(account.kind().name));
     let lookup = service.lookup(account, key.id, payer(ctx).as_ref()).await;
-    observe(ctx, &lookup);
+    observe(ctx, gateway, &lookup);
     match lookup.answer {
         Ok(session) => Some(CheckoutSessionView(session, lookup.stale)),
         Err(error) => {

@@ -2,7 +2,7 @@
 //! Events): admission (trusted documents, then APQ) → the parsed document (cached by text) →
 //! the shape limits → the operation's name → a request scope and the schema that runs it
 //! (strict, or prevalidated for a document that passed strict validation before) → execution
-//! → the trail (the access trail, and the operations' metrics).
+//! → the trail (the access trail, and the operations' metrics: count, outcome, duration).
 //!
 //! Owns: that order and what each step hands the next. Transports only say who asks (a
 //! [`Client`] in the request's data, or in a WebSocket connection's) and carry the answer; a
@@ -18,6 +18,7 @@ use futures::StreamExt;
 
 use crate::access::Client;
 use crate::cache::responses::StoredResponse;
+use crate::graphql::answers::Answers;
 use crate::graphql::documents::{Admission, Admitted};
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::operation::{operation_name, OperationLabels};
@@ -38,6 +39,8 @@ pub struct Stages {
     /// What may run (trusted documents) and the texts behind APQ hashes.
     pub admission: Admission,
     pub metrics: Arc<Metrics>,
+    /// The answers-by-type counters the resolvers count with; a replay counts its sessions.
+    pub answers: Arc<Answers>,
 }
 
 impl std::fmt::Debug for Stages {
@@ -136,8 +139,9 @@ impl Pipeline {
     }
 
     /// Runs `request` (its [`Client`] in its data) to one answer, or says why it may not run.
-    /// Counted by operation label and outcome, and written to the trail.
+    /// Counted by operation label and outcome, timed from here, and written to the trail.
     pub async fn run(&self, mut request: async_graphql::Request) -> Result<Executed, ServerError> {
+        let started = Instant::now();
         let caller = Caller::of(&request.data, None);
         let gated = self.gate(&mut request, &caller)?;
         let operation = self.0.operations.label(&mut request);
@@ -148,7 +152,7 @@ impl Pipeline {
             gated.prepared.mark_validated();
         }
         let sessions = scope.sessions();
-        self.record(&caller.name, &operation, response.is_ok(), sessions);
+        self.record(&caller.name, &operation, response.is_ok(), sessions, started);
         Ok(Executed {
             reusable_until: scope.reusable_until(response.is_err()),
             response,
@@ -198,21 +202,28 @@ impl Pipeline {
 
     /// Whether `stored`, an answer kept from an earlier run, may be sent to `client` instead
     /// of running: one check of the admission verdict it was kept with. If so, it is counted
-    /// and written to the trail like a run.
-    pub fn replays(&self, stored: &StoredResponse, client: &Client) -> bool {
+    /// and written to the trail like a run, its sessions counted as answers, and its duration
+    /// is the time since `started` (when the transport began looking for it).
+    pub fn replays(&self, stored: &StoredResponse, client: &Client, started: Instant) -> bool {
         if !self.0.admission.may_replay(stored.admitted, client.via_router, &stored.operation) {
             return false;
         }
         self.0.metrics.response_cache_hits.inc();
-        self.record(&client.name, &stored.operation, true, stored.sessions);
+        self.0.answers.replayed(stored.sessions);
+        self.record(&client.name, &stored.operation, true, stored.sessions, started);
         true
     }
 
-    /// The trail of one answer: counted by operation and outcome (ok: no GraphQL errors), and
-    /// the access trail's line.
-    fn record(&self, client: &str, operation: &str, ok: bool, sessions: usize) {
+    /// The trail of one answer: counted by operation and outcome (ok: no GraphQL errors), its
+    /// duration since `started` observed by operation, and the access trail's line.
+    fn record(&self, client: &str, operation: &str, ok: bool, sessions: usize, started: Instant) {
         let outcome = if ok { "ok" } else { "error" };
-        self.0.metrics.graphql_operations.with_label_values(&[operation, outcome]).inc();
+        let metrics = &self.0.metrics;
+        metrics.graphql_operations.with_label_values(&[operation, outcome]).inc();
+        metrics
+            .graphql_operation_duration
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
         trail::write(client, operation, sessions);
     }
 }

@@ -208,10 +208,11 @@ pub(super) async fn get(State(state): State<AppState>, request: Request) -> Resp
 
 /// The answer kept for `key`, if the client may be sent it without running anything.
 fn replay(state: &AppState, key: &[u8], media: MediaType, client: &Client) -> Option<Response> {
+    let started = Instant::now();
     let stored = state.responses.get(key)?;
     state
         .pipeline
-        .replays(&stored, client)
+        .replays(&stored, client, started)
         .then(|| graphql_response(stored.body.clone(), Some(stored.expires_at), media))
 }
 

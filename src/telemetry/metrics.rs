@@ -30,6 +30,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub graphql_operations: IntCounterVec,
+    pub graphql_operation_duration: HistogramVec,
+    pub graphql_answers: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub cache_hits: IntCounterVec,
@@ -192,6 +194,21 @@ impl Metrics {
                 "graphql_operations_total",
                 "GraphQL operations by operation name and outcome (ok: no GraphQL errors).",
                 &["operation", "outcome"],
+            ),
+            graphql_operation_duration: histogram(
+                "graphql_operation_duration_seconds",
+                "Time a GraphQL operation took in the pipeline, by operation name, executed and \
+                 replayed alike: executed, from admission to its answer; replayed, finding and \
+                 checking the stored answer. Serialising and sending it are in \
+                 http_request_duration_seconds; a streamed operation is not observed.",
+                &["operation"],
+            ),
+            graphql_answers: counter(
+                "graphql_answers_total",
+                "Session answers sent, by type: session, or the typed error's code (NOT_FOUND, …). \
+                 One per checkoutSession, checkoutSessions member, _entities representation and \
+                 subscription update; a replayed response counts the sessions it holds.",
+                &["answer"],
             ),
             upstream_requests: counter(
                 "upstream_requests_total",

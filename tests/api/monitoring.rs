@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::support::app::{account_mut, concurrently, spawn_app};
-use crate::support::providers::dodo_session;
+use crate::support::app::{account_mut, concurrently, sample, spawn_app};
+use crate::support::providers::{dodo_session, mount_dodo};
 use crate::support::sockets::Socket;
 use crate::support::webhooks::{deliver, dodo_delivery, now, payment, DODO_SECRET as WEBHOOK_SECRET};
 
@@ -123,8 +123,8 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported() {
     assert!(wanted.len() > 20, "the files name only {wanted:?}");
 
     // A representative run: lookups answered by the provider, the cache and a replay,
-    // coalesced askers, a provider failure answered stale, webhooks (taken and refused), a
-    // subscription.
+    // coalesced askers, a session the provider does not have (a typed error), a provider
+    // failure answered stale, webhooks (taken and refused), a subscription.
     let app = Arc::new(
         spawn_app(|config| {
             account_mut(config, "dodo").webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
@@ -144,6 +144,12 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported() {
     let query = r#"query Rep { checkoutSession(provider: DODO, id: "cks_rep") { __typename } }"#;
     app.graphql(query, json!({})).await;
     app.graphql(query, json!({})).await;
+    not_found(&app.dodo, "cks_gone").await;
+    app.graphql(
+        r#"query Gone { checkoutSession(provider: DODO, id: "cks_gone") { __typename } }"#,
+        json!({}),
+    )
+    .await;
     let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
     socket.subscribe("1", "DODO", "cks_rep").await;
     socket.update().await;
@@ -187,4 +193,79 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported() {
         })
         .collect();
     assert!(missing.is_empty(), "read by the rules or the dashboard, not in /metrics: {missing:?}");
+}
+
+/// Dodo answers 404 for `id`.
+async fn not_found(dodo: &wiremock::MockServer, id: &str) {
+    Mock::given(path(format!("/checkouts/{id}"))).respond_with(ResponseTemplate::new(404)).mount(dodo).await;
+}
+
+/// The "Answers by type" and "Latency by operation" panels: every session answer is counted
+/// once under its type (a single lookup, each batch member, each entity, a subscription's
+/// update, each session of a replayed response), and each operation's duration is observed, executed or replayed.
+#[tokio::test]
+async fn answers_are_counted_by_type_and_operations_timed() {
+    let app = spawn_app(|_| {}).await;
+    mount_dodo(&app, "cks_here", Some("succeeded")).await;
+    not_found(&app.dodo, "cks_gone").await;
+    let pair = r#"query Pair {
+      a: checkoutSession(provider: DODO, id: "cks_here") { __typename }
+      b: checkoutSession(provider: DODO, id: "cks_gone") { __typename }
+    }"#;
+    let reply = app.graphql(pair, json!({})).await;
+    assert_eq!(reply.body["data"]["a"]["__typename"], "CheckoutSession");
+    assert_eq!(reply.body["data"]["b"]["__typename"], "NotFoundError");
+    // Executed, then replayed: both answers leave the gateway, both count.
+    let single = r#"query Single { checkoutSession(provider: DODO, id: "cks_here") { __typename } }"#;
+    for _ in 0..2 {
+        app.graphql(single, json!({})).await;
+    }
+    let batch = r#"query Batch { checkoutSessions(refs: [
+      {provider: DODO, id: "cks_here"}, {provider: DODO, id: "cks_gone"}, {provider: DODO, id: "cks_here"}
+    ]) { __typename } }"#;
+    app.graphql(batch, json!({})).await;
+    let entities = r#"query Entities($representations: [_Any!]!) {
+      _entities(representations: $representations) { __typename }
+    }"#;
+    let representations = json!([{"__typename": "CheckoutSession", "provider": "DODO", "id": "cks_gone"}]);
+    let reply = app.graphql(entities, json!({"representations": representations})).await;
+    assert_eq!(reply.body["errors"][0]["extensions"]["code"], "NOT_FOUND");
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", "cks_here").await;
+    assert_eq!(socket.update().await.1, "COMPLETED");
+
+    let metrics = app.metrics().await;
+    let answers = |answer: &str| {
+        sample(&metrics, &format!(r#"checkout_gateway_graphql_answers_total{{answer="{answer}"}}"#))
+    };
+    assert_eq!(
+        sample(&metrics, "checkout_gateway_response_cache_hits_total"),
+        1.0,
+        "the 2nd Single was replayed"
+    );
+    assert_eq!(answers("session"), 6.0, "Pair 1, Single 2 (one replayed), Batch 2, the subscription 1");
+    assert_eq!(answers("NOT_FOUND"), 3.0, "Pair 1, Batch 1, Entities 1");
+    // Every type is exported from the start, so a dashboard's rate has a series to read.
+    for code in [
+        "UNAUTHORIZED",
+        "FORBIDDEN",
+        "INVALID_ID",
+        "PROVIDER_UNAVAILABLE",
+        "UNKNOWN_ACCOUNT",
+        "ACCESS_DENIED",
+    ] {
+        let series = format!(r#"checkout_gateway_graphql_answers_total{{answer="{code}"}} 0"#);
+        assert!(metrics.lines().any(|line| line == series), "no {series}");
+    }
+    let timed = |operation: &str| {
+        sample(
+            &metrics,
+            &format!(
+                r#"checkout_gateway_graphql_operation_duration_seconds_count{{operation="{operation}"}}"#
+            ),
+        )
+    };
+    assert_eq!(timed("Single"), 2.0, "executed and replayed alike");
+    assert_eq!(timed("Pair"), 1.0);
+    assert_eq!(timed("Batch"), 1.0);
 }

@@ -4,20 +4,12 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, header_exists, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::support::app::{account_mut, concurrently, spawn_app, url, TestApp};
+use crate::support::app::{account_mut, concurrently, sample, spawn_app, url, TestApp};
 use crate::support::providers::{dodo_session, mount_dodo};
 
 async fn get(app: &TestApp, route: &str) -> (u16, String) {
     let response = app.http.get(format!("http://{}{route}", app.addr)).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// The value of one sample line, e.g. `checkout_gateway_cache_hits_total{account="dodo",provider="dodo"}`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 /// `/readyz` once the startup credential check has reported on `provider` (it runs in the

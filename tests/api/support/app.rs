@@ -117,6 +117,14 @@ pub async fn post_graphql(http: &reqwest::Client, addr: SocketAddr, query: &str,
     Reply { status, headers, body }
 }
 
+/// The value of one sample line, e.g. `checkout_gateway_cache_hits_total{account="dodo",provider="dodo"}`.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// The GraphQL endpoint of `app`.
 pub fn url(app: &TestApp) -> String {
     format!("http://{}/graphql", app.addr)
