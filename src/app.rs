@@ -27,6 +27,7 @@ use crate::graphql::documents::{Admission, ApqStore};
 use crate::graphql::operation::OperationLabels;
 use crate::graphql::pipeline::{Pipeline, Stages};
 use crate::graphql::{self, DocumentCache, Gateway};
+use crate::http::callback::Callbacks;
 use crate::http::edge::{self, EdgeLimits, Phase};
 use crate::http::readiness::Readiness;
 use crate::http::streams::{StreamLimits, Streams};
@@ -61,6 +62,8 @@ pub struct Application {
     phase: tokio::sync::watch::Sender<Phase>,
     /// `/metrics` on its own port (GATEWAY_METRICS_LISTEN).
     metrics_server: Option<(TcpListener, Router)>,
+    /// Callback subscriptions, which end (with `complete`) before the process does.
+    callbacks: Callbacks,
 }
 
 impl Application {
@@ -169,6 +172,8 @@ impl Application {
             access.clone(),
             metrics.clone(),
         );
+        let callbacks =
+            Callbacks::new(streams.clone(), http.clone(), config.callbacks.clone(), metrics.clone());
         let webhooks = Arc::new(Webhooks::new(service.clone(), &kinds, metrics.clone()));
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
@@ -190,6 +195,7 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             graphiql: config.graphiql,
             streams,
+            callbacks: callbacks.clone(),
             webhooks,
             access,
         }));
@@ -199,7 +205,7 @@ impl Application {
             (listener, router)
         });
         let router = http::router(state, metrics_server.is_none());
-        Ok(Self { listener, router, ready, config, accounts, readiness, phase, metrics_server })
+        Ok(Self { listener, router, ready, config, accounts, readiness, phase, metrics_server, callbacks })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -218,7 +224,8 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, router, ready, config, accounts, readiness, phase, metrics_server } = self;
+        let Self { listener, router, ready, config, accounts, readiness, phase, metrics_server, callbacks } =
+            self;
         if let Some((listener, router)) = metrics_server {
             tokio::spawn(async move {
                 if let Err(error) = axum::serve(listener, router).await {
@@ -246,7 +253,9 @@ impl Application {
         tracing::info!(delay = ?config.shutdown_delay, grace = ?config.shutdown_grace, "shutting down: not ready, draining");
         tokio::time::sleep(config.shutdown_delay).await;
         let _ = phase.send(Phase::Closing);
-        match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        // Streams end now; a callback subscription first POSTs its `complete` to the router.
+        let stopped = async { tokio::join!(&mut server, callbacks.ended()).0 };
+        match tokio::time::timeout(config.shutdown_grace, stopped).await {
             Ok(result) => result?,
             Err(_) => tracing::warn!("shutdown grace period over with requests still in flight; exiting"),
         }

@@ -254,6 +254,19 @@ settings! {
     #[arg(env = "GATEWAY_MAX_WS_MESSAGE_BYTES", value_name = "BYTES")]
     // Below 1 KiB no `subscribe` message fits; tungstenite's own default is 64 MiB.
     max_ws_message_bytes: String => usize = whole(64 * 1024, 1024..=64 * 1024 * 1024);
+    /// Where callback subscriptions (Apollo's `callback/1.0`, from the router only) may be sent:
+    /// URL prefixes, comma-separated, e.g. the router's callback `public_url`; a subscription
+    /// naming any other callback URL is refused [default: none: callback subscriptions are off].
+    #[arg(env = "GATEWAY_SUBSCRIPTION_CALLBACK_URLS", value_name = "URLS")]
+    subscription_callback_urls: String => Vec<reqwest::Url> = callback_urls;
+    /// The longest one POST to a callback URL (`check`, `next`, `complete`) may take; at most
+    /// 1 min [default: 5s].
+    #[arg(env = "GATEWAY_CALLBACK_TIMEOUT", value_name = "DURATION")]
+    callback_timeout: String => Duration = duration_up_to("5s", MINUTE);
+    /// Callback subscriptions running at once (each also takes one of
+    /// GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS); past it a new one gets 503 [default: 1024].
+    #[arg(env = "GATEWAY_MAX_CALLBACK_SUBSCRIPTIONS", value_name = "N")]
+    max_callback_subscriptions: String => usize = positive(1024, 1_000_000);
     /// The shared tier replicas use together: `redis://[user:password@]host:port[/db]` or
     /// `rediss://…` (TLS); unset, each replica works alone [default: none].
     #[arg(env = "GATEWAY_REDIS_URL", value_name = "URL", hide_env_values = true)]

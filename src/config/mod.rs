@@ -27,6 +27,7 @@ use crate::cache::CachePolicy;
 use crate::graphql::documents::TrustedDocuments;
 use crate::graphql::limits::ShapeLimits;
 use crate::graphql::QueryLimits;
+use crate::http::callback::CallbackConfig;
 use crate::providers::guard::RateLimit;
 use crate::providers::sandbox::SandboxOptions;
 use crate::providers::{AccountConfig, Limits, Registry};
@@ -200,6 +201,8 @@ pub struct Config {
     pub connection_init_timeout: Duration,
     /// The largest WebSocket message a client may send.
     pub max_ws_message_bytes: usize,
+    /// Subscriptions over HTTP callbacks: where they may go, each POST's timeout, how many.
+    pub callbacks: CallbackConfig,
     /// The shared tier; `None`: each replica works alone.
     pub redis: Option<SharedConfig>,
     /// Who may ask; `None`: not chosen (allowed only with `--demo`, where it means none).
@@ -289,6 +292,11 @@ impl Config {
             subscription_ping_interval: given.subscription_ping_interval()?,
             connection_init_timeout: given.connection_init_timeout()?,
             max_ws_message_bytes: given.max_ws_message_bytes()?,
+            callbacks: CallbackConfig {
+                allowed: given.subscription_callback_urls()?,
+                timeout: given.callback_timeout()?,
+                max_subscriptions: given.max_callback_subscriptions()?,
+            },
             redis: match given.redis_url()? {
                 None => None,
                 Some(url) => {
@@ -451,6 +459,30 @@ mod tests {
             let err = resolve(settings).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn callback_settings_are_checked_when_loading() {
+        let defaults = resolve(Settings::default()).unwrap();
+        assert!(defaults.callbacks.allowed.is_empty(), "callbacks are off by default");
+        assert_eq!(defaults.callbacks.timeout, Duration::from_secs(5));
+        assert_eq!(defaults.callbacks.max_subscriptions, 1024);
+        let given =
+            |urls: &str| Settings { subscription_callback_urls: Some(urls.into()), ..Default::default() };
+        let config = resolve(given(" http://router:4000/callback , https://r.example/cb/,")).unwrap();
+        let urls: Vec<&str> = config.callbacks.allowed.iter().map(|url| url.as_str()).collect();
+        assert_eq!(urls, ["http://router:4000/callback", "https://r.example/cb/"]);
+        for bad in ["ftp://router/cb", "http://user:pw@router/cb", "http://router/cb?x=1", "/callback"] {
+            let err = resolve(given(bad)).unwrap_err();
+            assert!(err.to_string().contains("GATEWAY_SUBSCRIPTION_CALLBACK_URLS"), "{bad}: {err}");
+            assert!(!err.to_string().contains("pw@"), "{err}");
+        }
+        let err =
+            resolve(Settings { callback_timeout: Some("2m".into()), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("GATEWAY_CALLBACK_TIMEOUT"), "{err}");
+        let err = resolve(Settings { max_callback_subscriptions: Some("0".into()), ..Default::default() })
+            .unwrap_err();
+        assert!(err.to_string().contains("GATEWAY_MAX_CALLBACK_SUBSCRIPTIONS"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub(super) type Reader<T> = Box<dyn Fn(Option<&str>) -> Result<T, String>>;
 /// The longest duration any setting takes: longer ones are typing mistakes, and added to a
 /// clock (`Instant::now() + d`) a huge one overflows at first use instead of here.
 const MAX_SETTING_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Upper bounds of the timeouts that are added to "now" (idle, connection_init).
+/// Upper bounds of the timeouts that are added to "now" (idle, connection_init, callbacks).
+pub(super) const MINUTE: Duration = Duration::from_secs(60);
 pub(super) const HOUR: Duration = Duration::from_secs(3600);
 pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -205,6 +206,31 @@ pub(super) fn jwt_algorithms(raw: Option<&str>) -> Result<Vec<jsonwebtoken::Algo
         return Err("shared-secret (HS*) algorithms cannot be verified with a JWKS".into());
     }
     Ok(algorithms)
+}
+
+/// Callback URL prefixes, comma-separated (none: an empty list). Each is an http(s) URL with a
+/// host and no credentials, query or fragment: a callback URL is matched against its scheme,
+/// host, port and path alone.
+pub(super) fn callback_urls(raw: Option<&str>) -> Result<Vec<reqwest::Url>, String> {
+    raw.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|text| {
+            let url = reqwest::Url::parse(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(format!("`{text}` is not an http:// or https:// URL with a host"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                // Not echoed: it holds the credentials.
+                return Err("a callback URL must not carry credentials".into());
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(format!("`{text}` must not have a query or fragment"));
+            }
+            Ok(url)
+        })
+        .collect()
 }
 
 pub(super) fn parse_base_url(raw: &str) -> Result<String, String> {

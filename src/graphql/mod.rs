@@ -432,8 +432,8 @@ impl SubscriptionBudget {
         match self.0.clone().try_acquire_owned() {
             Ok(permit) => Ok(Some(permit)),
             Err(_) => Err(async_graphql::Error::new(format!(
-                "a WebSocket connection or an SSE stream may run at most {} subscriptions at once \
-                 (GATEWAY_SUBSCRIPTIONS_PER_CONNECTION)",
+                "a WebSocket connection, an SSE stream or a callback subscription may run at most {} \
+                 subscriptions at once (GATEWAY_SUBSCRIPTIONS_PER_CONNECTION)",
                 self.1
             ))
             .extend_with(|_, ext| {

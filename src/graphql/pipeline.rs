@@ -229,7 +229,7 @@ impl Pipeline {
 }
 
 /// A request that never ran (it did not parse or validate) has only errors without a path.
-fn never_ran(response: &async_graphql::Response) -> bool {
+pub fn never_ran(response: &async_graphql::Response) -> bool {
     response.data == async_graphql::Value::Null
         && response.is_err()
         && response.errors.iter().all(|error| error.path.is_empty())

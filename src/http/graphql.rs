@@ -1,5 +1,6 @@
-//! GraphQL over HTTP on `/graphql`: POST (JSON bodies), GET (queries in the URL; GraphiQL for
-//! a browser, a WebSocket upgrade, or Server-Sent Events), and the replay of answers kept in
+//! GraphQL over HTTP on `/graphql`: POST (JSON bodies; Server-Sent Events, or a callback
+//! subscription from a router), GET (queries in the URL; GraphiQL for a browser, a WebSocket
+//! upgrade, or Server-Sent Events), and the replay of answers kept in
 //! `cache::responses`. What runs, and how, is the pipeline's (`graphql::pipeline`); this is
 //! its HTTP adapter.
 //!
@@ -21,7 +22,7 @@ use serde_json::json;
 use crate::access::Client;
 use crate::cache::responses::{cache_control, StoredResponse};
 use crate::http::refusal::{refuse, Code};
-use crate::http::{graphiql, read_body, streams, AppState};
+use crate::http::{callback, graphiql, read_body, streams, AppState};
 
 /// What a response is sent as (GraphQL over HTTP): `application/graphql-response+json` to a
 /// client that accepts it, where a request that could not run (it did not parse or validate)
@@ -124,8 +125,9 @@ pub(super) async fn post(State(state): State<AppState>, request: Request) -> Res
         );
     }
     let sse = streams::wants_sse(&parts.headers);
+    let callback = callback::wanted(&parts.headers);
     let key = replay_key(&client, bytes.clone());
-    if !sse {
+    if !sse && !callback {
         if let Some(replayed) = replay(&state, &key, media, &client) {
             return replayed;
         }
@@ -136,6 +138,8 @@ pub(super) async fn post(State(state): State<AppState>, request: Request) -> Res
         {
             refuse(Code::BadRequest, "the body has no `query` (nor a persisted query's hash)")
         }
+        // Before SSE: a router asks for one or the other, and the callback is the one it names.
+        Ok(request) if callback => Box::pin(state.callbacks.subscribe(request.data(client))).await,
         Ok(request) if sse => state.streams.sse(request.data(client)),
         Ok(request) => Box::pin(execute(&state, request.data(client), Some(key), media)).await,
         Err(error) => refuse(

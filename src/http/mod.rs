@@ -2,10 +2,12 @@
 //! `/livez`, `/readyz`, `/metrics`) and what every handler reads ([`AppState`]).
 //!
 //! Owns: which path goes to which handler, and the state they share. The handlers are by job:
-//! `graphql` (GraphQL over HTTP), `streams` (WebSocket and SSE), `webhooks`, `probes`,
+//! `graphql` (GraphQL over HTTP), `streams` (WebSocket and SSE), `callback` (subscriptions
+//! over HTTP callbacks to a router), `webhooks`, `probes`,
 //! `graphiql`; `observe` watches every request; `refusal` is the one shape of a refusal;
 //! `edge` accepts and drains connections.
 
+pub mod callback;
 pub mod edge;
 pub mod graphiql;
 mod graphql;
@@ -27,6 +29,7 @@ use bytes::Bytes;
 use crate::access::Access;
 use crate::cache::responses::ResponseCache;
 use crate::graphql::pipeline::Pipeline;
+use crate::http::callback::Callbacks;
 use crate::http::readiness::Readiness;
 use crate::http::refusal::{refuse, Code};
 use crate::http::streams::Streams;
@@ -70,6 +73,8 @@ pub(crate) struct StateInner {
     pub(crate) graphiql: bool,
     /// Subscriptions over WebSocket and Server-Sent Events.
     pub(crate) streams: Streams,
+    /// Subscriptions over HTTP callbacks (`callback/1.0`), for routers.
+    pub(crate) callbacks: Callbacks,
     pub(crate) webhooks: Arc<Webhooks>,
     /// Who may ask.
     pub(crate) access: Arc<Access>,

@@ -73,8 +73,18 @@ codes! {
     InternalError = "INTERNAL_ERROR", INTERNAL_SERVER_ERROR;
     /// The request took longer than `GATEWAY_REQUEST_TIMEOUT`.
     RequestTimeout = "REQUEST_TIMEOUT", SERVICE_UNAVAILABLE;
-    /// Every subscription connection (`GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS`) is taken.
+    /// Every subscription connection (`GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS`), or every
+    /// callback subscription (`GATEWAY_MAX_CALLBACK_SUBSCRIPTIONS`), is taken.
     SubscriptionsFull = "SUBSCRIPTIONS_FULL", SERVICE_UNAVAILABLE;
+    /// A callback subscription (`callback/1.0`) not sent by the router (its shared secret).
+    CallbackForbidden = "CALLBACK_FORBIDDEN", FORBIDDEN;
+    /// A callback subscription whose `extensions.subscription` is missing or malformed.
+    CallbackMalformed = "CALLBACK_MALFORMED", BAD_REQUEST;
+    /// A callback URL outside `GATEWAY_SUBSCRIPTION_CALLBACK_URLS` (or callbacks are off).
+    CallbackUrlNotAllowed = "CALLBACK_URL_NOT_ALLOWED", FORBIDDEN;
+    /// The router did not confirm the callback subscription's `check` (the protocol asks for
+    /// a 4xx then).
+    CallbackCheckFailed = "CALLBACK_CHECK_FAILED", BAD_REQUEST;
 }
 
 /// The refusal: `code`'s status, `{"errors": [{"message": …, "extensions": {"code": …}}]}`,

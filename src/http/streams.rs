@@ -1,7 +1,8 @@
 //! Subscriptions (and any operation a client wants streamed): over WebSocket on `/graphql` and
 //! `/ws` (`graphql-transport-ws` and the older `graphql-ws`, as Apollo Router and graphql-ws
 //! clients speak them), and over Server-Sent Events on `/graphql` (GraphQL over SSE, distinct
-//! connections: Hive Gateway's default for subgraphs).
+//! connections: Hive Gateway's default for subgraphs). Subscriptions over HTTP callbacks
+//! (`callback`) run through the same slots, budget and pipeline.
 //!
 //! Owns: how many stream connections are open at once (a WebSocket counts once its client is
 //! admitted), how long a WebSocket may wait for `connection_init`, how large a message it may
@@ -24,6 +25,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
 use prometheus::IntGauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -53,7 +55,8 @@ impl std::fmt::Debug for Streams {
 pub struct Streams {
     /// How each operation runs: the same gate as HTTP's.
     pipeline: Pipeline,
-    /// One permit per admitted WebSocket connection or open SSE stream.
+    /// One permit per admitted WebSocket connection, open SSE stream or running callback
+    /// subscription.
     connections: Arc<Semaphore>,
     max_connections: usize,
     per_connection: usize,
@@ -100,14 +103,14 @@ impl Streams {
     }
 
     /// A connection slot, counted in `/metrics` while held; `None` when all are taken.
-    fn open(&self, transport: &str) -> Option<Slot> {
+    pub(super) fn open(&self, transport: &str) -> Option<Slot> {
         let permit = self.connections.clone().try_acquire_owned().ok()?;
         let gauge = self.metrics.subscription_connections.with_label_values(&[transport]);
         gauge.inc();
         Some(Slot { _permit: permit, gauge })
     }
 
-    fn full(&self) -> Response {
+    pub(super) fn full(&self) -> Response {
         refuse(
             Code::SubscriptionsFull,
             &format!(
@@ -119,7 +122,7 @@ impl Streams {
     }
 
     /// Resolves when the server stops serving: streams end so clients move to another replica.
-    fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(super) fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut phase = self.phase.clone();
         async move {
             let _ = phase.wait_for(|now| *now == Phase::Closing).await;
@@ -273,17 +276,12 @@ impl Streams {
     /// A stream opened with a credential that expires (a JWT) ends with an error event then.
     pub fn sse(&self, request: async_graphql::Request) -> Response {
         let Some(slot) = self.open("sse") else { return self.full() };
-        let expires_at = client_in(&request.data).and_then(|client| client.expires_at);
-        let request = request.data(SubscriptionBudget::new(self.per_connection));
-        let results = self.pipeline.stream(request, None).take_until(until(expires_at));
+        let (results, expires_at) = self.answers(request);
+        let results = results.take_until(until(expires_at));
         let expired = futures::stream::once(async move {
-            let error = async_graphql::ServerError::new(
-                "the token has expired: subscribe again with a fresh one",
-                None,
-            );
             expires_at
                 .filter(|at| Instant::now() >= *at)
-                .map(|_| async_graphql::Response::from_errors(vec![error]))
+                .map(|_| async_graphql::Response::from_errors(vec![token_expired()]))
         })
         .filter_map(std::future::ready);
         let results = results.chain(expired).map(|response| {
@@ -302,6 +300,23 @@ impl Streams {
         });
         Sse::new(events).keep_alive(KeepAlive::new().interval(self.ping).text("ping")).into_response()
     }
+
+    /// `request` (its client in its data) run through the pipeline as one stream's answers,
+    /// with the per-connection watch budget; and when its client's credential expires, if it
+    /// does (the stream ends then).
+    pub(super) fn answers(
+        &self,
+        request: async_graphql::Request,
+    ) -> (BoxStream<'static, async_graphql::Response>, Option<Instant>) {
+        let expires_at = client_in(&request.data).and_then(|client| client.expires_at);
+        let request = request.data(SubscriptionBudget::new(self.per_connection));
+        (self.pipeline.stream(request, None), expires_at)
+    }
+}
+
+/// The error a stream ends with when its client's credential expired.
+pub(super) fn token_expired() -> async_graphql::ServerError {
+    async_graphql::ServerError::new("the token has expired: subscribe again with a fresh one", None)
 }
 
 /// A WebSocket for subscriptions (`/ws`, Apollo Router's default subgraph path, and
@@ -342,7 +357,7 @@ struct Handshake {
 }
 
 /// Resolves at `at`; never without one.
-async fn until(at: Option<Instant>) {
+pub(super) async fn until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
@@ -365,7 +380,7 @@ fn is_too_big(error: &axum::Error) -> bool {
 }
 
 /// A stream connection's place among the open ones.
-struct Slot {
+pub(super) struct Slot {
     _permit: OwnedSemaphorePermit,
     gauge: IntGauge,
 }

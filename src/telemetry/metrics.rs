@@ -55,6 +55,7 @@ pub struct Metrics {
     pub live_updates: IntCounter,
     pub client_rate_limited: IntCounter,
     pub subscription_connections: IntGaugeVec,
+    pub callback_messages: IntCounterVec,
     pub redis_operations: IntCounterVec,
     pub redis_up: IntGauge,
     pub shared_hits: IntCounterVec,
@@ -155,6 +156,13 @@ impl Metrics {
             live_updates,
             client_rate_limited,
             subscription_connections,
+            callback_messages: counter(
+                "callback_messages_total",
+                "POSTs to routers' callback URLs (callback subscriptions) by action (check, next, \
+                 complete) and outcome (accepted; gone: 404, the router dropped it; refused: any \
+                 other answer; unreachable: timeout or connection error).",
+                &["action", "outcome"],
+            ),
             cache_refreshes: counter(
                 "cache_refreshes_total",
                 "Sessions fetched again because a webhook said they changed.",

@@ -20,7 +20,10 @@ use crate::support::providers::{
     dhmad_session, dodo_calls, dodo_session, mount_dodo_upstream, Upstream, DHMAD_ID,
 };
 use crate::support::sockets::{upgrade_request, RawSocket, Socket, UPDATED};
-use crate::support::webhooks::{deliver, dodo_delivery, now, payment, Delivery, DHMAD_SECRET, DODO_SECRET};
+use crate::support::webhooks::{
+    deliver, dodo_delivery, now, payment, send_payment_event, with_dodo_secret, Delivery, DHMAD_SECRET,
+    DODO_SECRET,
+};
 
 /// Dodo answers `id` from a body the test can change.
 async fn dodo_upstream(app: &TestApp, id: &str, status: Option<&str>, delay: Duration) -> Upstream {
@@ -29,22 +32,6 @@ async fn dodo_upstream(app: &TestApp, id: &str, status: Option<&str>, delay: Dur
 
 async fn calls(app: &TestApp, id: &str) -> usize {
     dodo_calls(&app.dodo, id).await
-}
-
-fn with_dodo_secret(config: &mut Config) {
-    account_mut(config, "dodo").webhook_secret = Some(Secret::new(DODO_SECRET));
-}
-
-/// Sends a signed `payment.<status>` delivery for `id`; returns the HTTP status.
-async fn send_payment_event(app: &TestApp, id: &str, status: &str) -> u16 {
-    let delivery = format!("msg_{}", uuid_like());
-    let (headers, body) =
-        dodo_delivery(DODO_SECRET, &delivery, now(), &format!("payment.{status}"), payment(id, status));
-    deliver(app, "dodo", &headers, body).await.0
-}
-
-fn uuid_like() -> String {
-    format!("{:032x}", fastrand::u128(..))
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod support;
 mod access;
 mod accounts;
 mod cache;
+mod callback;
 mod cli;
 mod demo;
 mod dhmad;

@@ -1,9 +1,10 @@
 //! Provider webhooks as the providers send them: signed deliveries and their secrets.
 
+use checkout_gateway::config::{Config, Secret};
 use checkout_gateway::providers::dodo;
 use serde_json::{json, Value};
 
-use super::app::TestApp;
+use super::app::{account_mut, TestApp};
 
 /// A Standard Webhooks secret, as Dodo's dashboard shows one.
 pub const DODO_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -48,4 +49,17 @@ pub async fn deliver(
 
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+/// The `dodo` account takes webhooks signed with [`DODO_SECRET`].
+pub fn with_dodo_secret(config: &mut Config) {
+    account_mut(config, "dodo").webhook_secret = Some(Secret::new(DODO_SECRET));
+}
+
+/// Sends a signed `payment.<status>` delivery for `id`; returns the HTTP status.
+pub async fn send_payment_event(app: &TestApp, id: &str, status: &str) -> u16 {
+    let delivery = format!("msg_{:032x}", fastrand::u128(..));
+    let (headers, body) =
+        dodo_delivery(DODO_SECRET, &delivery, now(), &format!("payment.{status}"), payment(id, status));
+    deliver(app, "dodo", &headers, body).await.0
 }
