@@ -8,7 +8,8 @@
 // router: queries in both directions, an entity error that keeps its extensions.code while the
 // other entities arrive, the router's Cache-Control following ours, and checkoutSessionUpdated
 // with the router subscribing to this subgraph over WebSocket (the secret in connection_init),
-// over SSE, and over HTTP callback (not implemented by the gateway yet: a todo test). A signed
+// over SSE, and over HTTP callback (callback/1.0: the gateway POSTs each answer to the router's
+// callback listener, allowed by GATEWAY_SUBSCRIPTION_CALLBACK_URLS). A signed
 // Dodo webhook's change must reach the client within a second.
 //
 // Needs the gateway binary (`cargo build`, or CHECKOUT_GATEWAY_BIN) and Hive Router
@@ -101,10 +102,9 @@ function routerConfig({ port, mode, callbackPort }) {
 }
 
 /** Hive Router over `supergraph` in a temporary folder, ready (its /readiness answers 200). */
-async function startHiveRouter(supergraph, mode) {
+async function startHiveRouter(supergraph, mode, callbackPort) {
   const dir = mkdtempSync(join(tmpdir(), `hive-router-${mode}-`));
   const port = await freePort();
-  const callbackPort = mode === 'callback' ? await freePort() : undefined;
   writeFileSync(join(dir, 'supergraph.graphql'), supergraph);
   writeFileSync(join(dir, 'router.config.yaml'), toYaml(routerConfig({ port, mode, callbackPort })));
   // Nothing else: Hive Router takes many settings from the environment (PORT, LOG_LEVEL,
@@ -223,6 +223,8 @@ describe('checkout-gateway behind Hive Router 0.2.5, production settings', { tim
   let supergraph;
   let overHttp;
   let overWebSocket;
+  let overCallback;
+  let callbackPort;
   /** Starts `start()`'s result now and stops it after the suite. */
   const keep = async (start) => {
     const thing = await start();
@@ -232,6 +234,8 @@ describe('checkout-gateway behind Hive Router 0.2.5, production settings', { tim
 
   before(async () => {
     dodo = await startDodo(sessions);
+    // Where the callback-mode router listens: the gateway POSTs only under this prefix.
+    callbackPort = await freePort();
     const dir = mkdtempSync(join(tmpdir(), 'checkout-gateway-routers-'));
     started.push({ stop: async () => rmSync(dir, { recursive: true, force: true }) });
     const configFile = join(dir, 'gateway.toml');
@@ -242,6 +246,7 @@ describe('checkout-gateway behind Hive Router 0.2.5, production settings', { tim
         GATEWAY_AUTH: 'api-key',
         GATEWAY_CONFIG: configFile,
         GATEWAY_ROUTER_SECRET: ROUTER_SECRET,
+        GATEWAY_SUBSCRIPTION_CALLBACK_URLS: `http://127.0.0.1:${callbackPort}/callback`,
         ...dodoEnv(dodo),
       }),
     );
@@ -255,6 +260,7 @@ describe('checkout-gateway behind Hive Router 0.2.5, production settings', { tim
     supergraph = composed.supergraphSdl;
     overHttp = await keep(() => startHiveRouter(supergraph, 'http'));
     overWebSocket = await keep(() => startHiveRouter(supergraph, 'websocket'));
+    overCallback = await keep(() => startHiveRouter(supergraph, 'callback', callbackPort));
   });
 
   after(async () => {
@@ -413,12 +419,8 @@ describe('checkout-gateway behind Hive Router 0.2.5, production settings', { tim
     await webhookReachesTheClient(subscribeOverSse(overHttp, 'cks_over_sse'), 'cks_over_sse', 'sse');
   });
 
-  it(
-    'checkoutSessionUpdated: router -> subgraph over HTTP callback (callback/1.0)',
-    { todo: 'callback/1.0 not implemented yet' },
-    async () => {
-      const overCallback = await keep(() => startHiveRouter(supergraph, 'callback'));
-      await webhookReachesTheClient(subscribeOverSse(overCallback, 'cks_over_callback'), 'cks_over_callback');
-    },
-  );
+  it('checkoutSessionUpdated: router -> subgraph over HTTP callback (callback/1.0)', async () => {
+    const subscription = subscribeOverSse(overCallback, 'cks_over_callback');
+    await webhookReachesTheClient(subscription, 'cks_over_callback', 'callback');
+  });
 });
