@@ -9,6 +9,7 @@ ratio of two measurements.
 """
 
 import asyncio
+import base64
 import json
 import os
 import platform
@@ -31,10 +32,18 @@ LATENCY_MS = int(os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "20"))
 GATEWAY_CPU = os.environ.get("BENCH_GATEWAY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 FILL = int(os.environ.get("BENCH_FILL_SESSIONS", "100000"))
-# Sections to run: any of "abc", "de", "f", "g", "h", "i", "j", "k" (comma-separated); all by default.
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h,i,j,k").split(",")))
+# Sections to run: any of "abc", "de", "f", "g", "h", "i", "j", "k", "l" (comma-separated); all by default.
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "abc,de,f,g,h,i,j,k,l").split(",")))
 SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "1000"))
 WEBHOOK_ROUNDS = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", "20"))
+# (l): WebSocket subscribers on one replica, webhook rounds per run.
+WS_SUBSCRIBERS = int(os.environ.get("BENCH_WS_SUBSCRIBERS", "10000"))
+WS_ROUNDS = int(os.environ.get("BENCH_WS_ROUNDS", "10"))
+WSLOAD = os.path.join(BENCH_DIR, "wsload", "target", "release", "wsload")
+# Built by scripts/hive-router.sh (cargo install hive-router 0.2.5); the router row is left out without it.
+HIVE_ROUTER = os.environ.get("HIVE_ROUTER_BIN", os.path.join(
+    os.environ.get("CHECKOUT_GATEWAY_CACHE", os.path.expanduser("~/.cache/checkout-gateway")),
+    "hive-router-0.2.5", "bin", "hive_router"))
 
 
 def log(message):
@@ -110,11 +119,16 @@ class Gateway:
             return response.read().decode()
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
+
+
+def stop_process(process):
+    """SIGTERM, then SIGKILL if it has not exited within 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def metric(text, series):
@@ -309,6 +323,8 @@ def main():
         rows += section_j()
     if "k" in ONLY:
         rows += section_k()
+    if "l" in ONLY:
+        rows += section_l()
     print_table(commit, dirty, cpu, rows)
 
 
@@ -809,6 +825,206 @@ def section_k():
              f"{med(replay_runs, 'rps'):,.0f} req/s = {median(times(replay_runs)):.0f} × Hive + Mesh; "
              f"{med(executed_runs, 'rps'):,.0f} req/s = {median(times(executed_runs)):.0f} × "
              f"(per run: {per_run(times(executed_runs), 0)})", "")]
+
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_SECRET_BYTES).decode()
+
+
+def live_env(stand_in_url, subscribers, per_connection=None):
+    """The gateway of (l): its Dodo account on the stand-in, kept current by webhooks, with the
+    per-replica bounds raised so that `subscribers` WebSockets fit, by configuration alone:
+    GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS (2,048 by default) counts admitted WebSockets, and
+    GATEWAY_MAX_CONNECTIONS (4,096) every open connection, WebSockets included, so it keeps room
+    for the webhooks, probes and /metrics besides. The process's descriptor limit must fit them
+    too (bench/run.sh raises it)."""
+    env = {
+        "DODO_PAYMENTS_API_KEY": "bench_key",
+        "DODO_PAYMENTS_BASE_URL": stand_in_url,
+        "DODO_PAYMENTS_WEBHOOK_KEY": WEBHOOK_SECRET,
+        "GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS": str(subscribers),
+        "GATEWAY_MAX_CONNECTIONS": str(subscribers + 1024),
+        # Without authentication every subscriber is one client: the first answers of 1,000
+        # sessions are 1,000 lookups on one client budget (600/min by default).
+        "GATEWAY_CLIENT_RATE_LIMIT": "off",
+        # Production logging, as (a″).
+        "RUST_LOG": "info",
+        "LOG_FORMAT": "json",
+    }
+    if per_connection:
+        env["GATEWAY_SUBSCRIPTIONS_PER_CONNECTION"] = str(per_connection)
+    return env
+
+
+def live_run(subscribers, sessions, router=None):
+    """One run of bench/wsload (on the load core) against a fresh gateway (on the gateway core):
+    `subscribers` graphql-transport-ws subscribers spread over `sessions` sessions, WS_ROUNDS
+    webhook rounds, an idle window. wsload serves the Dodo stand-in, so it starts first and is
+    told the gateway's address (and the router's, if `router`) on its stdin. `router(gateway)`
+    starts a router in front of the gateway and returns it (with `ws_url`, `pid`, `stop()`);
+    subscribers then connect to the router, webhooks still go to the gateway."""
+    load = subprocess.Popen(
+        ["taskset", "-c", LOAD_CPU, WSLOAD, "--subscribers", str(subscribers), "--sessions", str(sessions),
+         "--rounds", str(WS_ROUNDS), "--webhook-secret", WEBHOOK_SECRET],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    gateway = front = None
+    try:
+        dodo_url = json.loads(load.stdout.readline())["dodo_url"]
+        # Behind a router every client's subscription shares the router's one WebSocket here.
+        gateway = Gateway(demo=False, extra_env=live_env(dodo_url, subscribers, subscribers if router else None))
+        gateway.wait_ready()
+        ws_url = gateway.url.replace("http://", "ws://") + "/graphql"
+        pids = {"gateway": gateway.process.pid}
+        if router:
+            front = router(gateway)
+            ws_url, pids["router"] = front.ws_url, front.pid
+        load.stdin.write(json.dumps({"ws_url": ws_url, "webhook_url": gateway.url + "/webhooks/dodo",
+                                     "pids": pids}) + "\n")
+        load.stdin.flush()
+        output, _ = load.communicate(timeout=1800)
+    finally:
+        if load.poll() is None:
+            load.kill()
+        if front:
+            front.stop()
+        if gateway:
+            gateway.stop()
+    lines = output.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"error": f"wsload exited {load.returncode} without a report"}
+    if "error" in result:
+        raise RuntimeError(f"(l) wsload: {result['error']}")
+    return result
+
+
+def compose_checkout_supergraph(subgraph_url):
+    """The supergraph of `checkout` alone, composed with @apollo/composition as tests/federation
+    does (its node_modules: bench/run.sh installs them)."""
+    federation = os.path.join(ROOT, "tests", "federation")
+    sdl = subprocess.run([BINARY, "schema"], check=True, capture_output=True, text=True).stdout
+    script = ("import {composeServices} from '@apollo/composition'; import {parse} from 'graphql';"
+              "let sdl = ''; for await (const chunk of process.stdin) sdl += chunk;"
+              "const r = composeServices([{name: 'checkout', typeDefs: parse(sdl), url: process.env.SUBGRAPH_URL}]);"
+              "if (r.errors) { console.error(JSON.stringify(r.errors)); process.exit(1); }"
+              "process.stdout.write(r.supergraphSdl);")
+    return subprocess.run(["node", "--input-type=module", "-e", script], cwd=federation, input=sdl, check=True,
+                          capture_output=True, text=True, env=dict(os.environ, SUBGRAPH_URL=subgraph_url)).stdout
+
+
+class HiveRouter:
+    """Hive Router 0.2.5 in front of `gateway`, on the gateway's core with one worker: clients
+    subscribe on its /ws; it subscribes to the gateway over WebSocket (graphql-transport-ws), and
+    by default pools them: every client's subscription shares one socket to the gateway
+    (`reuse_connections`). Its own bound on long-lived clients (128 by default) is lifted. Config
+    per /work/wt/hive-router-notes.md."""
+
+    def __init__(self, gateway, subscribers):
+        import tempfile
+        self.directory = tempfile.mkdtemp(prefix="bench-hive-router-")
+        with open(os.path.join(self.directory, "supergraph.graphql"), "w") as file:
+            file.write(compose_checkout_supergraph(gateway.url + "/graphql"))
+        port = free_port()
+        config = {
+            "log": {"level": "warn", "format": "json"},
+            "supergraph": {"source": "file", "path": "./supergraph.graphql"},
+            "http": {"host": "127.0.0.1", "port": port, "workers": 1},
+            "websocket": {"enabled": True, "path": "/ws"},
+            "subscriptions": {"enabled": True, "websocket": {"subgraphs": {"checkout": {}}}},
+            "traffic_shaping": {"router": {"max_long_lived_clients": subscribers + 1024}},
+        }
+        # JSON is YAML: the router reads this file as its YAML config.
+        path = os.path.join(self.directory, "router.config.yaml")
+        with open(path, "w") as file:
+            json.dump(config, file)
+        env = {k: v for k, v in os.environ.items() if k not in (
+            "PORT", "HOST", "LOG_LEVEL", "LOG_FORMAT", "LOG_FILTER", "SUPERGRAPH_FILE_PATH",
+            "WEBSOCKET_ENABLED", "SUBSCRIPTIONS_ENABLED")}
+        env["ROUTER_CONFIG_FILE_PATH"] = path
+        self.process = subprocess.Popen(["taskset", "-c", GATEWAY_CPU, HIVE_ROUTER], cwd=self.directory, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.process.pid
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readiness", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError("Hive Router did not become ready")
+            time.sleep(0.1)
+
+    def stop(self):
+        import shutil
+        stop_process(self.process)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def kib(value):
+    return f"{value / 1024:.1f} KiB"
+
+
+def live_rows(label, spread, one):
+    """The rows of one (l) configuration: `spread` is the run over 1,000 sessions, `one` the run
+    on one session (wsload's reports)."""
+    rows = []
+    for name, run in ((f"{WS_SUBSCRIBERS:,} over {spread['sessions']:,} sessions", spread),
+                      (f"{WS_SUBSCRIBERS:,} on one session", one)):
+        memory = []
+        for process, figures in sorted(run["memory"].items()):
+            memory.append(f"{process} {kib(figures['bytes_per_subscriber'])} per subscriber "
+                          f"(RSS {figures['rss_before'] / 2**20:.0f} → {figures['rss_after'] / 2**20:.0f} MiB; "
+                          f"from the first tenth to all: {kib(figures['marginal_bytes_per_subscriber'])}; "
+                          f"after the webhooks: {kib(figures['bytes_per_subscriber_after_rounds'])})")
+        per = sum(figures["bytes_per_subscriber"] for figures in run["memory"].values())
+        rows.append((f"(l){label} resident memory per WebSocket subscriber, {name}", "; ".join(memory),
+                     f"≤ 8 KiB: {'met' if per <= 8192 else f'missed by {kib(per - 8192)}'}"))
+        latency, cpu = run["latency_ms"], run["cpu_seconds_during_rounds"]
+        told = (f"{run['deliveries']:,} of {run['expected_deliveries']:,} deliveries"
+                + (f", {run['missing']:,} missing" if run["missing"] else "")
+                + (f", {run['extra']:,} extra" if run["extra"] else "")
+                + (f", {run['wrong']:,} not a change" if run["wrong"] else "")
+                + (f", {run['ended']:,} streams ended" if run["ended"] else ""))
+        busy = ", ".join(f"{process} {seconds:.2f} s" for process, seconds in sorted(cpu.items()))
+        value = (f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms "
+                 f"({run['rounds']} rounds of {run['webhooks_per_round']:,} webhook{'s' if run['webhooks_per_round'] > 1 else ''}, "
+                 f"{told}; CPU over the rounds: {busy} in {run['delivery_seconds']:.1f} s of delivery)")
+        if run is one:
+            target = f"p99 ≤ 100 ms: {'met' if latency['p99'] <= 100 and not run['missing'] else 'missed'}"
+        else:
+            target = "" if not run["missing"] else "missed: not every subscriber was told"
+        rows.append((f"(l){label} webhook to subscriber, {name}", value, target))
+    idle = [run["idle"]["upstream_requests"] for run in (spread, one)]
+    rows.append((f"(l){label} upstream calls from idle subscribers (webhooks configured)",
+                 f"{idle[0]} and {idle[1]} in {spread['idle']['seconds']} s with no webhook "
+                 f"({WS_SUBSCRIBERS:,} subscribers over {spread['sessions']:,} sessions, then on one)",
+                 f"0: {'met' if idle == [0, 0] else 'missed'}"))
+    return rows
+
+
+def section_l():
+    """(l): live sessions at WS_SUBSCRIBERS WebSocket subscribers on one replica (bench/wsload,
+    a Rust client on the load core, is the subscribers, the Dodo stand-in and the webhooks):
+    spread over 1,000 sessions, then all on one; then the same through Hive Router if built."""
+    if not os.path.exists(WSLOAD):
+        raise RuntimeError("bench/wsload is not built: bench/run.sh builds it (cargo build --release)")
+    sessions = max(1, min(1000, WS_SUBSCRIBERS // 10))
+    log(f"(l): {WS_SUBSCRIBERS} WebSocket subscribers over {sessions} sessions, then on one; {WS_ROUNDS} rounds")
+    rows = live_rows("", live_run(WS_SUBSCRIBERS, sessions), live_run(WS_SUBSCRIBERS, 1))
+    if os.path.exists(HIVE_ROUTER):
+        rows += section_l_router(lambda gateway: HiveRouter(gateway, WS_SUBSCRIBERS), sessions)
+    else:
+        log(f"(l): no Hive Router at {HIVE_ROUTER} (scripts/hive-router.sh builds it): its rows are left out")
+    return rows
+
+
+def section_l_router(router, sessions):
+    """(l) through a router: `router(gateway)` starts it in front of the gateway (see HiveRouter);
+    subscribers connect to the router's WebSocket URL, webhooks go to the gateway."""
+    log(f"(l): the same through Hive Router")
+    return live_rows(" through Hive Router 0.2.5", live_run(WS_SUBSCRIBERS, sessions, router),
+                     live_run(WS_SUBSCRIBERS, 1, router))
 
 
 def print_table(commit, dirty, cpu, rows):

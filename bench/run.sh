@@ -6,9 +6,11 @@
 #
 # Knobs (environment): BENCH_RUNS (5), BENCH_SECONDS (5 per wrk run), BENCH_CONNECTIONS (32),
 # BENCH_UPSTREAM_LATENCY_MS (20), BENCH_FILL_SESSIONS (100000), BENCH_GATEWAY_CPU (0),
-# BENCH_LOAD_CPU (1), BENCH_SUBSCRIBERS (1000), BENCH_WEBHOOK_ROUNDS (20), BENCH_ONLY (sections,
-# e.g. `abc,k`; all of abc, de, f, g, h, i, j, k by default).
-# Takes about 8 minutes on 2 cores after the build.
+# BENCH_LOAD_CPU (1), BENCH_SUBSCRIBERS (1000), BENCH_WEBHOOK_ROUNDS (20), BENCH_WS_SUBSCRIBERS
+# (10000, section l's WebSocket subscribers), BENCH_WS_ROUNDS (10), HIVE_ROUTER_BIN (section l's
+# router rows; default the binary scripts/hive-router.sh builds, left out when absent),
+# BENCH_ONLY (sections, e.g. `abc,k`; all of abc, de, f, g, h, i, j, k, l by default).
+# Takes about 15 minutes on 2 cores after the build (section l about 7 of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,16 @@ if [[ ",${BENCH_ONLY:-k}," == *,k,* ]]; then  # (k): Hive Gateway + Mesh (bench/
 fi
 
 cargo build --release --locked --bin checkout-gateway
-# 1,000 concurrent connections need more than the usual 1,024 descriptors on both ends.
+if [[ ",${BENCH_ONLY:-l}," == *,l,* ]]; then  # (l): the WebSocket load client, a crate of its own
+  (cd bench/wsload && cargo build --release --locked)
+  hive_router="${HIVE_ROUTER_BIN:-${CHECKOUT_GATEWAY_CACHE:-$HOME/.cache/checkout-gateway}/hive-router-0.2.5/bin/hive_router}"
+  if [[ -x "$hive_router" ]]; then  # its supergraph is composed as tests/federation does
+    need node nodejs "(l) composes Hive Router's supergraph"
+    need npm npm "(l) composes Hive Router's supergraph"
+    (cd tests/federation && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
+# 1,000 (h) and 10,000 (l) concurrent connections need more than the usual 1,024 descriptors on both ends.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 table="$(python3 bench/bench.py)"

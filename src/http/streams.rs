@@ -162,6 +162,11 @@ impl Streams {
             // frames) would be buffered whole before anything reads them.
             .max_message_size(self.max_message_bytes)
             .max_frame_size(self.max_message_bytes)
+            // tungstenite's default read buffer (128 KiB) is zeroed to its full size on every
+            // read attempt: each socket kept it resident, and each update sent cost a 128 KiB
+            // memset when the protocol task polled its input again (BENCHMARKS.md, (l)).
+            // A larger message is still read whole, in steps of this size.
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| async move {
                 let _connection = connection;
                 let handshake = Arc::new(Handshake::default());
@@ -342,6 +347,10 @@ pub(super) async fn websocket(State(state): State<AppState>, request: Request) -
         ),
     }
 }
+
+/// How much a WebSocket reads from its socket at once, and what it keeps allocated for it:
+/// clients send `connection_init`, `subscribe`, `ping` and `complete`, each far smaller.
+const WS_READ_BUFFER_BYTES: usize = 4096;
 
 /// What a WebSocket's protocol task and its writer share.
 #[derive(Default)]

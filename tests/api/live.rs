@@ -587,6 +587,19 @@ async fn a_websocket_message_over_the_bound_closes_the_socket_with_1009() {
     assert_eq!(close_code(&mut socket, Duration::from_secs(5)).await, Some(1009));
 }
 
+/// The socket reads a few KiB at a time: a message many times that, within the bound, is
+/// still read whole and answered.
+#[tokio::test]
+async fn a_websocket_message_larger_than_one_read_is_read_whole() {
+    let app = spawn_app(|_| {}).await;
+    crate::support::providers::mount_dodo(&app, "cks_padded", Some("processing")).await;
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    let query = format!("# {}\n{UPDATED}", "x".repeat(48 * 1024));
+    let payload = json!({"query": query, "variables": {"p": "DODO", "id": "cks_padded"}});
+    socket.send(json!({"id": "1", "type": "subscribe", "payload": payload})).await;
+    assert_eq!(socket.update().await, ("1".to_owned(), "PROCESSING".to_owned()));
+}
+
 #[tokio::test]
 async fn shutdown_does_not_wait_on_a_websocket_client_that_does_not_read() {
     let config = Config {
