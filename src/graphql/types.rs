@@ -94,7 +94,7 @@ impl CheckoutSessionView {
         &self.0.account
     }
 
-    /// The provider's id for the session (DHMAD: a UUID; Dodo: `cks_…`).
+    /// The provider's id for the session (its form is in the `Provider` value's description).
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
@@ -104,7 +104,8 @@ impl CheckoutSessionView {
         self.0.status.into()
     }
 
-    /// The provider's own word for the status (DHMAD `status`, Dodo `payment_status`).
+    /// The provider's own word for the status (which of its fields: the `Provider` value's
+    /// description).
     async fn provider_status(&self) -> Option<&str> {
         self.0.provider_status.as_deref()
     }
@@ -113,17 +114,18 @@ impl CheckoutSessionView {
         Timestamp(self.0.created_at)
     }
 
-    /// When the session stops accepting the person's action (DHMAD only: Dodo does not say).
+    /// When the session stops accepting the person's action, where the provider says.
     async fn expires_at(&self) -> Option<Timestamp> {
         self.0.expires_at.map(Timestamp)
     }
 
-    /// When the session was completed (DHMAD only).
+    /// When the session was completed, where the provider says.
     async fn completed_at(&self) -> Option<Timestamp> {
         self.0.completed_at.map(Timestamp)
     }
 
-    /// Dodo: the customer's email. DHMAD: the email of the user asked to act.
+    /// The email of the person the session is for (whose exactly: the `Provider` value's
+    /// description).
     async fn customer_email(&self) -> Option<&str> {
         self.0.customer_email.as_deref()
     }
@@ -132,12 +134,12 @@ impl CheckoutSessionView {
         self.0.customer_name.as_deref()
     }
 
-    /// The payment the session created (Dodo `pay_…`), once there is one.
+    /// The payment the session created, once there is one, where the provider has payments.
     async fn payment_id(&self) -> Option<&str> {
         self.0.payment_id.as_deref()
     }
 
-    /// Key-value pairs given when the session was created (DHMAD).
+    /// Key-value pairs given when the session was created, where the provider keeps them.
     async fn metadata(&self) -> Option<Json<&serde_json::Value>> {
         self.0.metadata.as_deref().map(Json)
     }

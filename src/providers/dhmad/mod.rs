@@ -25,7 +25,9 @@ pub static KIND: ProviderKind = ProviderKind {
     name: "DHMAD",
     slug: "dhmad",
     label: "DHMAD",
-    description: "DHMAD, the escrow platform.",
+    description: "DHMAD, the escrow platform. Session ids are UUIDs; `providerStatus` is its `status`; \
+                  `customerEmail` is the email of the user asked to act; it gives `expiresAt`, \
+                  `completedAt` and `metadata`.",
     environments: &[("live", "https://dhmad.tn/api/v1"), ("sandbox", "https://sandbox.dhmad.tn/api/v1")],
     key_var: "DHMAD_API_KEY",
     base_url_var: "DHMAD_BASE_URL",

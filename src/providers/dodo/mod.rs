@@ -25,7 +25,9 @@ pub static KIND: ProviderKind = ProviderKind {
     name: "DODO",
     slug: "dodo",
     label: "Dodo Payments",
-    description: "Dodo Payments.",
+    description: "Dodo Payments. Session ids are `cks_…`; `providerStatus` is its `payment_status`; \
+                  `customerEmail` is the customer's; `paymentId` is its `pay_…`; it gives no \
+                  `expiresAt`, `completedAt` or `metadata`.",
     // Test and live mode are separate deployments with separate keys and sessions.
     environments: &[("live", "https://live.dodopayments.com"), ("test", "https://test.dodopayments.com")],
     key_var: "DODO_PAYMENTS_API_KEY",
