@@ -460,10 +460,11 @@ impl Callback {
     }
 
     /// Sends each answer as a `next` and a `check` every heartbeat interval, then `complete`;
-    /// says why it ended. While a `next` is in flight a newer answer replaces the one waiting,
-    /// so a slow router gets the latest answer, not a queue (as a WebSocket or SSE client that
-    /// reads slowly does). A `check` has its own lane: a slow `next` does not hold back the
-    /// heartbeat the router counts.
+    /// says why it ended. The next answer is taken only once the `next` before it is done, as a
+    /// WebSocket or SSE writer takes it: meanwhile the live hub keeps each watched session's
+    /// latest state, so a slow router gets the latest answer, not a queue, and an update of one
+    /// aliased session is never dropped for another's. A `check` has its own lane: a slow
+    /// `next` does not hold back the heartbeat the router counts.
     async fn serve(
         self: &Arc<Self>,
         mut answers: BoxStream<'static, async_graphql::Response>,
@@ -476,8 +477,8 @@ impl Callback {
             ticks
         });
         let check = self.message(Action::Check, None, None);
-        // The latest answer not sent yet.
-        let mut latest: Option<Bytes> = None;
+        // The answer to send (or to send again, when its router did not answer).
+        let mut pending: Option<Bytes> = None;
         let mut sending: Option<BoxFuture<'static, (Bytes, Delivery)>> = None;
         let mut checking: Option<BoxFuture<'static, (Bytes, Delivery)>> = None;
         // No answer will come any more; with the errors of one that failed the subscription.
@@ -489,14 +490,14 @@ impl Callback {
         tokio::pin!(expiry);
         loop {
             if sending.is_none() {
-                match latest.take() {
+                match pending.take() {
                     Some(body) => sending = Some(self.send(Action::Next, body)),
                     None if finished => break,
                     None => {}
                 }
             }
             let delivery = tokio::select! {
-                answer = answers.next(), if !finished => {
+                answer = answers.next(), if !finished && sending.is_none() && pending.is_none() => {
                     match answer {
                         // A request that never ran (refused, not valid) fails the
                         // subscription: its errors go with `complete`.
@@ -504,7 +505,7 @@ impl Callback {
                             failed = Some(answer.errors);
                             finished = true;
                         }
-                        Some(answer) => latest = Some(self.message(Action::Next, Some(&answer), None)),
+                        Some(answer) => pending = Some(self.message(Action::Next, Some(&answer), None)),
                         None => finished = true,
                     }
                     continue;
@@ -512,8 +513,7 @@ impl Callback {
                 (body, delivery) = in_flight(&mut sending) => {
                     sending = None;
                     if matches!(delivery, Delivery::Unreachable { .. }) {
-                        // Sent again, unless a newer answer came meanwhile.
-                        latest.get_or_insert(body);
+                        pending = Some(body);
                     }
                     delivery
                 }
