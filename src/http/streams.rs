@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::http::{WebSocket, WebSocketProtocols as Protocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::HeaderMap;
@@ -141,7 +140,7 @@ impl Streams {
         &self,
         headers: &HeaderMap,
         upgrade: WebSocketUpgrade,
-        protocol: GraphQLProtocol,
+        protocol: Protocols,
         client: Option<Client>,
         connection: Option<ConnectionSlot>,
     ) -> Response {
@@ -165,7 +164,6 @@ impl Streams {
             // tungstenite's default read buffer (128 KiB) is zeroed to its full size on every
             // read attempt: each socket kept it resident, and each update sent cost a 128 KiB
             // memset when the protocol task polled its input again (BENCHMARKS.md, (l)).
-            // A larger message is still read whole, in steps of this size.
             .read_buffer_size(WS_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| async move {
                 let _connection = connection;
@@ -179,10 +177,17 @@ impl Streams {
                         let _ = oversize.verdict.set(CloseFrame { code: 1009, reason: "message too big".into() });
                     }
                 });
-                // The protocol writes into a channel; one loop writes it and the pings out.
-                let (outgoing, mut queued) = futures::channel::mpsc::channel::<Message>(32);
+                // Text and binary messages are the protocol's; tungstenite answers pings itself,
+                // and a close (or a read error: over the size bound, a broken socket) ends the
+                // input.
+                let input = incoming
+                    .take_while(|read| std::future::ready(read.is_ok()))
+                    .filter_map(|read| std::future::ready(match read {
+                        Ok(message @ (Message::Text(_) | Message::Binary(_))) => Some(message.into_data()),
+                        _ => None,
+                    }));
                 let admitted = handshake.clone();
-                let serve = GraphQLWebSocket::new_with_pair(outgoing, incoming, pipeline, protocol)
+                let protocol = WebSocket::new(pipeline, input, protocol)
                     .on_connection_init(move |payload| async move {
                         admitted.received.store(true, Ordering::Relaxed);
                         let client = match client {
@@ -210,67 +215,64 @@ impl Streams {
                         data.insert(SubscriptionBudget::new(per_connection));
                         data.insert(client);
                         Ok(data)
-                    })
-                    .serve();
+                    });
+                // One loop, in the socket's one task, writes what the protocol answers, the
+                // pings and the closes: an update costs one wake-up of this task and one write,
+                // with no queue between the protocol and the socket. While a write waits on a
+                // slow client the protocol is not polled: its subscriptions keep only their
+                // latest answer meanwhile (the live hub's), as SSE and callbacks do.
                 // A peer that takes no message for a whole ping interval is not reading: it is
                 // given up, so that nothing (a shutdown's close included) waits on it.
-                let write = async move {
-                    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
-                    let init_by = tokio::time::sleep(init_timeout);
-                    tokio::pin!(closing, init_by);
-                    let mut awaiting_init = true;
-                    loop {
-                        // Known once the client is admitted (the ack that follows wakes this loop).
-                        let expiry = handshake.expires_at.get().copied();
-                        tokio::select! {
-                            message = queued.next() => match message {
-                                // The protocol closes; with the gateway's own code if it has one.
-                                Some(Message::Close(frame)) => {
-                                    let frame = handshake.verdict.get().cloned().or(frame);
-                                    let _ = deliver(&mut sink, Message::Close(frame), ping).await;
-                                    return;
-                                }
-                                Some(message) => if !deliver(&mut sink, message, ping).await { return },
-                                None => break,
-                            },
-                            _ = pings.tick() => if !deliver(&mut sink, Message::Ping(Bytes::new()), ping).await { return },
-                            () = &mut init_by, if awaiting_init => {
-                                awaiting_init = false;
-                                if !handshake.received.load(Ordering::Relaxed) {
-                                    let frame = CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() };
-                                    let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
-                                    return;
-                                }
-                            }
-                            () = until(expiry) => {
-                                // The credential proves nothing any more: the client
-                                // reconnects with a fresh one.
-                                let frame = CloseFrame { code: 4401, reason: "Unauthorized: the token has expired".into() };
+                let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+                let init_by = tokio::time::sleep(init_timeout);
+                tokio::pin!(closing, init_by, protocol);
+                let mut awaiting_init = true;
+                loop {
+                    // Known once the client is admitted (the ack that follows wakes this loop).
+                    let expiry = handshake.expires_at.get().copied();
+                    tokio::select! {
+                        message = protocol.next() => match message {
+                            // The protocol closes; with the gateway's own code if it has one.
+                            Some(WsMessage::Close(code, reason)) => {
+                                let frame = handshake.verdict.get().cloned()
+                                    .unwrap_or(CloseFrame { code, reason: reason.into() });
                                 let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
                                 return;
                             }
-                            () = &mut closing => {
-                                // 1001 "going away": clients reconnect, to another replica.
-                                let frame = CloseFrame { code: 1001, reason: "the server is shutting down".into() };
+                            Some(WsMessage::Text(text)) => if !deliver(&mut sink, Message::Text(text.into()), ping).await { return },
+                            None => break,
+                        },
+                        _ = pings.tick() => if !deliver(&mut sink, Message::Ping(Bytes::new()), ping).await { return },
+                        () = &mut init_by, if awaiting_init => {
+                            awaiting_init = false;
+                            if !handshake.received.load(Ordering::Relaxed) {
+                                let frame = CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() };
                                 let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
                                 return;
                             }
                         }
-                    }
-                    match handshake.verdict.get() {
-                        Some(frame) => {
-                            let _ = deliver(&mut sink, Message::Close(Some(frame.clone())), ping).await;
+                        () = until(expiry) => {
+                            // The credential proves nothing any more: the client
+                            // reconnects with a fresh one.
+                            let frame = CloseFrame { code: 4401, reason: "Unauthorized: the token has expired".into() };
+                            let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
+                            return;
                         }
-                        None => {
-                            let _ = tokio::time::timeout(ping, sink.close()).await;
+                        () = &mut closing => {
+                            // 1001 "going away": clients reconnect, to another replica.
+                            let frame = CloseFrame { code: 1001, reason: "the server is shutting down".into() };
+                            let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
+                            return;
                         }
                     }
-                };
-                tokio::pin!(serve, write);
-                tokio::select! {
-                    // The protocol is done: what it queued is still written.
-                    () = &mut serve => write.await,
-                    () = &mut write => {}
+                }
+                match handshake.verdict.get() {
+                    Some(frame) => {
+                        let _ = deliver(&mut sink, Message::Close(Some(frame.clone())), ping).await;
+                    }
+                    None => {
+                        let _ = tokio::time::timeout(ping, sink.close()).await;
+                    }
                 }
             })
     }
@@ -331,7 +333,7 @@ pub(super) async fn websocket(State(state): State<AppState>, request: Request) -
     // The connection's place among GATEWAY_MAX_CONNECTIONS, kept by the WebSocket it becomes.
     let slot = parts.extensions.remove::<ConnectionSlot>();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
-    let protocol = GraphQLProtocol::from_request_parts(&mut parts, &state).await;
+    let protocol = protocol_of(&parts.headers);
     // Credentials in the upgrade's headers (routers, servers), or else in the protocol's
     // `connection_init` payload (browsers cannot set headers on a WebSocket).
     let client = match state.access.authenticate(&parts.headers).await {
@@ -340,7 +342,7 @@ pub(super) async fn websocket(State(state): State<AppState>, request: Request) -
         Err(denied) => return refuse(Code::Unauthenticated, &denied.message()),
     };
     match (upgrade, protocol) {
-        (Ok(upgrade), Ok(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol, client, slot),
+        (Ok(upgrade), Some(protocol)) => state.streams.websocket(&parts.headers, upgrade, protocol, client, slot),
         _ => refuse(
             Code::BadRequest,
             "a WebSocket upgrade with the `graphql-transport-ws` (or `graphql-ws`) subprotocol is expected here",
@@ -348,9 +350,11 @@ pub(super) async fn websocket(State(state): State<AppState>, request: Request) -
     }
 }
 
-/// How much a WebSocket reads from its socket at once, and what it keeps allocated for it:
-/// clients send `connection_init`, `subscribe`, `ping` and `complete`, each far smaller.
-const WS_READ_BUFFER_BYTES: usize = 4096;
+/// How much a WebSocket reads from its socket at once, and what it keeps allocated for it (each
+/// socket holds it for its whole life: at 10,000 sockets every KiB here is 10 MiB). Clients send
+/// `connection_init`, `subscribe`, `ping` and `complete`, most smaller than this; a larger
+/// message (a router's long subscription document) is still read whole, in more reads.
+const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// What a WebSocket's protocol task and its writer share.
 #[derive(Default)]
@@ -426,6 +430,12 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
     !host.is_empty() && authority.eq_ignore_ascii_case(host)
+}
+
+/// The first GraphQL protocol of those a WebSocket upgrade offers (`Sec-WebSocket-Protocol`).
+fn protocol_of(headers: &HeaderMap) -> Option<Protocols> {
+    let offered = headers.get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    offered.split(',').find_map(|protocol| protocol.trim().parse().ok())
 }
 
 /// Whether a request asks for Server-Sent Events.

@@ -218,7 +218,9 @@ impl SessionService {
         }
         let service = self.clone();
         async_stream::stream! {
-            let first = service.cache.lookup_charged(&account, &key.1, payer.as_ref()).await;
+            // Boxed, so that the lookup's future (~6 KiB) is freed once answered rather than
+            // kept inline in this stream for as long as it is watched (BENCHMARKS.md, (l)).
+            let first = Box::pin(service.cache.lookup_charged(&account, &key.1, payer.as_ref())).await;
             let mut last = first.answer.clone();
             let ended = ends_watch(&last);
             yield first;

@@ -587,7 +587,7 @@ async fn a_websocket_message_over_the_bound_closes_the_socket_with_1009() {
     assert_eq!(close_code(&mut socket, Duration::from_secs(5)).await, Some(1009));
 }
 
-/// The socket reads a few KiB at a time: a message many times that, within the bound, is
+/// The socket reads 512 bytes at a time: a message many times that, within the bound, is
 /// still read whole and answered.
 #[tokio::test]
 async fn a_websocket_message_larger_than_one_read_is_read_whole() {

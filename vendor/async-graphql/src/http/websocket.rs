@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -12,7 +12,8 @@ use std::{
 use futures_util::{
     FutureExt, StreamExt,
     future::{BoxFuture, Ready},
-    stream::Stream,
+    stream::{SelectAll, Stream},
+    task::AtomicWaker,
 };
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
@@ -114,7 +115,11 @@ pin_project! {
         connection_data: Option<Data>,
         data: Option<Arc<Data>>,
         executor: E,
-        streams: HashMap<String, Pin<Box<dyn Stream<Item = Response> + Send>>>,
+        // The running subscriptions, polled only when woken: one update costs one stream's
+        // poll, however many the connection runs.
+        streams: SelectAll<Running>,
+        // The running subscriptions by id: how a `Stop` (or a `Start` reusing the id) ends one.
+        running: HashMap<String, Arc<Slot>>,
         #[pin]
         stream: S,
         protocol: Protocols,
@@ -162,7 +167,8 @@ where
             connection_data: None,
             data: None,
             executor,
-            streams: HashMap::new(),
+            streams: SelectAll::new(),
+            running: HashMap::new(),
             stream,
             protocol,
             last_msg_at: Instant::now(),
@@ -223,6 +229,7 @@ where
             data: self.data,
             executor: self.executor,
             streams: self.streams,
+            running: self.running,
             stream: self.stream,
             protocol: self.protocol,
             last_msg_at: self.last_msg_at,
@@ -254,6 +261,7 @@ where
             data: self.data,
             executor: self.executor,
             streams: self.streams,
+            running: self.running,
             stream: self.stream,
             protocol: self.protocol,
             last_msg_at: self.last_msg_at,
@@ -369,10 +377,21 @@ where
                         payload: request,
                     } => {
                         if let Some(data) = this.data.clone() {
-                            this.streams.insert(
+                            let slot = Arc::new(Slot {
+                                stream: Mutex::new(Some(Box::pin(
+                                    this.executor.execute_stream(request, Some(data)),
+                                ))),
+                                waker: AtomicWaker::new(),
+                            });
+                            if let Some(replaced) = this.running.insert(id.clone(), slot.clone()) {
+                                replaced.stop();
+                            }
+                            this.streams.push(Running {
                                 id,
-                                Box::pin(this.executor.execute_stream(request, Some(data))),
-                            );
+                                slot,
+                                protocol: *this.protocol,
+                                ended: false,
+                            });
                         } else {
                             *this.close = true;
                             return Poll::Ready(Some(WsMessage::Close(
@@ -382,7 +401,8 @@ where
                         }
                     }
                     ClientMessage::Stop { id } => {
-                        if this.streams.remove(&id).is_some() {
+                        if let Some(stopped) = this.running.remove(&id) {
+                            stopped.stop();
                             return Poll::Ready(Some(WsMessage::Text(
                                 serde_json::to_string(&ServerMessage::Complete { id: &id })
                                     .unwrap(),
@@ -464,25 +484,102 @@ where
             });
         }
 
-        for (id, stream) in &mut *this.streams {
-            match Pin::new(stream).poll_next(cx) {
-                Poll::Ready(Some(payload)) => {
-                    return Poll::Ready(Some(WsMessage::Text(
-                        serde_json::to_string(&this.protocol.next_message(id, payload)).unwrap(),
-                    )));
+        // Empty, `SelectAll` is ready with `None`: that only means nothing runs yet.
+        while let Poll::Ready(Some(event)) = this.streams.poll_next_unpin(cx) {
+            match event {
+                Event::Next(text) => return Poll::Ready(Some(WsMessage::Text(text))),
+                Event::Ended { id, slot } => {
+                    // Ended by itself, not stopped or replaced: the client is told.
+                    if this
+                        .running
+                        .get(&id)
+                        .is_some_and(|current| Arc::ptr_eq(current, &slot))
+                    {
+                        this.running.remove(&id);
+                        return Poll::Ready(Some(WsMessage::Text(
+                            serde_json::to_string(&ServerMessage::Complete { id: &id }).unwrap(),
+                        )));
+                    }
                 }
-                Poll::Ready(None) => {
-                    let id = id.clone();
-                    this.streams.remove(&id);
-                    return Poll::Ready(Some(WsMessage::Text(
-                        serde_json::to_string(&ServerMessage::Complete { id: &id }).unwrap(),
-                    )));
-                }
-                Poll::Pending => {}
             }
         }
 
         Poll::Pending
+    }
+}
+
+type SubscriptionStream = Pin<Box<dyn Stream<Item = Response> + Send>>;
+
+/// A running subscription's stream, shared by the connection's map of ids (which stops it) and
+/// the `SelectAll` (which polls it).
+struct Slot {
+    /// `None` once stopped: the stream is dropped at once, as it was when it lived in the map.
+    stream: Mutex<Option<SubscriptionStream>>,
+    /// Wakes the `SelectAll`'s entry when stopped, so that it is removed.
+    waker: AtomicWaker,
+}
+
+impl Slot {
+    /// Drops the stream now; its entry in the `SelectAll` ends at its next poll.
+    fn stop(&self) {
+        let stream = self
+            .stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(stream);
+        self.waker.wake();
+    }
+}
+
+/// One running subscription, as the connection polls it: its answers as `next` messages, then
+/// once that it ended.
+struct Running {
+    id: String,
+    slot: Arc<Slot>,
+    protocol: Protocols,
+    ended: bool,
+}
+
+/// What a running subscription has for its connection.
+enum Event {
+    /// A `next` message, serialised.
+    Next(String),
+    /// It ended (by itself, or stopped or replaced: the connection tells which by its slot).
+    Ended { id: String, slot: Arc<Slot> },
+}
+
+impl Stream for Running {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        self.slot.waker.register(cx.waker());
+        let polled = match self
+            .slot
+            .stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            Some(stream) => stream.as_mut().poll_next(cx),
+            None => Poll::Ready(None),
+        };
+        match polled {
+            Poll::Ready(Some(payload)) => Poll::Ready(Some(Event::Next(
+                serde_json::to_string(&self.protocol.next_message(&self.id, payload)).unwrap(),
+            ))),
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Event::Ended {
+                    id: std::mem::take(&mut self.id),
+                    slot: self.slot.clone(),
+                }))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -619,4 +716,162 @@ enum ServerMessage<'a> {
     // Not used by this library
     // #[serde(rename = "ka")]
     // KeepAlive
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+    use std::task::Waker;
+
+    use futures_util::stream::BoxStream;
+
+    use super::*;
+    use crate::Value;
+
+    /// A subscription's stream that counts its polls and answers once when fired.
+    #[derive(Default)]
+    struct Trigger {
+        fired: bool,
+        waker: Option<Waker>,
+    }
+
+    #[derive(Clone, Default)]
+    struct CountingExecutor {
+        polls: Arc<AtomicUsize>,
+        triggers: Arc<Mutex<Vec<Arc<Mutex<Trigger>>>>>,
+    }
+
+    impl CountingExecutor {
+        fn fire(&self, index: usize) {
+            let trigger = self.triggers.lock().unwrap()[index].clone();
+            let mut trigger = trigger.lock().unwrap();
+            trigger.fired = true;
+            trigger.waker.take().expect("the stream was polled").wake();
+        }
+    }
+
+    impl Executor for CountingExecutor {
+        async fn execute(&self, _request: Request) -> Response {
+            Response::new(Value::Null)
+        }
+
+        fn execute_stream(
+            &self,
+            _request: Request,
+            _session_data: Option<Arc<Data>>,
+        ) -> BoxStream<'static, Response> {
+            let trigger = Arc::new(Mutex::new(Trigger::default()));
+            self.triggers.lock().unwrap().push(trigger.clone());
+            let polls = self.polls.clone();
+            futures_util::stream::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                let mut trigger = trigger.lock().unwrap();
+                if std::mem::take(&mut trigger.fired) {
+                    Poll::Ready(Some(Response::new(Value::Null)))
+                } else {
+                    trigger.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .boxed()
+        }
+    }
+
+    fn start(id: &str) -> serde_json::Result<ClientMessage> {
+        Ok(ClientMessage::Start {
+            id: id.to_string(),
+            payload: Request::new("subscription { x }"),
+        })
+    }
+
+    fn socket(
+        executor: CountingExecutor,
+        messages: Vec<serde_json::Result<ClientMessage>>,
+    ) -> impl Stream<Item = WsMessage> + Unpin {
+        let init = Ok(ClientMessage::ConnectionInit { payload: None });
+        // The client stays connected after its messages.
+        let input = futures_util::stream::iter(std::iter::once(init).chain(messages))
+            .chain(futures_util::stream::pending());
+        Box::pin(WebSocket::from_message_stream(
+            executor,
+            input,
+            Protocols::GraphQLWS,
+        ))
+    }
+
+    fn poll(socket: &mut (impl Stream<Item = WsMessage> + Unpin)) -> Poll<Option<WsMessage>> {
+        socket.poll_next_unpin(&mut Context::from_waker(
+            futures_util::task::noop_waker_ref(),
+        ))
+    }
+
+    /// One subscription's update costs one stream's poll, not one per subscription the
+    /// connection runs (a router multiplexes thousands on one socket).
+    #[test]
+    fn an_update_polls_only_the_stream_that_was_woken() {
+        let executor = CountingExecutor::default();
+        let ids: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let mut socket = socket(executor.clone(), ids.iter().map(|id| start(id)).collect());
+        assert!(
+            matches!(poll(&mut socket), Poll::Ready(Some(WsMessage::Text(ack))) if ack.contains("connection_ack"))
+        );
+        assert!(poll(&mut socket).is_pending());
+        assert_eq!(
+            executor.polls.load(Ordering::SeqCst),
+            100,
+            "each stream polled once"
+        );
+
+        executor.fire(7);
+        let Poll::Ready(Some(WsMessage::Text(next))) = poll(&mut socket) else {
+            panic!("the fired subscription's answer is sent")
+        };
+        assert!(
+            next.contains(r#""type":"next""#) && next.contains(r#""id":"7""#),
+            "{next}"
+        );
+        assert_eq!(
+            executor.polls.load(Ordering::SeqCst),
+            101,
+            "only the woken stream was polled"
+        );
+    }
+
+    /// A stopped subscription is told complete once; its id may be reused at once, and the new
+    /// subscription under it is not ended by the old one's end.
+    #[test]
+    fn a_stopped_id_can_be_reused() {
+        let executor = CountingExecutor::default();
+        let messages = vec![
+            start("a"),
+            Ok(ClientMessage::Stop {
+                id: "a".to_string(),
+            }),
+            start("a"),
+        ];
+        let mut socket = socket(executor.clone(), messages);
+        assert!(
+            matches!(poll(&mut socket), Poll::Ready(Some(WsMessage::Text(ack))) if ack.contains("connection_ack"))
+        );
+        let Poll::Ready(Some(WsMessage::Text(complete))) = poll(&mut socket) else {
+            panic!("the stop is answered")
+        };
+        assert!(complete.contains(r#""type":"complete""#), "{complete}");
+        assert!(
+            poll(&mut socket).is_pending(),
+            "the stopped stream ends without a second complete"
+        );
+
+        executor.fire(1);
+        let Poll::Ready(Some(WsMessage::Text(next))) = poll(&mut socket) else {
+            panic!("the new subscription under the reused id answers")
+        };
+        assert!(
+            next.contains(r#""type":"next""#) && next.contains(r#""id":"a""#),
+            "{next}"
+        );
+    }
 }
