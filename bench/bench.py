@@ -40,6 +40,7 @@ WEBHOOK_ROUNDS = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", "20"))
 WS_SUBSCRIBERS = int(os.environ.get("BENCH_WS_SUBSCRIBERS", "10000"))
 WS_ROUNDS = int(os.environ.get("BENCH_WS_ROUNDS", "10"))
 WSLOAD = os.path.join(BENCH_DIR, "wsload", "target", "release", "wsload")
+SENDFLOOR = os.path.join(BENCH_DIR, "target", "sendfloor")
 # Built by scripts/hive-router.sh (cargo install hive-router 0.2.5); the router row is left out without it.
 HIVE_ROUTER = os.environ.get("HIVE_ROUTER_BIN", os.path.join(
     os.environ.get("CHECKOUT_GATEWAY_CACHE", os.path.expanduser("~/.cache/checkout-gateway")),
@@ -1012,11 +1013,27 @@ def section_l():
     sessions = max(1, min(1000, WS_SUBSCRIBERS // 10))
     log(f"(l): {WS_SUBSCRIBERS} WebSocket subscribers over {sessions} sessions, then on one; {WS_ROUNDS} rounds")
     rows = live_rows("", live_run(WS_SUBSCRIBERS, sessions), live_run(WS_SUBSCRIBERS, 1))
+    rows.append(send_floor())
     if os.path.exists(HIVE_ROUTER):
         rows += section_l_router(lambda gateway: HiveRouter(gateway, WS_SUBSCRIBERS), sessions)
     else:
         log(f"(l): no Hive Router at {HIVE_ROUTER} (scripts/hive-router.sh builds it): its rows are left out")
     return rows
+
+
+def send_floor():
+    """(l)'s floor: bench/sendfloor (C, no framing, no runtime) sending 120 bytes to each of
+    WS_SUBSCRIBERS loopback sockets from the gateway's core, read on the load core: what a round
+    of one-session deliveries cannot go below on this machine, whatever the server."""
+    if not os.path.exists(SENDFLOOR):
+        raise RuntimeError("bench/target/sendfloor is not built: bench/run.sh builds it (gcc)")
+    floor = json.loads(subprocess.run([SENDFLOOR, str(WS_SUBSCRIBERS), str(WS_ROUNDS), GATEWAY_CPU, LOAD_CPU],
+                                      check=True, capture_output=True, text=True).stdout)
+    cpu, took = floor["cpu_us_per_send"], floor["round_ms"]
+    return (f"(l) floor: bare send() of 120 bytes to each of {WS_SUBSCRIBERS:,} loopback sockets, one core",
+            f"{took['median']:.1f} ms per round of {WS_SUBSCRIBERS:,} sends ({took['min']:.1f} to {took['max']:.1f} over "
+            f"{floor['rounds']} rounds), {cpu['median']:.2f} µs of the sender's CPU per send (bench/sendfloor.c)",
+            "the least a round on one session can take")
 
 
 def section_l_router(router, sessions):

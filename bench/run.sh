@@ -40,6 +40,9 @@ fi
 cargo build --release --locked --bin checkout-gateway
 if [[ ",${BENCH_ONLY:-l}," == *,l,* ]]; then  # (l): the WebSocket load client, a crate of its own
   (cd bench/wsload && cargo build --release --locked)
+  # The floor under its latency row: bare send() to as many loopback sockets (bench/sendfloor.c).
+  need gcc gcc "(l) builds bench/sendfloor.c"
+  mkdir -p bench/target && gcc -O2 -Wall -o bench/target/sendfloor bench/sendfloor.c
   hive_router="${HIVE_ROUTER_BIN:-${CHECKOUT_GATEWAY_CACHE:-$HOME/.cache/checkout-gateway}/hive-router-0.2.5/bin/hive_router}"
   if [[ -x "$hive_router" ]]; then  # its supergraph is composed as tests/federation does
     need node nodejs "(l) composes Hive Router's supergraph"
