@@ -583,7 +583,10 @@ where
             let extensions = extensions.clone();
             let env = self.0.env.clone();
             asynk_strim::stream_fn(|mut yielder| async move {
-                let (env, cache_control) = match prepare_request(
+                // Boxed, here and for a query or mutation below: a subscription's stream lives
+                // as long as its client, and an inline future would keep the largest of them
+                // in its state all that time.
+                let (env, cache_control) = match Box::pin(prepare_request(
                     extensions,
                     request,
                     session_data,
@@ -593,7 +596,7 @@ where
                     schema.0.max_directives,
                     schema.0.complexity,
                     schema.0.depth,
-                )
+                ))
                 .await
                 {
                     Ok(res) => res,
@@ -614,14 +617,11 @@ where
                                 .cache_control(cache_control)
                         }
                     };
-                    yielder
-                        .yield_item(
-                            env.extensions
-                                .execute(env.operation_name.as_deref(), f)
-                                .await
-                                .cache_control(cache_control),
-                        )
-                        .await;
+                    let response =
+                        Box::pin(env.extensions.execute(env.operation_name.as_deref(), f))
+                            .await
+                            .cache_control(cache_control);
+                    yielder.yield_item(response).await;
                     return;
                 }
 
@@ -645,9 +645,17 @@ where
                     yielder.yield_item(Response::from_errors(vec![err])).await;
                 }
 
-                let mut stream = stream::select_all(streams);
-                while let Some(resp) = stream.next().await {
-                    yielder.yield_item(resp).await;
+                // One root field (the usual subscription) needs no `SelectAll` around its stream.
+                if streams.len() == 1 {
+                    let mut stream = streams.pop().unwrap();
+                    while let Some(resp) = stream.next().await {
+                        yielder.yield_item(resp).await;
+                    }
+                } else {
+                    let mut stream = stream::select_all(streams);
+                    while let Some(resp) = stream.next().await {
+                        yielder.yield_item(resp).await;
+                    }
                 }
             })
         });
