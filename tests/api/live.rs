@@ -306,6 +306,41 @@ async fn a_hundred_subscribers_cost_one_refetch_per_webhook() {
     assert_eq!(calls(&app, "cks_many").await, 2, "one lookup shared by all, one refetch");
 }
 
+/// Many subscriptions on one socket (as a router sends them): a stopped one leaves the session
+/// at once and is not told again, its id may be reused at once, and an update reaches each
+/// running one exactly once.
+#[tokio::test]
+async fn a_stopped_subscription_on_a_shared_socket_leaves_at_once_and_its_id_can_be_reused() {
+    let app = spawn_app(with_dodo_secret).await;
+    let upstream = dodo_upstream(&app, "cks_shared", None, Duration::ZERO).await;
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    for id in ["a", "b", "c"] {
+        socket.subscribe(id, "DODO", "cks_shared").await;
+        assert_eq!(socket.update().await, (id.to_owned(), "OPEN".to_owned()));
+    }
+    assert!(app.metrics().await.contains("checkout_gateway_live_subscriptions 3"));
+
+    socket.send(json!({"id": "b", "type": "complete"})).await;
+    let complete = socket.next().await;
+    assert_eq!((&complete["id"], &complete["type"]), (&json!("b"), &json!("complete")), "{complete}");
+    // Dropped with the stop, not at some later poll.
+    assert!(app.metrics().await.contains("checkout_gateway_live_subscriptions 2"));
+
+    socket.subscribe("b", "DODO", "cks_shared").await;
+    assert_eq!(socket.update().await, ("b".to_owned(), "OPEN".to_owned()));
+    upstream.set(dodo_session("cks_shared", Some("processing")));
+    assert_eq!(send_payment_event(&app, "cks_shared", "processing").await, 200);
+    let mut told = Vec::new();
+    for _ in 0..3 {
+        let (id, status) = socket.update().await;
+        assert_eq!(status, "PROCESSING");
+        told.push(id);
+    }
+    told.sort();
+    assert_eq!(told, ["a", "b", "c"], "each running subscription told once, the stopped one not");
+    assert!(app.metrics().await.contains("checkout_gateway_live_subscriptions 3"));
+}
+
 #[tokio::test]
 async fn without_webhooks_one_poller_per_session_while_anyone_watches() {
     let app = spawn_app(|config| config.cache.open = Duration::from_millis(300)).await;
