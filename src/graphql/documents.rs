@@ -231,8 +231,7 @@ impl Admission {
                 match trusted.mode() {
                     TrustMode::Log => {
                         // The document's own name when the request gives none.
-                        let operation =
-                            super::operation::operation_name(request).unwrap_or_else(|| "anonymous".into());
+                        let operation = super::operation::operation_or_anonymous(request);
                         log_unlisted(&operation);
                         admitted = Admitted::Logged;
                     }

@@ -22,7 +22,7 @@ impl OperationLabels {
     /// The label for `request`'s operation: `operationName`, else the name in the document
     /// (parsed once; execution reuses the parse); `anonymous`, `invalid_name` or `other`.
     pub fn label(&self, request: &mut async_graphql::Request) -> String {
-        let Some(name) = operation_name(request) else { return "anonymous".to_owned() };
+        let Some(name) = operation_name(request) else { return ANONYMOUS.to_owned() };
         if name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return "invalid_name".to_owned();
         }
@@ -36,6 +36,14 @@ impl OperationLabels {
         }
         "other".to_owned()
     }
+}
+
+/// What an operation without a name is called in labels and the access trail.
+const ANONYMOUS: &str = "anonymous";
+
+/// [`operation_name`], or [`ANONYMOUS`] without one.
+pub fn operation_or_anonymous(request: &mut async_graphql::Request) -> String {
+    operation_name(request).unwrap_or_else(|| ANONYMOUS.to_owned())
 }
 
 /// The name of the operation `request` runs: `operationName`, else the name of the

@@ -21,7 +21,7 @@ use crate::cache::responses::StoredResponse;
 use crate::graphql::answers::Answers;
 use crate::graphql::documents::{Admission, Admitted};
 use crate::graphql::limits::{self, ShapeLimits};
-use crate::graphql::operation::{operation_name, OperationLabels};
+use crate::graphql::operation::{operation_or_anonymous, OperationLabels};
 use crate::graphql::{DocumentCache, GatewaySchema, Prepared, RequestScope};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trail;
@@ -181,7 +181,7 @@ impl Pipeline {
                     .boxed()
             }
         };
-        let operation = operation_name(&mut request).unwrap_or_else(|| "anonymous".into());
+        let operation = operation_or_anonymous(&mut request);
         let request = request.data(RequestScope::default());
         let answers = Executor::execute_stream(self.schema(&gated), request, session);
         let mut trail = StreamTrail { client: caller.name, operation, sent: 0 };

@@ -126,11 +126,10 @@ pub(super) async fn post(State(state): State<AppState>, request: Request) -> Res
     }
     let sse = streams::wants_sse(&parts.headers);
     let callback = callback::wanted(&parts.headers);
-    let key = replay_key(&client, bytes.clone());
-    if !sse && !callback {
-        if let Some(replayed) = replay(&state, &key, media, &client) {
-            return replayed;
-        }
+    // Streams are never replayed: no key for them.
+    let key = (!sse && !callback).then(|| replay_key(&client, bytes.clone()));
+    if let Some(replayed) = key.as_ref().and_then(|key| replay(&state, key, media, &client)) {
+        return replayed;
     }
     match serde_json::from_slice::<async_graphql::Request>(&bytes) {
         Ok(request)
@@ -141,7 +140,7 @@ pub(super) async fn post(State(state): State<AppState>, request: Request) -> Res
         // Before SSE: a router asks for one or the other, and the callback is the one it names.
         Ok(request) if callback => Box::pin(state.callbacks.subscribe(request.data(client))).await,
         Ok(request) if sse => state.streams.sse(request.data(client)),
-        Ok(request) => Box::pin(execute(&state, request.data(client), Some(key), media)).await,
+        Ok(request) => Box::pin(execute(&state, request.data(client), key, media)).await,
         Err(error) => refuse(
             Code::BadRequest,
             &format!(

@@ -227,48 +227,37 @@ impl Streams {
                 let init_by = tokio::time::sleep(init_timeout);
                 tokio::pin!(closing, init_by, protocol);
                 let mut awaiting_init = true;
-                loop {
+                // How the socket closes: the frame the loop ends on; `None`, a plain close.
+                let close = loop {
                     // Known once the client is admitted (the ack that follows wakes this loop).
                     let expiry = handshake.expires_at.get().copied();
                     tokio::select! {
                         message = protocol.next() => match message {
-                            // The protocol closes; with the gateway's own code if it has one.
-                            Some(WsMessage::Close(code, reason)) => {
-                                let frame = handshake.verdict.get().cloned()
-                                    .unwrap_or(CloseFrame { code, reason: reason.into() });
-                                let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
-                                return;
-                            }
                             Some(WsMessage::Text(text)) => if !deliver(&mut sink, Message::Text(text.into()), ping).await { return },
-                            None => break,
+                            // The protocol ends (or closes): with the gateway's own code
+                            // (1009, 1013) if it has one.
+                            Some(WsMessage::Close(code, reason)) => {
+                                break handshake.verdict.get().cloned().or(Some(CloseFrame { code, reason: reason.into() }))
+                            }
+                            None => break handshake.verdict.get().cloned(),
                         },
                         _ = pings.tick() => if !deliver(&mut sink, Message::Ping(Bytes::new()), ping).await { return },
                         () = &mut init_by, if awaiting_init => {
                             awaiting_init = false;
                             if !handshake.received.load(Ordering::Relaxed) {
-                                let frame = CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() };
-                                let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
-                                return;
+                                break Some(CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() });
                             }
                         }
-                        () = until(expiry) => {
-                            // The credential proves nothing any more: the client
-                            // reconnects with a fresh one.
-                            let frame = CloseFrame { code: 4401, reason: "Unauthorized: the token has expired".into() };
-                            let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
-                            return;
-                        }
-                        () = &mut closing => {
-                            // 1001 "going away": clients reconnect, to another replica.
-                            let frame = CloseFrame { code: 1001, reason: "the server is shutting down".into() };
-                            let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
-                            return;
-                        }
+                        // The credential proves nothing any more: the client reconnects with a
+                        // fresh one.
+                        () = until(expiry) => break Some(CloseFrame { code: 4401, reason: "Unauthorized: the token has expired".into() }),
+                        // 1001 "going away": clients reconnect, to another replica.
+                        () = &mut closing => break Some(CloseFrame { code: 1001, reason: "the server is shutting down".into() }),
                     }
-                }
-                match handshake.verdict.get() {
+                };
+                match close {
                     Some(frame) => {
-                        let _ = deliver(&mut sink, Message::Close(Some(frame.clone())), ping).await;
+                        let _ = deliver(&mut sink, Message::Close(Some(frame)), ping).await;
                     }
                     None => {
                         let _ = tokio::time::timeout(ping, sink.close()).await;

@@ -13,7 +13,7 @@ use checkout_gateway::access::AccessConfig;
 use checkout_gateway::config::{Config, Secret};
 use serde_json::{json, Value};
 
-use crate::support::app::{spawn_app, TestApp};
+use crate::support::app::{sample, spawn_app, TestApp};
 use crate::support::providers::{dodo_session, mount_dodo, mount_dodo_upstream, Upstream};
 use crate::support::sockets::UPDATED;
 use crate::support::webhooks::{send_payment_event, with_dodo_secret};
@@ -180,8 +180,7 @@ fn code(body: &Value) -> &str {
 
 /// The value of the series `series` in `/metrics` (0 when absent).
 async fn gauge(app: &TestApp, series: &str) -> i64 {
-    let metrics = app.metrics().await;
-    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0)
+    sample(&app.metrics().await, series) as i64
 }
 
 const CALLBACK_SLOTS: &str = r#"checkout_gateway_subscription_connections{transport="callback"}"#;

@@ -7,15 +7,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkout_gateway::config::Secret;
 use serde_json::{json, Value};
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::support::app::{account_mut, concurrently, sample, spawn_app};
+use crate::support::app::{concurrently, sample, spawn_app};
 use crate::support::providers::{dodo_session, mount_dodo};
 use crate::support::sockets::Socket;
-use crate::support::webhooks::{deliver, dodo_delivery, now, payment, DODO_SECRET as WEBHOOK_SECRET};
+use crate::support::webhooks::{
+    deliver, dodo_delivery, now, payment, with_dodo_secret, DODO_SECRET as WEBHOOK_SECRET,
+};
 
 fn read(path: &str) -> String {
     let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -127,7 +128,7 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported() {
     // failure answered stale, webhooks (taken and refused), a subscription.
     let app = Arc::new(
         spawn_app(|config| {
-            account_mut(config, "dodo").webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+            with_dodo_secret(config);
             config.cache.open = Duration::from_millis(200);
         })
         .await,

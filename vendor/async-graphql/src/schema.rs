@@ -646,16 +646,13 @@ where
                 }
 
                 // One root field (the usual subscription) needs no `SelectAll` around its stream.
-                if streams.len() == 1 {
-                    let mut stream = streams.pop().unwrap();
-                    while let Some(resp) = stream.next().await {
-                        yielder.yield_item(resp).await;
-                    }
+                let mut stream = if streams.len() == 1 {
+                    streams.pop().unwrap()
                 } else {
-                    let mut stream = stream::select_all(streams);
-                    while let Some(resp) = stream.next().await {
-                        yielder.yield_item(resp).await;
-                    }
+                    Box::pin(stream::select_all(streams))
+                };
+                while let Some(resp) = stream.next().await {
+                    yielder.yield_item(resp).await;
                 }
             })
         });
