@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::domain::Secret;
+use crate::net::{plain_http_url, NotPlain};
 use crate::providers::guard::RateLimit;
 
 /// A setting's reader: its text as given (`None`: not given) to its value.
@@ -217,18 +218,15 @@ pub(super) fn callback_urls(raw: Option<&str>) -> Result<Vec<reqwest::Url>, Stri
         .map(str::trim)
         .filter(|url| !url.is_empty())
         .map(|text| {
-            let url = reqwest::Url::parse(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(format!("`{text}` is not an http:// or https:// URL with a host"));
-            }
-            if !url.username().is_empty() || url.password().is_some() {
+            plain_http_url(text).map_err(|problem| match problem {
+                NotPlain::Unparsable(e) => format!("`{text}` is not a URL ({e})"),
+                NotPlain::Scheme | NotPlain::NoHost => {
+                    format!("`{text}` is not an http:// or https:// URL with a host")
+                }
                 // Not echoed: it holds the credentials.
-                return Err("a callback URL must not carry credentials".into());
-            }
-            if url.query().is_some() || url.fragment().is_some() {
-                return Err(format!("`{text}` must not have a query or fragment"));
-            }
-            Ok(url)
+                NotPlain::Credentials => "a callback URL must not carry credentials".into(),
+                NotPlain::QueryOrFragment => format!("`{text}` must not have a query or fragment"),
+            })
         })
         .collect()
 }
@@ -242,18 +240,11 @@ pub(super) fn parse_base_url(raw: &str) -> Result<String, String> {
 /// A base URL must be plain http(s) with a host, and carry no credentials, query or fragment
 /// (they would end up in every upstream request and in logs).
 fn check_base_url(raw: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("`{raw}` must start with https:// (or http://)"));
-    }
-    if url.host_str().is_none() {
-        return Err(format!("`{raw}` has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials; set the API key instead".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{raw}` must not have a query or fragment"));
-    }
-    Ok(())
+    plain_http_url(raw).map(drop).map_err(|problem| match problem {
+        NotPlain::Unparsable(e) => format!("`{raw}` is not a URL ({e})"),
+        NotPlain::Scheme => format!("`{raw}` must start with https:// (or http://)"),
+        NotPlain::NoHost => format!("`{raw}` has no host"),
+        NotPlain::Credentials => "must not carry credentials; set the API key instead".into(),
+        NotPlain::QueryOrFragment => format!("`{raw}` must not have a query or fragment"),
+    })
 }

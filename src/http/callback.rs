@@ -38,6 +38,7 @@ use crate::domain::Secret;
 use crate::graphql::pipeline::{client_in, never_ran};
 use crate::http::refusal::{refuse, Code};
 use crate::http::streams::{token_expired, until, Slot, Streams};
+use crate::net::{plain_http_url, NotPlain};
 use crate::telemetry;
 use crate::telemetry::metrics::Metrics;
 
@@ -237,8 +238,7 @@ impl Target {
                  extensions.subscription: {SHAPE}"
             ));
         };
-        let extension: Extension = serde_json::to_value(extension)
-            .and_then(serde_json::from_value)
+        let extension: Extension = async_graphql::from_value(extension)
             .map_err(|error| format!("extensions.subscription is not {SHAPE}: {error}"))?;
         let id = extension.subscription_id;
         if id.is_empty() || id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
@@ -262,19 +262,12 @@ impl Target {
         if extension.callback_url.len() > MAX_URL_BYTES {
             return Err(format!("callbackUrl is longer than {MAX_URL_BYTES} bytes"));
         }
-        let url = Url::parse(&extension.callback_url)
-            .map_err(|error| format!("callbackUrl is not a URL ({error})"))?;
-        let plain = matches!(url.scheme(), "http" | "https")
-            && url.host_str().is_some()
-            && url.username().is_empty()
-            && url.password().is_none()
-            && url.query().is_none()
-            && url.fragment().is_none();
-        if !plain {
-            return Err("callbackUrl must be an http:// or https:// URL with a host, and no credentials, \
-                        query or fragment"
-                .into());
-        }
+        let url = plain_http_url(&extension.callback_url).map_err(|problem| match problem {
+            NotPlain::Unparsable(error) => format!("callbackUrl is not a URL ({error})"),
+            _ => "callbackUrl must be an http:// or https:// URL with a host, and no credentials, \
+                  query or fragment"
+                .into(),
+        })?;
         Ok(Target { url, id, verifier, heartbeat })
     }
 }
