@@ -41,10 +41,9 @@ WS_SUBSCRIBERS = int(os.environ.get("BENCH_WS_SUBSCRIBERS", "10000"))
 WS_ROUNDS = int(os.environ.get("BENCH_WS_ROUNDS", "10"))
 WSLOAD = os.path.join(BENCH_DIR, "wsload", "target", "release", "wsload")
 SENDFLOOR = os.path.join(BENCH_DIR, "target", "sendfloor")
-# Built by scripts/hive-router.sh (cargo install hive-router 0.2.5); the router row is left out without it.
-HIVE_ROUTER = os.environ.get("HIVE_ROUTER_BIN", os.path.join(
-    os.environ.get("CHECKOUT_GATEWAY_CACHE", os.path.expanduser("~/.cache/checkout-gateway")),
-    "hive-router-0.2.5", "bin", "hive_router"))
+# Built by scripts/hive-router.sh (cargo install hive-router 0.2.5), found by bench/run.sh (which
+# sets HIVE_ROUTER_BIN); the router rows are left out without it.
+HIVE_ROUTER = os.environ.get("HIVE_ROUTER_BIN", "")
 
 
 def log(message):
@@ -517,11 +516,17 @@ class FakeDodo(JsonServer):
 
 
 WEBHOOK_SECRET_BYTES = b"bench-webhook-secret"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_SECRET_BYTES).decode()
+
+
+def dodo_env(url):
+    """The gateway's Dodo account on the stand-in at `url`, kept current by signed webhooks."""
+    return {"DODO_PAYMENTS_API_KEY": "bench_key", "DODO_PAYMENTS_BASE_URL": url,
+            "DODO_PAYMENTS_WEBHOOK_KEY": WEBHOOK_SECRET}
 
 
 def signed_webhook(session, status):
     """A Dodo `payment.*` delivery, signed as Standard Webhooks says."""
-    import base64
     import hashlib
     import hmac
     import uuid
@@ -599,12 +604,7 @@ def section_h():
     """(h): a webhook's change reaching 1,000 subscribers (SSE), production log settings."""
     log(f"(h): {WEBHOOK_ROUNDS} webhooks to {SUBSCRIBERS} subscribers of one session")
     fake = FakeDodo()
-    import base64
-    gateway = Gateway(demo=False, extra_env={
-        "DODO_PAYMENTS_API_KEY": "bench_key",
-        "DODO_PAYMENTS_BASE_URL": fake.url,
-        "DODO_PAYMENTS_WEBHOOK_KEY": "whsec_" + base64.b64encode(WEBHOOK_SECRET_BYTES).decode(),
-    })
+    gateway = Gateway(demo=False, extra_env=dodo_env(fake.url))
     gateway.fake = fake
     gateway.wait_ready()
     latencies = sorted(asyncio.run(webhook_latencies(gateway, "cks_bench_live")))
@@ -828,9 +828,6 @@ def section_k():
              f"(per run: {per_run(times(executed_runs), 0)})", "")]
 
 
-WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_SECRET_BYTES).decode()
-
-
 def live_env(stand_in_url, subscribers, per_connection=None):
     """The gateway of (l): its Dodo account on the stand-in, kept current by webhooks, with the
     per-replica bounds raised so that `subscribers` WebSockets fit, by configuration alone:
@@ -839,9 +836,7 @@ def live_env(stand_in_url, subscribers, per_connection=None):
     for the webhooks, probes and /metrics besides. The process's descriptor limit must fit them
     too (bench/run.sh raises it)."""
     env = {
-        "DODO_PAYMENTS_API_KEY": "bench_key",
-        "DODO_PAYMENTS_BASE_URL": stand_in_url,
-        "DODO_PAYMENTS_WEBHOOK_KEY": WEBHOOK_SECRET,
+        **dodo_env(stand_in_url),
         "GATEWAY_MAX_SUBSCRIPTION_CONNECTIONS": str(subscribers),
         "GATEWAY_MAX_CONNECTIONS": str(subscribers + 1024),
         # Without authentication every subscriber is one client: the first answers of 1,000
@@ -914,8 +909,8 @@ class HiveRouter:
     """Hive Router 0.2.5 in front of `gateway`, on the gateway's core with one worker: clients
     subscribe on its /ws; it subscribes to the gateway over WebSocket (graphql-transport-ws), and
     by default pools them: every client's subscription shares one socket to the gateway
-    (`reuse_connections`). Its own bound on long-lived clients (128 by default) is lifted. Config
-    per /work/wt/hive-router-notes.md."""
+    (`reuse_connections`). Its own bound on long-lived clients (128 by default) is lifted. The
+    config keys are those tests/routers uses (README, "For mesh operators")."""
 
     def __init__(self, gateway, subscribers):
         import tempfile
@@ -1014,10 +1009,10 @@ def section_l():
     log(f"(l): {WS_SUBSCRIBERS} WebSocket subscribers over {sessions} sessions, then on one; {WS_ROUNDS} rounds")
     rows = live_rows("", live_run(WS_SUBSCRIBERS, sessions), live_run(WS_SUBSCRIBERS, 1))
     rows.append(send_floor())
-    if os.path.exists(HIVE_ROUTER):
+    if HIVE_ROUTER and os.path.exists(HIVE_ROUTER):
         rows += section_l_router(lambda gateway: HiveRouter(gateway, WS_SUBSCRIBERS), sessions)
     else:
-        log(f"(l): no Hive Router at {HIVE_ROUTER} (scripts/hive-router.sh builds it): its rows are left out")
+        log(f"(l): no Hive Router at {HIVE_ROUTER or '(HIVE_ROUTER_BIN unset)'} (scripts/hive-router.sh builds it): its rows are left out")
     return rows
 
 

@@ -43,7 +43,9 @@ if [[ ",${BENCH_ONLY:-l}," == *,l,* ]]; then  # (l): the WebSocket load client, 
   # The floor under its latency row: bare send() to as many loopback sockets (bench/sendfloor.c).
   need gcc gcc "(l) builds bench/sendfloor.c"
   mkdir -p bench/target && gcc -O2 -Wall -o bench/target/sendfloor bench/sendfloor.c
-  hive_router="${HIVE_ROUTER_BIN:-${CHECKOUT_GATEWAY_CACHE:-$HOME/.cache/checkout-gateway}/hive-router-0.2.5/bin/hive_router}"
+  # Where scripts/hive-router.sh puts it; bench.py reads this variable alone.
+  hive_router="${HIVE_ROUTER_BIN:-${CHECKOUT_GATEWAY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/checkout-gateway}/hive-router-0.2.5/bin/hive_router}"
+  export HIVE_ROUTER_BIN="$hive_router"
   if [[ -x "$hive_router" ]]; then  # its supergraph is composed as tests/federation does
     need node nodejs "(l) composes Hive Router's supergraph"
     need npm npm "(l) composes Hive Router's supergraph"
