@@ -24,6 +24,7 @@ use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::graphql::answers::Answers;
 use crate::graphql::documents::{Admission, ApqStore};
+use crate::graphql::fanout::Fanout;
 use crate::graphql::operation::OperationLabels;
 use crate::graphql::pipeline::{Pipeline, Stages};
 use crate::graphql::{self, DocumentCache, Gateway};
@@ -122,6 +123,7 @@ impl Application {
             entities_max: config.entities_max,
             quotas: Arc::new(ClientQuotas::new(&config.client_rate_limit)),
             answers: answers.clone(),
+            live_subscriptions: metrics.live_subscriptions.clone(),
         };
         let limits = config.query_limits;
         let admission = Admission {
@@ -157,6 +159,10 @@ impl Application {
             admission,
             metrics: metrics.clone(),
             answers,
+            fanout: Arc::new(Fanout::new(
+                metrics.live_subscriptions.clone(),
+                metrics.live_shared_executions.clone(),
+            )),
         });
         let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
         let streams = Streams::new(

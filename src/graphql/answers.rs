@@ -5,7 +5,7 @@
 //! Owns: each answer's label and when one is counted. Once per session answer a resolver
 //! produces: a `checkoutSession`, each `checkoutSessions` member, each `_entities`
 //! representation looked up (a failure counts under the `extensions.code` it carries), each
-//! subscription update; and once per session a replayed response holds (one is kept only when
+//! subscription update each subscriber is sent (one execution may serve many: `fanout`); and once per session a replayed response holds (one is kept only when
 //! every answer in it is a session, so its count of sessions is its count of answers). A
 //! request refused as a whole (`BATCH_TOO_LARGE`, a document that does not validate) answers
 //! no session: it shows in `graphql_operations_total` only.
@@ -50,10 +50,15 @@ impl Answers {
 
     /// Counts one answer leaving the gateway.
     pub fn count(&self, answer: &FetchResult) {
+        self.counter(answer).inc();
+    }
+
+    /// The counter `answer` is counted by.
+    pub fn counter(&self, answer: &FetchResult) -> &IntCounter {
         match answer {
-            Ok(_) => self.session.inc(),
+            Ok(_) => &self.session,
             // `new` holds a counter for every code.
-            Err(error) => self.errors[error.code() as usize].inc(),
+            Err(error) => &self.errors[error.code() as usize],
         }
     }
 

@@ -22,12 +22,14 @@ use crate::access::{Client, Rights};
 use crate::cache::Lookup;
 use crate::domain::{lock, FetchError};
 use crate::graphql::answers::Answers;
+use crate::graphql::fanout::{SharedRun, Subscribed};
 use crate::providers::schema::{with_providers, ProviderName};
 use crate::providers::{Account, ProviderKind, Registry};
 use crate::sessions::{permitted, SessionRef, SessionService};
 
 pub mod answers;
 pub mod documents;
+pub mod fanout;
 pub mod limits;
 pub mod operation;
 pub mod pipeline;
@@ -51,6 +53,9 @@ pub struct Gateway {
     pub quotas: Arc<ClientQuotas>,
     /// Answers by type, counted as each leaves a resolver.
     pub answers: Arc<Answers>,
+    /// `checkout_gateway_live_subscriptions`, counted by the subscriptions that run on their
+    /// own (a shared one's subscribers are counted by `fanout`).
+    pub live_subscriptions: prometheus::IntGauge,
 }
 
 /// The schema for `providers`: they are the values of `Provider` and the members of
@@ -428,6 +433,11 @@ impl SubscriptionBudget {
         Self(Arc::new(tokio::sync::Semaphore::new(max)), max)
     }
 
+    /// One permit, if any is left.
+    pub(crate) fn take_one(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+
     fn take(&self) -> async_graphql::Result<Option<tokio::sync::OwnedSemaphorePermit>> {
         match self.0.clone().try_acquire_owned() {
             Ok(permit) => Ok(Some(permit)),
@@ -467,10 +477,18 @@ impl Subscription {
         let gateway = gateway(ctx);
         let updates = gateway.service.watch(readable(ctx, &provider, account.as_deref()), &id, payer(ctx));
         let answers = gateway.answers.clone();
+        // A shared execution's answers are counted per subscriber sent them, and so are its
+        // subscribers (`fanout`).
+        let shared = ctx.data_opt::<Arc<SharedRun>>().cloned();
+        let subscribed = shared.is_none().then(|| Subscribed::new(&gateway.live_subscriptions));
         Ok(updates.map(move |lookup| {
             // Held as long as the subscription runs.
-            let _held = &permit;
-            answers.count(&lookup.answer);
+            let _held = (&permit, &subscribed);
+            let counter = answers.counter(&lookup.answer);
+            match &shared {
+                Some(shared) => shared.answered(counter),
+                None => counter.inc(),
+            }
             CheckoutSessionResult::from_lookup(&provider, lookup)
         }))
     }

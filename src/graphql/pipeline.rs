@@ -20,6 +20,7 @@ use crate::access::Client;
 use crate::cache::responses::StoredResponse;
 use crate::graphql::answers::Answers;
 use crate::graphql::documents::{Admission, Admitted};
+use crate::graphql::fanout::Fanout;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::operation::{operation_or_anonymous, OperationLabels};
 use crate::graphql::{DocumentCache, GatewaySchema, Prepared, RequestScope};
@@ -41,6 +42,8 @@ pub struct Stages {
     pub metrics: Arc<Metrics>,
     /// The answers-by-type counters the resolvers count with; a replay counts its sessions.
     pub answers: Arc<Answers>,
+    /// Subscriptions asked alike, run once.
+    pub fanout: Arc<Fanout>,
 }
 
 impl std::fmt::Debug for Stages {
@@ -164,7 +167,8 @@ impl Pipeline {
     }
 
     /// Runs `request` as a stream of answers (a subscription, or any operation a client wants
-    /// streamed). Its trail is written when the stream ends (completed, or the client left),
+    /// streamed); a subscription asked alike by others shares their execution (`fanout`). Its
+    /// trail is written when the stream ends (completed, or the client left),
     /// with how many answers were sent. A stream is not counted in the operations' metrics, so
     /// its line names it by its own name (cut to a log line's bound), not by a label: the
     /// labels' bounded set is there for `/metrics`.
@@ -182,19 +186,38 @@ impl Pipeline {
             }
         };
         let operation = operation_or_anonymous(&mut request);
-        let request = request.data(RequestScope::default());
-        let answers = Executor::execute_stream(self.schema(&gated), request, session);
         let mut trail = StreamTrail { client: caller.name, operation, sent: 0 };
-        let Gated { prepared, validated, .. } = gated;
+        let answers = self
+            .0
+            .fanout
+            .subscribe(request, session, |request, session| self.execution(request, session, gated));
         answers
             .map(move |response| {
                 // The whole trail is moved in (not just its counter), so it is written when
                 // the stream is dropped.
                 let trail = &mut trail;
-                if trail.sent == 0 && !validated && !never_ran(&response) {
+                trail.sent += 1;
+                response
+            })
+            .boxed()
+    }
+
+    /// One execution of a gated streamed operation, with its own request scope.
+    fn execution(
+        &self,
+        request: async_graphql::Request,
+        session: Option<Arc<Data>>,
+        gated: Gated,
+    ) -> BoxStream<'static, async_graphql::Response> {
+        let request = request.data(RequestScope::default());
+        let answers = Executor::execute_stream(self.schema(&gated), request, session);
+        let Gated { prepared, validated, .. } = gated;
+        let mut first = true;
+        answers
+            .map(move |response| {
+                if std::mem::take(&mut first) && !validated && !never_ran(&response) {
                     prepared.mark_validated();
                 }
-                trail.sent += 1;
                 response
             })
             .boxed()

@@ -52,7 +52,6 @@ impl Hub {
                 (receiver, Some(Abandoned(removed)))
             }
         };
-        self.metrics.live_watchers.inc();
         (Watch { hub: self.clone(), key, receiver: Some(receiver) }, created)
     }
 
@@ -149,7 +148,6 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.hub.metrics.live_watchers.dec();
         let mut topics = self.hub.topics();
         // Dropped under the lock, so that leaving, the count and the removal are one step for
         // a watcher arriving at the same moment: it either joins before (the topic stays) or

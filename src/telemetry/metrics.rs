@@ -50,7 +50,8 @@ pub struct Metrics {
     pub cache_refreshes: IntCounterVec,
     pub webhooks: IntCounterVec,
     pub live_sessions: IntGauge,
-    pub live_watchers: IntGauge,
+    pub live_subscriptions: IntGauge,
+    pub live_shared_executions: IntGauge,
     pub live_pollers: IntGauge,
     pub live_updates: IntCounter,
     pub client_rate_limited: IntCounter,
@@ -117,7 +118,12 @@ impl Metrics {
         );
         let live_sessions =
             gauge("live_sessions_watched", "Sessions someone is subscribed to now (topics in the hub).");
-        let live_watchers = gauge("live_subscriptions", "Subscriptions to sessions open now.");
+        let live_subscriptions = gauge("live_subscriptions", "Subscriptions to sessions open now.");
+        let live_shared_executions = gauge(
+            "live_shared_executions",
+            "Subscription executions shared by every client that subscribed alike (one per \
+             document, variables and rights watched now).",
+        );
         let live_pollers = gauge(
             "live_pollers",
             "Watched sessions the gateway polls now (no webhook keeps their account current).",
@@ -151,7 +157,8 @@ impl Metrics {
                 &["provider", "account"],
             ),
             live_sessions,
-            live_watchers,
+            live_subscriptions,
+            live_shared_executions,
             live_pollers,
             live_updates,
             client_rate_limited,

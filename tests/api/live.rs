@@ -15,7 +15,8 @@ use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
 use checkout_gateway::sessions::REFETCH_INTERVAL;
 
-use crate::support::app::{account_mut, spawn_app, TestApp};
+use crate::support::access::{api_keys, ALL_KEY, DODO_ONLY_KEY};
+use crate::support::app::{account_mut, sample, spawn_app, TestApp};
 use crate::support::providers::{
     dhmad_session, dodo_calls, dodo_session, mount_dodo_upstream, Upstream, DHMAD_ID,
 };
@@ -339,6 +340,98 @@ async fn a_stopped_subscription_on_a_shared_socket_leaves_at_once_and_its_id_can
     told.sort();
     assert_eq!(told, ["a", "b", "c"], "each running subscription told once, the stopped one not");
     assert!(app.metrics().await.contains("checkout_gateway_live_subscriptions 3"));
+}
+
+/// Subscribers asking alike (one document, variables, client) share one execution, wherever
+/// they connect from: each is still told each change once and counted as its own; one who joins
+/// later is sent the session's current answer first; the last to leave ends the execution.
+#[tokio::test]
+async fn subscribers_asking_alike_share_one_execution_and_each_is_told() {
+    let app = spawn_app(with_dodo_secret).await;
+    let upstream = dodo_upstream(&app, "cks_fan", None, Duration::ZERO).await;
+    dodo_upstream(&app, "cks_other", None, Duration::ZERO).await;
+    let gauge = |metrics: &str, name: &str| sample(metrics, &format!("checkout_gateway_{name} "));
+    let sessions_sent =
+        |metrics: &str| sample(metrics, r#"checkout_gateway_graphql_answers_total{answer="session"}"#);
+    let mut one = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    let mut two = Socket::open(&app, "/graphql", "graphql-transport-ws").await;
+    for id in ["1", "2"] {
+        one.subscribe(id, "DODO", "cks_fan").await;
+        assert_eq!(one.update().await, (id.to_owned(), "OPEN".to_owned()));
+    }
+    two.subscribe("a", "DODO", "cks_fan").await;
+    assert_eq!(two.update().await, ("a".to_owned(), "OPEN".to_owned()));
+    // Other variables: another execution.
+    two.subscribe("z", "DODO", "cks_other").await;
+    assert_eq!(two.update().await, ("z".to_owned(), "OPEN".to_owned()));
+    let metrics = app.metrics().await;
+    assert_eq!(gauge(&metrics, "live_shared_executions"), 2.0, "{metrics}");
+    assert_eq!(gauge(&metrics, "live_subscriptions"), 4.0, "{metrics}");
+    assert_eq!(gauge(&metrics, "live_sessions_watched"), 2.0, "{metrics}");
+    let before = sessions_sent(&metrics);
+
+    upstream.set(dodo_session("cks_fan", Some("processing")));
+    assert_eq!(send_payment_event(&app, "cks_fan", "processing").await, 200);
+    let mut told = vec![one.update().await, one.update().await, two.update().await];
+    told.sort();
+    let processing = |id: &str| (id.to_owned(), "PROCESSING".to_owned());
+    assert_eq!(told, [processing("1"), processing("2"), processing("a")], "each told once");
+    // A late subscriber joins the running execution and is sent where the session stands now.
+    two.subscribe("b", "DODO", "cks_fan").await;
+    assert_eq!(two.update().await, processing("b"));
+    let metrics = app.metrics().await;
+    assert_eq!(gauge(&metrics, "live_shared_executions"), 2.0, "{metrics}");
+    assert_eq!(
+        sessions_sent(&metrics) - before,
+        4.0,
+        "each answer counted per subscriber sent it: {metrics}"
+    );
+    assert_eq!(calls(&app, "cks_fan").await, 2, "the first lookup and one refetch");
+
+    // One leaves: the others stay; all leave: the executions end and the hub forgets.
+    one.send(json!({"id": "1", "type": "complete"})).await;
+    assert_eq!(one.next().await["type"], "complete");
+    assert_eq!(gauge(&app.metrics().await, "live_subscriptions"), 4.0);
+    drop((one, two));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = app.metrics().await;
+        let gone = ["live_shared_executions", "live_subscriptions", "live_sessions_watched"]
+            .iter()
+            .all(|name| gauge(&metrics, name) == 0.0);
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after everyone left: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Clients with other rights never share an execution: each is answered for its own rights
+/// (the one that may not read the account is refused, the other gets the session).
+#[tokio::test]
+async fn subscribers_with_other_rights_are_answered_each_for_their_own() {
+    let app = spawn_app(|config| config.access = Some(api_keys())).await;
+    Mock::given(path(format!("/api/v1/sessions/{DHMAD_ID}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(dhmad_session(DHMAD_ID, "pending")))
+        .mount(&app.dhmad)
+        .await;
+    let mut sockets = Vec::new();
+    // The client that may read DHMAD first (had the next one joined its execution, it would be
+    // sent a session it may not read), then the one that may not, then the first one's again.
+    for (key, denied) in [(ALL_KEY, false), (DODO_ONLY_KEY, true), (ALL_KEY, false)] {
+        let mut socket =
+            Socket::open_with(app.addr, "/ws", json!({"Authorization": format!("Bearer {key}")})).await;
+        socket.subscribe("1", "DHMAD", DHMAD_ID).await;
+        let (_, answer) = socket.update().await;
+        assert_eq!(answer == "ACCESS_DENIED", denied, "{key}: {answer}");
+        assert!(!answer.is_empty());
+        sockets.push(socket);
+    }
+    let metrics = app.metrics().await;
+    // The refused one's execution ended with its answer; both of the first client's run as one.
+    assert_eq!(sample(&metrics, "checkout_gateway_live_shared_executions "), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "checkout_gateway_live_subscriptions "), 2.0, "{metrics}");
 }
 
 #[tokio::test]

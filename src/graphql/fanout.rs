@@ -1,0 +1,282 @@
+//! One execution for every client that subscribes alike: the same subscription document,
+//! operation and variables, asked by the same client with the same rights. Ten thousand
+//! dashboards watching one session then cost one GraphQL execution (one watch of the session,
+//! one answer built per change), not ten thousand; each subscriber holds only its place in the
+//! share: what it has been sent, its permit of its connection's subscription budget, its trail.
+//! Before, each held its own async-graphql execution (about 4.6 KB: BENCHMARKS.md, (l)) and
+//! built each answer itself.
+//!
+//! Owns: which subscriptions share (`key_of`), the share's life (it starts with its first
+//! subscriber and ends with its last, or when its execution ends), and what each subscriber is
+//! sent: the latest answer it has not yet seen, as a slow client of any transport is. A
+//! subscriber that joins a running share is sent its latest answer first: the session's
+//! current answer, as a subscription's first answer is.
+//!
+//! Shared only where a subscriber's answers cannot differ from the first one's: a subscription
+//! with a single root field (each root field takes one permit of its connection's budget, so a
+//! subscriber is charged exactly what its own execution would take), no directive on it. Any
+//! other operation, or a subscriber whose connection has no permit left, runs on its own,
+//! where the resolver gives its exact answer (`TOO_MANY_SUBSCRIPTIONS` included).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_graphql::parser::types::{OperationType, Selection};
+use async_graphql::{Data, Request, Response};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use crate::access::Client;
+use crate::domain::lock;
+use crate::graphql::pipeline::client_in;
+use crate::graphql::SubscriptionBudget;
+
+/// The running shares, by [`key_of`].
+#[derive(Debug)]
+pub struct Fanout {
+    shares: Mutex<HashMap<Box<[u8]>, Arc<Share>>>,
+    /// `checkout_gateway_live_subscriptions`: subscribers, shared or not.
+    subscribed: IntGauge,
+    /// `checkout_gateway_live_shared_executions`: the executions the shares run.
+    executions: IntGauge,
+}
+
+/// What a share's execution has published.
+#[derive(Debug, Default)]
+struct Published {
+    /// The latest answer, and the counter of its type (`graphql_answers_total`), counted once
+    /// per subscriber it is sent to.
+    latest: Option<(Arc<Response>, Option<IntCounter>)>,
+    /// How many answers were published.
+    count: u64,
+    /// The execution ended: a subscriber that has seen the latest answer ends too.
+    ended: bool,
+}
+
+#[derive(Debug)]
+struct Share {
+    published: watch::Sender<Published>,
+}
+
+/// Put in a shared execution's data: the resolver leaves here the counter of each answer's
+/// type instead of counting it, so that it is counted per subscriber sent it.
+#[derive(Debug, Default)]
+pub struct SharedRun(Mutex<Option<IntCounter>>);
+
+impl SharedRun {
+    pub fn answered(&self, counter: &IntCounter) {
+        *lock(&self.0) = Some(counter.clone());
+    }
+
+    fn take(&self) -> Option<IntCounter> {
+        lock(&self.0).take()
+    }
+}
+
+/// One open subscription, as `checkout_gateway_live_subscriptions` counts it.
+#[derive(Debug)]
+pub struct Subscribed(IntGauge);
+
+impl Subscribed {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A subscriber's place in a share.
+struct Subscriber {
+    published: watch::Receiver<Published>,
+    /// How many of the share's answers it has been sent (or skipped, being slow).
+    seen: u64,
+    /// Held while it subscribes: its connection's budget, as its own execution would hold.
+    _permit: Option<OwnedSemaphorePermit>,
+    _subscribed: Subscribed,
+}
+
+impl Fanout {
+    pub fn new(subscribed: IntGauge, executions: IntGauge) -> Self {
+        Self { shares: Mutex::default(), subscribed, executions }
+    }
+
+    /// The answers of `request` (gated already; its client in its data or the connection's
+    /// `session`): from the share it keys, started with `run` if none runs; else `run` on its
+    /// own.
+    pub fn subscribe<F>(
+        self: &Arc<Self>,
+        mut request: Request,
+        session: Option<Arc<Data>>,
+        run: F,
+    ) -> BoxStream<'static, Response>
+    where
+        F: FnOnce(Request, Option<Arc<Data>>) -> BoxStream<'static, Response>,
+    {
+        let Some((key, client)) = key_of(&mut request, session.as_deref()) else {
+            return run(request, session);
+        };
+        let budget = budget_in(&request.data).or_else(|| session.as_deref().and_then(budget_in));
+        let permit = match budget.map(SubscriptionBudget::take_one) {
+            Some(None) => return run(request, session),
+            Some(permit) => permit,
+            None => None,
+        };
+        let mut shares = lock(&self.shares);
+        let share = match shares.get(&key) {
+            Some(share) => share.clone(),
+            None => {
+                let share = Arc::new(Share { published: watch::channel(Published::default()).0 });
+                shares.insert(key.clone(), share.clone());
+                // The execution's own data: the client (its rights, who pays for its lookups)
+                // and where its answers' types are left; no budget (each subscriber is charged
+                // its own) and nothing of the first subscriber's connection.
+                let told = Arc::new(SharedRun::default());
+                let mut data = Data::default();
+                data.insert(client);
+                data.insert(told.clone());
+                request.data = data;
+                let answers = run(request, None);
+                tokio::spawn(self.clone().drive(key, share.clone(), answers, told));
+                share
+            }
+        };
+        // Under the lock: the share cannot end between being found and being joined.
+        let published = share.published.subscribe();
+        drop(shares);
+        let subscriber = Subscriber {
+            published,
+            seen: 0,
+            _permit: permit,
+            _subscribed: Subscribed::new(&self.subscribed),
+        };
+        futures::stream::unfold(subscriber, |mut subscriber| async move {
+            loop {
+                let next = {
+                    let published = subscriber.published.borrow_and_update();
+                    if published.count > subscriber.seen {
+                        subscriber.seen = published.count;
+                        published.latest.clone()
+                    } else if published.ended {
+                        return None;
+                    } else {
+                        None
+                    }
+                };
+                if let Some((answer, counter)) = next {
+                    if let Some(counter) = counter {
+                        counter.inc();
+                    }
+                    return Some((copy(&answer), subscriber));
+                }
+                // An error: the share is gone, and what it published was read above.
+                subscriber.published.changed().await.ok()?;
+            }
+        })
+        .boxed()
+    }
+
+    /// Runs a share's execution, publishing each answer, until it ends or nobody subscribes.
+    async fn drive(
+        self: Arc<Self>,
+        key: Box<[u8]>,
+        share: Arc<Share>,
+        mut answers: BoxStream<'static, Response>,
+        told: Arc<SharedRun>,
+    ) {
+        self.executions.inc();
+        loop {
+            tokio::select! {
+                answer = answers.next() => match answer {
+                    Some(answer) => {
+                        let counter = told.take();
+                        share.published.send_modify(|published| {
+                            published.latest = Some((Arc::new(answer), counter));
+                            published.count += 1;
+                        });
+                    }
+                    None => break,
+                },
+                () = share.published.closed() => {
+                    // Decided under the lock subscribers join under: one joining now either
+                    // came first (the share goes on) or finds no share and starts another.
+                    let mut shares = lock(&self.shares);
+                    if share.published.receiver_count() == 0 {
+                        forget(&mut shares, &key, &share);
+                        break;
+                    }
+                }
+            }
+        }
+        {
+            let mut shares = lock(&self.shares);
+            share.published.send_modify(|published| published.ended = true);
+            forget(&mut shares, &key, &share);
+        }
+        self.executions.dec();
+    }
+}
+
+/// Removes `share` from `shares` if it is still the one under `key`.
+fn forget(shares: &mut HashMap<Box<[u8]>, Arc<Share>>, key: &[u8], share: &Arc<Share>) {
+    if shares.get(key).is_some_and(|running| Arc::ptr_eq(running, share)) {
+        shares.remove(key);
+    }
+}
+
+/// What makes two subscriptions' answers the same, and the client the execution runs as;
+/// `None` for an operation that is not shared (see the module's note).
+fn key_of(request: &mut Request, session: Option<&Data>) -> Option<(Box<[u8]>, Client)> {
+    let client = client_in(&request.data).or_else(|| session.and_then(client_in))?.clone();
+    let wanted = request.operation_name.clone();
+    let document = request.parsed_query().ok()?;
+    let mut operations = document.operations.iter().filter(|(name, _)| match &wanted {
+        Some(wanted) => name.is_some_and(|name| name.as_str() == wanted),
+        None => true,
+    });
+    let (_, operation) = operations.next()?;
+    if operations.next().is_some() || operation.node.ty != OperationType::Subscription {
+        return None;
+    }
+    let [field] = operation.node.selection_set.node.items.as_slice() else { return None };
+    let Selection::Field(field) = &field.node else { return None };
+    if !field.node.directives.is_empty() || field.node.name.node.starts_with("__") {
+        return None;
+    }
+    let variables = serde_json::to_vec(&request.variables).ok()?;
+    let mut key = Vec::with_capacity(client.name.len() + request.query.len() + variables.len() + 64);
+    for part in [
+        client.name.as_bytes(),
+        client.rights.fingerprint().as_bytes(),
+        &[u8::from(client.via_router), u8::from(client.metered)],
+        wanted.as_deref().unwrap_or_default().as_bytes(),
+        request.query.as_bytes(),
+        &variables,
+    ] {
+        // Each part's length first: no two different requests make the same key.
+        key.extend_from_slice(&part.len().to_le_bytes());
+        key.extend_from_slice(part);
+    }
+    Some((key.into_boxed_slice(), client))
+}
+
+/// The subscription budget put in `data` (a request's or a WebSocket connection's), if any.
+fn budget_in(data: &Data) -> Option<&SubscriptionBudget> {
+    data.get(&std::any::TypeId::of::<SubscriptionBudget>())?.downcast_ref::<SubscriptionBudget>()
+}
+
+/// A subscriber's own copy of a shared answer (async-graphql's `Response` is not `Clone`).
+fn copy(answer: &Response) -> Response {
+    let mut copy = Response::new(answer.data.clone());
+    copy.extensions = answer.extensions.clone();
+    copy.cache_control = answer.cache_control;
+    copy.errors = answer.errors.clone();
+    copy.http_headers = answer.http_headers.clone();
+    copy
+}
