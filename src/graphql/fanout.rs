@@ -10,7 +10,11 @@
 //! subscriber and ends with its last, or when its execution ends), and what each subscriber is
 //! sent: the latest answer it has not yet seen, as a slow client of any transport is. A
 //! subscriber that joins a running share is sent its latest answer first: the session's
-//! current answer, as a subscription's first answer is.
+//! current answer, as a subscription's first answer is. Only while that answer is a session
+//! fresh from the provider or the cache: a stale one, or an error (the provider unreachable),
+//! is not what the joiner's own lookup would find now, so it runs on its own and looks.
+//! A shared execution's permit is taken when its subscriber subscribes (its own execution took
+//! it when first polled, and not at all for a document that did not validate).
 //!
 //! Shared only where a subscriber's answers cannot differ from the first one's: a subscription
 //! with a single root field (each root field takes one permit of its connection's budget, so a
@@ -44,7 +48,7 @@ pub struct Fanout {
 }
 
 /// What a share's execution has published.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Published {
     /// The latest answer, and the counter of its type (`graphql_answers_total`), counted once
     /// per subscriber it is sent to.
@@ -53,6 +57,9 @@ struct Published {
     count: u64,
     /// The execution ended: a subscriber that has seen the latest answer ends too.
     ended: bool,
+    /// A subscriber may join: no answer yet (it will be sent the first, a fresh lookup), or
+    /// the latest is a session fresh from the provider or the cache.
+    joinable: bool,
 }
 
 #[derive(Debug)]
@@ -61,16 +68,17 @@ struct Share {
 }
 
 /// Put in a shared execution's data: the resolver leaves here the counter of each answer's
-/// type instead of counting it, so that it is counted per subscriber sent it.
+/// type instead of counting it (so that it is counted per subscriber sent it), and whether the
+/// answer is a fresh session (so that a subscriber may join on it).
 #[derive(Debug, Default)]
-pub struct SharedRun(Mutex<Option<IntCounter>>);
+pub struct SharedRun(Mutex<Option<(IntCounter, bool)>>);
 
 impl SharedRun {
-    pub fn answered(&self, counter: &IntCounter) {
-        *lock(&self.0) = Some(counter.clone());
+    pub fn answered(&self, counter: &IntCounter, fresh: bool) {
+        *lock(&self.0) = Some((counter.clone(), fresh));
     }
 
-    fn take(&self) -> Option<IntCounter> {
+    fn take(&self) -> Option<(IntCounter, bool)> {
         lock(&self.0).take()
     }
 }
@@ -130,9 +138,14 @@ impl Fanout {
         };
         let mut shares = lock(&self.shares);
         let share = match shares.get(&key) {
-            Some(share) => share.clone(),
+            Some(share) if share.published.borrow().joinable => share.clone(),
+            Some(_) => {
+                drop(shares);
+                return run(request, session);
+            }
             None => {
-                let share = Arc::new(Share { published: watch::channel(Published::default()).0 });
+                let published = Published { latest: None, count: 0, ended: false, joinable: true };
+                let share = Arc::new(Share { published: watch::channel(published).0 });
                 shares.insert(key.clone(), share.clone());
                 // The execution's own data: the client (its rights, who pays for its lookups)
                 // and where its answers' types are left; no budget (each subscriber is charged
@@ -143,7 +156,12 @@ impl Fanout {
                 data.insert(told.clone());
                 request.data = data;
                 let answers = run(request, None);
-                tokio::spawn(self.clone().drive(key, share.clone(), answers, told));
+                let drive = self.clone().drive(key, share.clone(), answers, told);
+                // Its upstream calls and log lines carry the first subscriber's request id.
+                match crate::telemetry::request_id() {
+                    Some(id) => tokio::spawn(crate::telemetry::with_request_id(id, drive)),
+                    None => tokio::spawn(drive),
+                };
                 share
             }
         };
@@ -190,15 +208,19 @@ impl Fanout {
         mut answers: BoxStream<'static, Response>,
         told: Arc<SharedRun>,
     ) {
+        // Ends the share however this ends: returning, or dropped by a panic in the execution
+        // (its subscribers are then told it ended, and the next to subscribe starts anew).
+        let _end = Ending { fanout: self.clone(), key: key.clone(), share: share.clone() };
         self.executions.inc();
         loop {
             tokio::select! {
                 answer = answers.next() => match answer {
                     Some(answer) => {
-                        let counter = told.take();
+                        let (counter, fresh) = told.take().unzip();
                         share.published.send_modify(|published| {
                             published.latest = Some((Arc::new(answer), counter));
                             published.count += 1;
+                            published.joinable = fresh.unwrap_or(false);
                         });
                     }
                     None => break,
@@ -214,12 +236,23 @@ impl Fanout {
                 }
             }
         }
-        {
-            let mut shares = lock(&self.shares);
-            share.published.send_modify(|published| published.ended = true);
-            forget(&mut shares, &key, &share);
-        }
-        self.executions.dec();
+    }
+}
+
+/// Ends a share when its execution's task ends.
+struct Ending {
+    fanout: Arc<Fanout>,
+    key: Box<[u8]>,
+    share: Arc<Share>,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let mut shares = lock(&self.fanout.shares);
+        self.share.published.send_modify(|published| published.ended = true);
+        forget(&mut shares, &self.key, &self.share);
+        drop(shares);
+        self.fanout.executions.dec();
     }
 }
 

@@ -486,7 +486,7 @@ impl Subscription {
             let _held = (&permit, &subscribed);
             let counter = answers.counter(&lookup.answer);
             match &shared {
-                Some(shared) => shared.answered(counter),
+                Some(shared) => shared.answered(counter, lookup.answer.is_ok() && !lookup.stale),
                 None => counter.inc(),
             }
             CheckoutSessionResult::from_lookup(&provider, lookup)

@@ -407,6 +407,29 @@ async fn subscribers_asking_alike_share_one_execution_and_each_is_told() {
     }
 }
 
+/// A share whose latest answer is not a fresh session (here the provider could not answer) is
+/// not joined: the newcomer's own lookup finds the session the provider answers now.
+#[tokio::test]
+async fn a_subscriber_does_not_join_a_share_whose_latest_answer_is_an_outage() {
+    let app = spawn_app(with_dodo_secret).await;
+    dodo_upstream(&app, "cks_down", None, Duration::ZERO).await;
+    // The provider's first answer is a 503, then it answers again.
+    Mock::given(path("/checkouts/cks_down"))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(1)
+        .up_to_n_times(1)
+        .mount(&app.dodo)
+        .await;
+    let mut socket = Socket::open(&app, "/ws", "graphql-transport-ws").await;
+    socket.subscribe("1", "DODO", "cks_down").await;
+    assert_eq!(socket.update().await, ("1".to_owned(), "PROVIDER_UNAVAILABLE".to_owned()));
+    socket.subscribe("2", "DODO", "cks_down").await;
+    assert_eq!(socket.update().await, ("2".to_owned(), "OPEN".to_owned()), "its own lookup, not the outage");
+    let metrics = app.metrics().await;
+    assert_eq!(sample(&metrics, "checkout_gateway_live_shared_executions "), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "checkout_gateway_live_subscriptions "), 2.0, "{metrics}");
+}
+
 /// Clients with other rights never share an execution: each is answered for its own rights
 /// (the one that may not read the account is refused, the other gets the session).
 #[tokio::test]
