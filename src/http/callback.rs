@@ -470,8 +470,7 @@ impl Callback {
             ticks
         });
         let check = self.message(Action::Check, None, None);
-        // The answer to send (or to send again, when its router did not answer).
-        let mut pending: Option<Bytes> = None;
+        // The `next` in flight (sent again when its router did not answer).
         let mut sending: Option<BoxFuture<'static, (Bytes, Delivery)>> = None;
         let mut checking: Option<BoxFuture<'static, (Bytes, Delivery)>> = None;
         // No answer will come any more; with the errors of one that failed the subscription.
@@ -482,15 +481,11 @@ impl Callback {
         let expiry = until(expires_at);
         tokio::pin!(expiry);
         loop {
-            if sending.is_none() {
-                match pending.take() {
-                    Some(body) => sending = Some(self.send(Action::Next, body)),
-                    None if finished => break,
-                    None => {}
-                }
+            if finished && sending.is_none() {
+                break;
             }
             let delivery = tokio::select! {
-                answer = answers.next(), if !finished && sending.is_none() && pending.is_none() => {
+                answer = answers.next(), if !finished && sending.is_none() => {
                     match answer {
                         // A request that never ran (refused, not valid) fails the
                         // subscription: its errors go with `complete`.
@@ -498,16 +493,15 @@ impl Callback {
                             failed = Some(answer.errors);
                             finished = true;
                         }
-                        Some(answer) => pending = Some(self.message(Action::Next, Some(&answer), None)),
+                        Some(answer) => {
+                            sending = Some(self.send(Action::Next, self.message(Action::Next, Some(&answer), None)));
+                        }
                         None => finished = true,
                     }
                     continue;
                 }
                 (body, delivery) = in_flight(&mut sending) => {
-                    sending = None;
-                    if matches!(delivery, Delivery::Unreachable { .. }) {
-                        pending = Some(body);
-                    }
+                    sending = matches!(delivery, Delivery::Unreachable { .. }).then(|| self.send(Action::Next, body));
                     delivery
                 }
                 () = tick(&mut heartbeat), if checking.is_none() => {

@@ -13,7 +13,7 @@ use checkout_gateway::access::AccessConfig;
 use checkout_gateway::config::{Config, Secret};
 use serde_json::{json, Value};
 
-use crate::support::app::{sample, spawn_app, TestApp};
+use crate::support::app::{sample, spawn_app, start_stoppable, Stoppable, TestApp};
 use crate::support::providers::{dodo_session, mount_dodo, mount_dodo_upstream, Upstream};
 use crate::support::sockets::UPDATED;
 use crate::support::webhooks::{send_payment_event, with_dodo_secret};
@@ -334,6 +334,20 @@ async fn a_malformed_subscription_extension_is_refused() {
         assert_eq!((status, code(&body)), (400, "CALLBACK_MALFORMED"), "{what}: {body}");
         assert!(!body.to_string().contains("u:p@"), "{body}");
     }
+    // No `extensions` at all: a client that asked for callbacks without saying where.
+    let response = app
+        .http
+        .post(format!("http://{}/graphql", app.addr))
+        .header("accept", "application/json;callbackSpec=1.0")
+        .header("router-authorization", ROUTER_SECRET)
+        .json(&json!({"query": UPDATED, "variables": {"p": "DODO", "id": "cks_m"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(code(&body), "CALLBACK_MALFORMED", "{body}");
+    assert!(body.to_string().contains("carries extensions.subscription"), "{body}");
     // Within the bounds: 0 (no heartbeat) and the floor.
     mount_dodo(&app, "cks_m", None).await;
     for heartbeat in [0, 250] {
@@ -467,12 +481,7 @@ async fn at_shutdown_each_callback_subscription_completes_with_an_error_to_subsc
         ..Config::default()
     };
     with_callbacks(&base)(&mut config);
-    let app = checkout_gateway::app::Application::build(config).await.unwrap();
-    let addr = app.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let Stoppable { addr, stop, server } = start_stoppable(config).await;
     mount_dodo_upstream(&dodo, "cks_stop", None, Duration::ZERO).await;
     let app =
         TestApp { addr, http: crate::support::app::http(), dhmad: wiremock::MockServer::start().await, dodo };

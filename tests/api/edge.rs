@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::app::spawn_app;
+use crate::support::app::{spawn_app, start_stoppable, Stoppable};
 
 #[tokio::test]
 async fn slow_headers_are_cut_off_and_connections_are_bounded() {
@@ -193,12 +193,7 @@ async fn from_the_first_moment_of_shutdown_http2_connections_get_goaway() {
         access: Some(checkout_gateway::access::AccessConfig::open()),
         ..checkout_gateway::config::Config::default()
     };
-    let app = checkout_gateway::app::Application::build(config).await.unwrap();
-    let addr = app.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let Stoppable { addr, stop, .. } = start_stoppable(config).await;
     // An HTTP/2 connection with prior knowledge, as routers open them: preface and SETTINGS.
     let mut connection = tokio::net::TcpStream::connect(addr).await.unwrap();
     connection

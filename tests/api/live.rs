@@ -16,7 +16,7 @@ use wiremock::{Mock, Request, Respond, ResponseTemplate};
 use checkout_gateway::sessions::REFETCH_INTERVAL;
 
 use crate::support::access::{api_keys, ALL_KEY, DODO_ONLY_KEY};
-use crate::support::app::{account_mut, sample, spawn_app, TestApp};
+use crate::support::app::{account_mut, sample, spawn_app, start_stoppable, Stoppable, TestApp};
 use crate::support::providers::{
     dhmad_session, dodo_calls, dodo_session, mount_dodo_upstream, Upstream, DHMAD_ID,
 };
@@ -763,12 +763,7 @@ async fn shutdown_does_not_wait_on_a_websocket_client_that_does_not_read() {
         access: Some(checkout_gateway::access::AccessConfig::open()),
         ..Config::default()
     };
-    let app = checkout_gateway::app::Application::build(config).await.unwrap();
-    let addr = app.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let Stoppable { addr, stop, server } = start_stoppable(config).await;
     // A client with a small receive window that, once admitted, never reads again, and asks for
     // megabytes (introspection results, tens of KiB each) to be written to it.
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();

@@ -104,6 +104,23 @@ pub async fn start(config: Config) -> SocketAddr {
     addr
 }
 
+/// An application serving `config` until the test sends `stop`; `server` ends once it drained.
+pub struct Stoppable {
+    pub addr: SocketAddr,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start_stoppable(config: Config) -> Stoppable {
+    let app = Application::build(config).await.expect("the application builds");
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    Stoppable { addr, stop, server }
+}
+
 pub async fn post_graphql(http: &reqwest::Client, addr: SocketAddr, query: &str, variables: Value) -> Reply {
     let response = http
         .post(format!("http://{addr}/graphql"))
