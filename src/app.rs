@@ -155,7 +155,11 @@ impl Application {
             prevalidated_schema,
             documents: DocumentCache::new(DOCUMENT_CACHE_BYTES),
             shape_limits,
-            operations: OperationLabels::new(OPERATION_LABELS_MAX),
+            operations: OperationLabels::new(
+                OPERATION_LABELS_MAX,
+                &metrics.graphql_operations,
+                &metrics.graphql_operation_duration,
+            ),
             admission,
             metrics: metrics.clone(),
             answers,

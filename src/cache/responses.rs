@@ -24,14 +24,15 @@ use moka::sync::Cache;
 use moka::Expiry;
 
 use super::changes::{Listener, SessionChanged};
+use crate::telemetry::metrics::Operation;
 
 /// A stored answer, ready to send.
 #[derive(Debug)]
 pub struct StoredResponse {
     pub body: Bytes,
     pub expires_at: Instant,
-    /// The operation's name, for metrics on replay.
-    pub operation: String,
+    /// The operation's label and series, for metrics on replay.
+    pub operation: Arc<Operation>,
     /// Sessions the answer holds, for the access log on replay.
     pub sessions: usize,
     /// How the request passed the trusted documents: who else may be sent this answer.
@@ -68,7 +69,7 @@ impl ResponseCache {
                 .max_capacity(max_bytes)
                 .weigher(|key: &Bytes, value: &Arc<StoredResponse>| {
                     // What an entry really costs: its bytes plus the cache's and our bookkeeping.
-                    u32::try_from(key.len() + value.body.len() + value.operation.len() + 256)
+                    u32::try_from(key.len() + value.body.len() + value.operation.label.len() + 256)
                         .unwrap_or(u32::MAX)
                 })
                 .expire_after(UntilExpiry)

@@ -4,6 +4,12 @@
 //! Owns: reading the name (parsing the document once; execution reuses the parse) and which
 //! names become labels.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use prometheus::{HistogramVec, IntCounterVec};
+
+use crate::telemetry::metrics::Operation;
 use crate::telemetry::trail::bounded_name;
 
 /// Operation names as labels: the first `max` distinct names seen, then `other`. Names come
@@ -11,30 +17,53 @@ use crate::telemetry::trail::bounded_name;
 #[derive(Debug)]
 pub struct OperationLabels {
     max: usize,
-    seen: std::sync::RwLock<std::collections::HashSet<String>>,
+    seen: RwLock<HashMap<String, Arc<Operation>>>,
+    /// `anonymous`, `invalid_name` and `other`: not counted against `max`.
+    fixed: [OnceLock<Arc<Operation>>; 3],
+    counters: IntCounterVec,
+    durations: HistogramVec,
 }
 
 impl OperationLabels {
-    pub fn new(max: usize) -> Self {
-        Self { max, seen: std::sync::RwLock::new(std::collections::HashSet::new()) }
+    /// Labels for `counters` (labelled `operation`, `outcome`) and `durations` (`operation`).
+    pub fn new(max: usize, counters: &IntCounterVec, durations: &HistogramVec) -> Self {
+        Self {
+            max,
+            seen: RwLock::default(),
+            fixed: Default::default(),
+            counters: counters.clone(),
+            durations: durations.clone(),
+        }
     }
 
     /// The label for `request`'s operation: `operationName`, else the name in the document
     /// (parsed once; execution reuses the parse); `anonymous`, `invalid_name` or `other`.
-    pub fn label(&self, request: &mut async_graphql::Request) -> String {
-        let Some(name) = operation_name(request) else { return ANONYMOUS.to_owned() };
+    pub fn label(&self, request: &mut async_graphql::Request) -> Arc<Operation> {
+        let Some(name) = operation_name(request) else { return self.fixed(0, ANONYMOUS) };
         if name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return "invalid_name".to_owned();
+            return self.fixed(1, "invalid_name");
         }
-        if self.seen.read().is_ok_and(|seen| seen.contains(&name)) {
-            return name;
+        if let Some(operation) = self.seen.read().ok().and_then(|seen| seen.get(&name).cloned()) {
+            return operation;
         }
-        let Ok(mut seen) = self.seen.write() else { return "other".to_owned() };
+        let Ok(mut seen) = self.seen.write() else { return self.fixed(2, "other") };
+        if let Some(operation) = seen.get(&name) {
+            return operation.clone();
+        }
         if seen.len() < self.max {
-            seen.insert(name.clone());
-            return name;
+            let operation = self.operation(&name);
+            seen.insert(name, operation.clone());
+            return operation;
         }
-        "other".to_owned()
+        self.fixed(2, "other")
+    }
+
+    fn fixed(&self, index: usize, label: &str) -> Arc<Operation> {
+        self.fixed[index].get_or_init(|| self.operation(label)).clone()
+    }
+
+    fn operation(&self, label: &str) -> Arc<Operation> {
+        Arc::new(Operation::new(label, &self.counters, &self.durations))
     }
 }
 

@@ -24,7 +24,7 @@ use crate::graphql::fanout::Fanout;
 use crate::graphql::limits::{self, ShapeLimits};
 use crate::graphql::operation::{operation_or_anonymous, OperationLabels};
 use crate::graphql::{DocumentCache, GatewaySchema, Prepared, RequestScope};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, Operation};
 use crate::telemetry::trail;
 
 /// The pipeline's parts, as the application builds them.
@@ -64,8 +64,8 @@ pub struct Pipeline(Arc<Stages>);
 #[derive(Debug)]
 pub struct Executed {
     pub response: async_graphql::Response,
-    /// The operation's metrics label.
-    pub operation: String,
+    /// The operation's metrics label and series.
+    pub operation: Arc<Operation>,
     /// How it passed the trusted documents: who else may be sent this answer.
     pub admitted: Admitted,
     /// Until when the whole answer may be reused; `None`: not at all.
@@ -228,7 +228,7 @@ impl Pipeline {
     /// and written to the trail like a run, its sessions counted as answers, and its duration
     /// is the time since `started` (when the transport began looking for it).
     pub fn replays(&self, stored: &StoredResponse, client: &Client, started: Instant) -> bool {
-        if !self.0.admission.may_replay(stored.admitted, client.via_router, &stored.operation) {
+        if !self.0.admission.may_replay(stored.admitted, client.via_router, &stored.operation.label) {
             return false;
         }
         self.0.metrics.response_cache_hits.inc();
@@ -239,15 +239,9 @@ impl Pipeline {
 
     /// The trail of one answer: counted by operation and outcome (ok: no GraphQL errors), its
     /// duration since `started` observed by operation, and the access trail's line.
-    fn record(&self, client: &str, operation: &str, ok: bool, sessions: usize, started: Instant) {
-        let outcome = if ok { "ok" } else { "error" };
-        let metrics = &self.0.metrics;
-        metrics.graphql_operations.with_label_values(&[operation, outcome]).inc();
-        metrics
-            .graphql_operation_duration
-            .with_label_values(&[operation])
-            .observe(started.elapsed().as_secs_f64());
-        trail::write(client, operation, sessions);
+    fn record(&self, client: &str, operation: &Operation, ok: bool, sessions: usize, started: Instant) {
+        operation.record(ok, started.elapsed());
+        trail::write(client, &operation.label, sessions);
     }
 }
 

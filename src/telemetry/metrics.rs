@@ -4,8 +4,11 @@
 //! Owns: every metric's name, help and labels. Label values come from fixed sets (routes,
 //! providers, configured accounts, outcomes).
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use prometheus::{
-    Counter, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -297,5 +300,37 @@ impl Metrics {
             buffer.clear();
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// An operation's label and its series, resolved once per label: counting an operation is
+/// two atomic updates, with no lookup by label on the request's path.
+#[derive(Debug)]
+pub struct Operation {
+    pub label: String,
+    counters: IntCounterVec,
+    /// `ok` and `error`, each made on its first use (a series appears once it has a count).
+    outcomes: [OnceLock<IntCounter>; 2],
+    duration: Histogram,
+}
+
+impl Operation {
+    /// The series of `label` in `counters` (labelled `operation`, `outcome`) and `durations`.
+    pub fn new(label: &str, counters: &IntCounterVec, durations: &HistogramVec) -> Self {
+        Self {
+            label: label.to_owned(),
+            counters: counters.clone(),
+            outcomes: Default::default(),
+            duration: durations.with_label_values(&[label]),
+        }
+    }
+
+    /// Counts one answer (ok: no GraphQL errors) that took `took`.
+    pub fn record(&self, ok: bool, took: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.outcomes[usize::from(!ok)]
+            .get_or_init(|| self.counters.with_label_values(&[&self.label, outcome]))
+            .inc();
+        self.duration.observe(took.as_secs_f64());
     }
 }
