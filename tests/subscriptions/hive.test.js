@@ -11,12 +11,10 @@
 // Needs the binary: `cargo build` at the repository root, or CHECKOUT_GATEWAY_BIN=/path/to/it.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 import { composeServices } from '@apollo/composition';
@@ -25,56 +23,18 @@ import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 
 import { arrivals } from '../support/arrivals.js';
-import { DODO_SESSION_UPDATED as SUBSCRIPTION, dodoEnv, sendPaymentWebhook, startDodo } from '../support/dodo.js';
+import {
+  DODO_SESSION_UPDATED as SUBSCRIPTION,
+  dodoEnv,
+  startDodo,
+  webhookReachesSubscriber,
+} from '../support/dodo.js';
+import { startGateway, startProcess } from '../support/gateway.js';
 import { freePort } from '../support/net.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '..', '..');
-const BIN = process.env.CHECKOUT_GATEWAY_BIN ?? resolve(REPO, 'target', 'debug', 'checkout-gateway');
 const HIVE = resolve(HERE, 'node_modules', '.bin', 'hive-gateway');
-const READY_TIMEOUT_MS = 60_000;
-
-const children = new Set();
-process.on('exit', () => {
-  for (const child of children) child.kill('SIGKILL');
-});
-
-/** Starts a child, keeping the tail of its output for failure messages. */
-function start(command, args, options) {
-  const child = spawn(command, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
-  child.output = '';
-  const keep = (chunk) => {
-    child.output = (child.output + chunk.toString()).slice(-16_384);
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  return child;
-}
-
-async function stop(child) {
-  if (!child || child.exitCode !== null) return;
-  child.kill('SIGTERM');
-  await Promise.race([new Promise((done) => child.once('exit', done)), sleep(5_000)]);
-  child.kill('SIGKILL');
-  children.delete(child);
-}
-
-/** Polls `url` until it answers 200. */
-async function waitFor(url, child) {
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`exited early (${child.exitCode}):\n${child.output}`);
-    try {
-      const response = await fetch(url);
-      if (response.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await sleep(100);
-  }
-  throw new Error(`${url} not ready within ${READY_TIMEOUT_MS} ms:\n${child.output}`);
-}
 
 /** Hive Gateway over `supergraph`, with `transportEntries` for the checkout subgraph. */
 async function startHive(supergraph, transportEntries) {
@@ -85,13 +45,19 @@ async function startHive(supergraph, transportEntries) {
     `export const gatewayConfig = ${JSON.stringify({ supergraph: './supergraph.graphql', transportEntries })};\n`,
   );
   const port = await freePort();
-  const child = start(HIVE, ['supergraph', '--port', String(port), '--host', '127.0.0.1'], {
+  const hive = await startProcess('hive-gateway', HIVE, ['supergraph', '--port', String(port), '--host', '127.0.0.1'], {
     cwd: dir,
     env: { ...process.env, NODE_ENV: 'production' },
+    readyUrl: `http://127.0.0.1:${port}/healthcheck`,
+    timeoutMs: 60_000,
   });
-  child.dir = dir;
-  await waitFor(`http://127.0.0.1:${port}/healthcheck`, child);
-  return { child, url: `ws://127.0.0.1:${port}/graphql` };
+  return {
+    url: `ws://127.0.0.1:${port}/graphql`,
+    async stop() {
+      await hive.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 /** Subscribes through the router; returns the results as they come, and a way to stop. */
@@ -113,38 +79,22 @@ describe('checkoutSessionUpdated through Hive Gateway', () => {
   const sessions = new Map([['cks_router', null]]);
   let dodo;
   let gateway;
-  let gatewayUrl;
   let supergraph;
   const hives = [];
 
   before(async () => {
-    if (!existsSync(BIN)) throw new Error(`checkout-gateway binary not found at ${BIN}: run \`cargo build\``);
     dodo = await startDodo(sessions);
-    const port = await freePort();
-    gatewayUrl = `http://127.0.0.1:${port}`;
-    gateway = start(BIN, [], {
-      env: {
-        ...process.env,
-        GATEWAY_LISTEN: `127.0.0.1:${port}`,
-        GATEWAY_AUTH: 'none',
-        ...dodoEnv(dodo),
-        RUST_LOG: 'warn',
-      },
-    });
-    await waitFor(`${gatewayUrl}/readyz`, gateway);
+    gateway = await startGateway([], { GATEWAY_AUTH: 'none', ...dodoEnv(dodo) });
     const sdl = readFileSync(resolve(REPO, 'schema.graphql'), 'utf8');
-    const composed = composeServices([{ name: 'checkout', typeDefs: parse(sdl), url: `${gatewayUrl}/graphql` }]);
+    const composed = composeServices([{ name: 'checkout', typeDefs: parse(sdl), url: `${gateway.base}/graphql` }]);
     assert.equal(composed.errors, undefined, JSON.stringify(composed.errors));
     supergraph = composed.supergraphSdl;
     assert.match(supergraph, /type Subscription/);
   });
 
   after(async () => {
-    for (const hive of hives) {
-      await stop(hive.child);
-      rmSync(hive.child.dir, { recursive: true, force: true });
-    }
-    await stop(gateway);
+    // Each independently: one that failed to stop must not leave the others running.
+    await Promise.allSettled([...hives.map((hive) => hive.stop()), gateway?.stop()]);
     dodo?.close();
   });
 
@@ -152,24 +102,7 @@ describe('checkoutSessionUpdated through Hive Gateway', () => {
     const hive = await startHive(supergraph, { checkout: { headers: [['apollo-require-preflight', 'true']] } });
     hives.push(hive);
     const subscription = subscribe(hive.url, 'cks_router');
-    try {
-      const first = await subscription.nth(0);
-      assert.deepEqual(first.result.data.checkoutSessionUpdated, {
-        __typename: 'CheckoutSession',
-        id: 'cks_router',
-        status: 'OPEN',
-        providerStatus: null,
-      });
-      // The provider's state changes, then its webhook says so.
-      sessions.set('cks_router', 'succeeded');
-      const sent = await sendPaymentWebhook(gatewayUrl, 'payment.succeeded', 'cks_router', 'succeeded');
-      const update = await subscription.nth(1, 5_000);
-      assert.equal(update.result.data.checkoutSessionUpdated.status, 'COMPLETED', JSON.stringify(update.result));
-      const took = update.at - sent;
-      assert.ok(took < 1_000, `the update took ${took} ms`);
-    } finally {
-      subscription.close();
-    }
+    await webhookReachesSubscriber({ subscription, id: 'cks_router', sessions, gateway: gateway.base });
   });
 
   it('refuses the router’s SSE request when the router does not send the preflight header', async () => {

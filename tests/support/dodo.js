@@ -86,3 +86,31 @@ export async function sendPaymentWebhook(gateway, type, sessionId, status) {
   assert.equal(response.status, 200, await response.text());
   return sent;
 }
+
+/**
+ * A subscription to Dodo session `id` through a router (`subscription`: `nth(i, timeoutMs)`
+ * and `close()`, as tests/support/arrivals.js keeps them): its first answer is the session
+ * OPEN; then the session changes at the stand-in (`sessions`), its signed webhook goes to the
+ * gateway at `gateway` (its base URL), and the change must reach the subscriber within a
+ * second. `arrived`, if given, runs once the first answer is in (to check how it came).
+ * Closes the subscription however it ends.
+ */
+export async function webhookReachesSubscriber({ subscription, id, sessions, gateway, arrived }) {
+  try {
+    const first = await subscription.nth(0);
+    assert.deepEqual(
+      first.result.data?.checkoutSessionUpdated,
+      { __typename: 'CheckoutSession', id, status: 'OPEN', providerStatus: null },
+      JSON.stringify(first.result),
+    );
+    await arrived?.();
+    sessions.set(id, 'succeeded');
+    const sent = await sendPaymentWebhook(gateway, 'payment.succeeded', id, 'succeeded');
+    const update = await subscription.nth(1, 5_000);
+    assert.equal(update.result.data?.checkoutSessionUpdated?.status, 'COMPLETED', JSON.stringify(update.result));
+    const took = update.at - sent;
+    assert.ok(took < 1_000, `the update took ${took} ms`);
+  } finally {
+    subscription.close();
+  }
+}

@@ -1,6 +1,5 @@
 // Starts the built gateway (or another server, such as a router) for a Node suite: plain Node,
-// no dependencies, imported by relative path. (tests/subscriptions and tests/browser predate it
-// and start theirs themselves.)
+// no dependencies, imported by relative path. (tests/browser predates it and starts its own.)
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
