@@ -348,7 +348,7 @@ def section_abc():
     rows.append(("(b) `/livez`, same server", throughput(livez), ""))
     ratio = median(ratios)
     rows.append(("(a)/(b)", f"{ratio:.2f} (per run: {per_run(ratios)})",
-                 f"≥ 0.5: {'met' if ratio >= 0.5 else f'missed by {0.5 - ratio:.2f}'}"))
+                 verdict("≥ 0.5", ratio >= 0.5, f"{0.5 - ratio:.2f}")))
     # (a′) the same, with whole-response replay off: every request parsed-document-cached,
     # validated, executed against the session cache and serialised.
     gateway = Gateway(latency_ms=0, extra_env={"GATEWAY_RESPONSE_CACHE_BYTES": "0"})
@@ -363,7 +363,7 @@ def section_abc():
     rows.append(("(a′) the same with response replay off (`GATEWAY_RESPONSE_CACHE_BYTES=0`)",
                  f"{throughput(assembled)}; /livez on that server {med(livez2, 'rps'):,.0f} req/s; "
                  f"ratio {median(ratios2):.2f} (per run: {per_run(ratios2)})",
-                 f"≥ 0.4: {'met' if median(ratios2) >= 0.4 else f'missed by {0.4 - median(ratios2):.2f}'}"))
+                 verdict("≥ 0.4", median(ratios2) >= 0.4, f"{0.4 - median(ratios2):.2f}")))
     # (a″) production logging: `RUST_LOG=info`, JSON, every request logged, replay on and off.
     prod = {"RUST_LOG": "info", "LOG_FORMAT": "json"}
     gateway = Gateway(latency_ms=0, extra_env=prod)
@@ -385,17 +385,17 @@ def section_abc():
     rows.append(("(a″) cached `checkoutSession` at the production log setting (`RUST_LOG=info`, JSON)",
                  f"{throughput(prod_cached)}; "
                  f"/livez {med(prod_livez, 'rps'):,.0f} req/s; ratio {prod_ratio:.2f}",
-                 f"≥ 0.7: {'met' if prod_ratio >= 0.7 else f'missed by {0.7 - prod_ratio:.2f}'}"))
+                 verdict("≥ 0.7", prod_ratio >= 0.7, f"{0.7 - prod_ratio:.2f}")))
     rows.append(("(a″′) the same with response replay off (executed every time)",
                  f"{throughput(prod_off)}; "
                  f"ratio to that /livez {prod_off_ratio:.2f} (per run: {per_run(prod_off_ratios)})",
-                 f"≥ 0.4: {'met' if prod_off_ratio >= 0.4 else f'missed by {0.4 - prod_off_ratio:.2f}'}"))
+                 verdict("≥ 0.4", prod_off_ratio >= 0.4, f"{0.4 - prod_off_ratio:.2f}")))
     overhead50 = med(cold, "p50_us") - med(direct, "p50_us")
     overhead99 = med(cold, "p99_us") - med(direct, "p99_us")
     rows.append(("(c) cold miss overhead (gateway − direct)",
                  f"p50 {overhead50 / 1000:.3f} ms, p99 {overhead99 / 1000:.3f} ms (gateway p50 {med(cold, 'p50_us') / 1000:.2f} ms, "
                  f"direct p50 {med(direct, 'p50_us') / 1000:.2f} ms; 1 connection)",
-                 f"p50 ≤ 0.5 ms: {'met' if overhead50 <= 500 else f'missed by {(overhead50 - 500) / 1000:.2f} ms'}"))
+                 verdict("p50 ≤ 0.5 ms", overhead50 <= 500, f"{(overhead50 - 500) / 1000:.2f} ms")))
     return rows
 
 
@@ -414,7 +414,7 @@ def section_de():
                  f"{median(calls):.0f} (per run: {', '.join(str(c) for c in calls)}; last run's askers: "
                  f"{how[-1]['misses']:.0f} called, {how[-1]['coalesced']:.0f} waited on that call, {how[-1]['hits']:.0f} session-cache hits, "
                  f"{how[-1]['replays']:.0f} replayed responses)",
-                 f"exactly 1: {'met' if all(c == 1 for c in calls) else 'missed'}"))
+                 verdict("exactly 1", all(c == 1 for c in calls))))
     before = sandbox_requests(gateway)
     cold_batch, assembled_batch, cached_batch = asyncio.run(batch_times(gateway, max(RUNS, 5)))
     batch_calls = sandbox_requests(gateway) - before
@@ -426,7 +426,7 @@ def section_de():
                  f"upstream calls for all {max(RUNS, 5)} rounds: {batch_calls} (100 per cold batch)"))
     rows.append(("(e) `checkoutSessions`, 100 refs, all cold",
                  f"{ms(median(cold_batch))} = {batch_ratio:.2f} × one upstream round trip ({ms(rtt)})",
-                 f"≤ 1.5 ×: {'met' if batch_ratio <= 1.5 else f'missed by {batch_ratio - 1.5:.2f} ×'}"))
+                 verdict("≤ 1.5 ×", batch_ratio <= 1.5, f"{batch_ratio - 1.5:.2f} ×")))
     return rows
 
 
@@ -453,7 +453,7 @@ def section_f():
     rows.append((f"(f) resident size with {FILL:,} cached sessions",
                  f"{median(full_rss) / 2**20:.1f} MiB; {bps:,.0f} bytes per session "
                  f"(per run: {', '.join(f'{b:,.0f}' for b in per_session)})",
-                 f"≤ 1 KiB: {'met' if bps <= 1024 else f'missed by {bps - 1024:,.0f} B'}"))
+                 verdict("≤ 1 KiB", bps <= 1024, f"{bps - 1024:,.0f} B")))
     return rows
 
 
@@ -468,9 +468,9 @@ def section_g():
         idle.append(gateway.rss_bytes())
         gateway.stop()
     rows.append(("(g) idle resident size", f"{median(idle) / 2**20:.1f} MiB",
-                 f"< 20 MiB: {'met' if median(idle) < 20 * 2**20 else 'missed'}"))
+                 verdict("< 20 MiB", median(idle) < 20 * 2**20)))
     rows.append(("(g) process start to `/readyz` 200", f"{ms(median(starts))} (per run: {', '.join(ms(s) for s in starts)})",
-                 f"≤ 100 ms: {'met' if median(starts) <= 0.1 else 'missed'}"))
+                 verdict("≤ 100 ms", median(starts) <= 0.1)))
     return rows
 
 
@@ -615,7 +615,7 @@ def section_h():
     return [(f"(h) webhook to subscriber, {SUBSCRIBERS:,} SSE subscribers of one session",
              f"p50 {ms(p50)}, p99 {ms(p99)}, max {ms(latencies[-1])} ({WEBHOOK_ROUNDS} webhooks, "
              f"{len(latencies):,} deliveries; includes the subscribers' own reading in one Python process)",
-             f"p99 < 1 s: {'met' if p99 < 1 else 'missed'}")]
+             verdict("p99 < 1 s", p99 < 1))]
 
 
 class RedisServer:
@@ -957,6 +957,13 @@ class HiveRouter:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def verdict(target, met, shortfall=None):
+    """A row's target column: the target, then `met`, or `missed` (by `shortfall`, when given)."""
+    if met:
+        return f"{target}: met"
+    return f"{target}: missed by {shortfall}" if shortfall else f"{target}: missed"
+
+
 def kib(value):
     return f"{value / 1024:.1f} KiB"
 
@@ -975,7 +982,7 @@ def live_rows(label, spread, one):
                           f"after the webhooks: {kib(figures['bytes_per_subscriber_after_rounds'])})")
         per = sum(figures["bytes_per_subscriber"] for figures in run["memory"].values())
         rows.append((f"(l){label} resident memory per WebSocket subscriber, {name}", "; ".join(memory),
-                     f"≤ 8 KiB: {'met' if per <= 8192 else f'missed by {kib(per - 8192)}'}"))
+                     verdict("≤ 8 KiB", per <= 8192, f"{kib(per - 8192)}")))
         latency, cpu = run["latency_ms"], run["cpu_seconds_during_rounds"]
         told = (f"{run['deliveries']:,} of {run['expected_deliveries']:,} deliveries"
                 + (f", {run['missing']:,} missing" if run["missing"] else "")
@@ -987,7 +994,7 @@ def live_rows(label, spread, one):
                  f"({run['rounds']} rounds of {run['webhooks_per_round']:,} webhook{'s' if run['webhooks_per_round'] > 1 else ''}, "
                  f"{told}; CPU over the rounds: {busy} in {run['delivery_seconds']:.1f} s of delivery)")
         if run is one:
-            target = f"p99 ≤ 100 ms: {'met' if latency['p99'] <= 100 and not run['missing'] else 'missed'}"
+            target = verdict("p99 ≤ 100 ms", latency['p99'] <= 100 and not run['missing'])
         else:
             target = "" if not run["missing"] else "missed: not every subscriber was told"
         rows.append((f"(l){label} webhook to subscriber, {name}", value, target))
@@ -995,7 +1002,7 @@ def live_rows(label, spread, one):
     rows.append((f"(l){label} upstream calls from idle subscribers (webhooks configured)",
                  f"{idle[0]} and {idle[1]} in {spread['idle']['seconds']} s with no webhook "
                  f"({WS_SUBSCRIBERS:,} subscribers over {spread['sessions']:,} sessions, then on one)",
-                 f"0: {'met' if idle == [0, 0] else 'missed'}"))
+                 verdict("0", idle == [0, 0])))
     return rows
 
 
