@@ -34,7 +34,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::access::Client;
 use crate::domain::lock;
-use crate::graphql::pipeline::client_in;
+use crate::graphql::pipeline::stream_data;
 use crate::graphql::SubscriptionBudget;
 
 /// The running shares, by [`key_of`].
@@ -130,7 +130,7 @@ impl Fanout {
         let Some((key, client)) = key_of(&mut request, session.as_deref()) else {
             return run(request, session);
         };
-        let budget = budget_in(&request.data).or_else(|| session.as_deref().and_then(budget_in));
+        let budget = stream_data::<SubscriptionBudget>(&request.data, session.as_deref());
         let permit = match budget.map(SubscriptionBudget::take_one) {
             Some(None) => return run(request, session),
             Some(permit) => permit,
@@ -266,7 +266,7 @@ fn forget(shares: &mut HashMap<Box<[u8]>, Arc<Share>>, key: &[u8], share: &Arc<S
 /// What makes two subscriptions' answers the same, and the client the execution runs as;
 /// `None` for an operation that is not shared (see the module's note).
 fn key_of(request: &mut Request, session: Option<&Data>) -> Option<(Box<[u8]>, Client)> {
-    let client = client_in(&request.data).or_else(|| session.and_then(client_in))?.clone();
+    let client = stream_data::<Client>(&request.data, session)?.clone();
     let wanted = request.operation_name.clone();
     let document = request.parsed_query().ok()?;
     let mut operations = document.operations.iter().filter(|(name, _)| match &wanted {
@@ -297,11 +297,6 @@ fn key_of(request: &mut Request, session: Option<&Data>) -> Option<(Box<[u8]>, C
         key.extend_from_slice(part);
     }
     Some((key.into_boxed_slice(), client))
-}
-
-/// The subscription budget put in `data` (a request's or a WebSocket connection's), if any.
-fn budget_in(data: &Data) -> Option<&SubscriptionBudget> {
-    data.get(&std::any::TypeId::of::<SubscriptionBudget>())?.downcast_ref::<SubscriptionBudget>()
 }
 
 /// A subscriber's own copy of a shared answer (async-graphql's `Response` is not `Clone`).

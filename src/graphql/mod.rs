@@ -439,9 +439,9 @@ impl SubscriptionBudget {
     }
 
     fn take(&self) -> async_graphql::Result<Option<tokio::sync::OwnedSemaphorePermit>> {
-        match self.0.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Some(permit)),
-            Err(_) => Err(async_graphql::Error::new(format!(
+        match self.take_one() {
+            Some(permit) => Ok(Some(permit)),
+            None => Err(async_graphql::Error::new(format!(
                 "a WebSocket connection, an SSE stream or a callback subscription may run at most {} \
                  subscriptions at once (GATEWAY_SUBSCRIPTIONS_PER_CONNECTION)",
                 self.1

@@ -93,7 +93,7 @@ struct Caller {
 impl Caller {
     /// The client in the request's data (HTTP, SSE), else in the connection's (WebSocket).
     fn of(request: &Data, session: Option<&Data>) -> Caller {
-        match client_in(request).or_else(|| session.and_then(client_in)) {
+        match stream_data::<Client>(request, session) {
             Some(client) => Caller { name: client.name.clone(), via_router: client.via_router },
             None => {
                 // Every transport puts one in; a constant, so that no path allocates for it.
@@ -106,7 +106,18 @@ impl Caller {
 
 /// The client put in `data` (a request's or a WebSocket connection's), if any.
 pub fn client_in(data: &Data) -> Option<&Client> {
-    data.get(&std::any::TypeId::of::<Client>())?.downcast_ref::<Client>()
+    data_in(data)
+}
+
+/// The `T` put in `data`, if any.
+fn data_in<T: std::any::Any>(data: &Data) -> Option<&T> {
+    data.get(&std::any::TypeId::of::<T>())?.downcast_ref::<T>()
+}
+
+/// The `T` of a streamed operation: in its request's data (HTTP, SSE, callbacks), else in its
+/// connection's (WebSocket), as resolvers find it.
+pub fn stream_data<'a, T: std::any::Any>(request: &'a Data, session: Option<&'a Data>) -> Option<&'a T> {
+    data_in(request).or_else(|| session.and_then(data_in))
 }
 
 impl Pipeline {
