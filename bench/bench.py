@@ -40,6 +40,7 @@ WEBHOOK_ROUNDS = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", "20"))
 WS_SUBSCRIBERS = int(os.environ.get("BENCH_WS_SUBSCRIBERS", "10000"))
 WS_ROUNDS = int(os.environ.get("BENCH_WS_ROUNDS", "10"))
 WSLOAD = os.path.join(BENCH_DIR, "wsload", "target", "release", "wsload")
+WSFLOOR = os.path.join(BENCH_DIR, "wsload", "target", "release", "wsfloor")
 SENDFLOOR = os.path.join(BENCH_DIR, "target", "sendfloor")
 # Built by scripts/hive-router.sh (cargo install hive-router 0.2.5), found by bench/run.sh (which
 # sets HIVE_ROUTER_BIN); the router rows are left out without it.
@@ -851,13 +852,14 @@ def live_env(stand_in_url, subscribers, per_connection=None):
     return env
 
 
-def live_run(subscribers, sessions, router=None):
+def live_run(subscribers, sessions, router=None, server=None):
     """One run of bench/wsload (on the load core) against a fresh gateway (on the gateway core):
     `subscribers` graphql-transport-ws subscribers spread over `sessions` sessions, WS_ROUNDS
     webhook rounds, an idle window. wsload serves the Dodo stand-in, so it starts first and is
     told the gateway's address (and the router's, if `router`) on its stdin. `router(gateway)`
     starts a router in front of the gateway and returns it (with `ws_url`, `pid`, `stop()`);
-    subscribers then connect to the router, webhooks still go to the gateway."""
+    subscribers then connect to the router, webhooks still go to the gateway. `server()`, if
+    given, starts another server in the gateway's place (see FloorServer)."""
     load = subprocess.Popen(
         ["taskset", "-c", LOAD_CPU, WSLOAD, "--subscribers", str(subscribers), "--sessions", str(sessions),
          "--rounds", str(WS_ROUNDS), "--webhook-secret", WEBHOOK_SECRET],
@@ -865,16 +867,19 @@ def live_run(subscribers, sessions, router=None):
     gateway = front = None
     try:
         dodo_url = json.loads(load.stdout.readline())["dodo_url"]
-        # Behind a router every client's subscription shares the router's one WebSocket here.
-        gateway = Gateway(demo=False, extra_env=live_env(dodo_url, subscribers, subscribers if router else None))
-        gateway.wait_ready()
-        ws_url = gateway.url.replace("http://", "ws://") + "/graphql"
+        if server:
+            gateway = server()
+            ws_url, webhook_url = gateway.ws_url, gateway.webhook_url
+        else:
+            # Behind a router every client's subscription shares the router's one WebSocket here.
+            gateway = Gateway(demo=False, extra_env=live_env(dodo_url, subscribers, subscribers if router else None))
+            gateway.wait_ready()
+            ws_url, webhook_url = gateway.url.replace("http://", "ws://") + "/graphql", gateway.url + "/webhooks/dodo"
         pids = {"gateway": gateway.process.pid}
         if router:
             front = router(gateway)
             ws_url, pids["router"] = front.ws_url, front.pid
-        load.stdin.write(json.dumps({"ws_url": ws_url, "webhook_url": gateway.url + "/webhooks/dodo",
-                                     "pids": pids}) + "\n")
+        load.stdin.write(json.dumps({"ws_url": ws_url, "webhook_url": webhook_url, "pids": pids}) + "\n")
         load.stdin.flush()
         output, _ = load.communicate(timeout=1800)
     finally:
@@ -889,6 +894,23 @@ def live_run(subscribers, sessions, router=None):
     if "error" in result:
         raise RuntimeError(f"(l) wsload: {result['error']}")
     return result
+
+
+class FloorServer:
+    """bench/wsload's `wsfloor` on the gateway's core: a bare graphql-transport-ws server on the
+    gateway's stack (tokio, tokio-tungstenite, a task per socket), nothing else; it prints its
+    WebSocket and webhook URLs."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(["taskset", "-c", GATEWAY_CPU, WSFLOOR], stdout=subprocess.PIPE, text=True)
+        urls = json.loads(self.process.stdout.readline() or '{"error": "wsfloor printed nothing"}')
+        if "error" in urls:
+            stop_process(self.process)
+            raise RuntimeError(f"(l) {urls['error']}")
+        self.ws_url, self.webhook_url = urls["ws_url"], urls["webhook_url"]
+
+    def stop(self):
+        stop_process(self.process)
 
 
 def compose_checkout_supergraph(subgraph_url):
@@ -1010,17 +1032,41 @@ def section_l():
     """(l): live sessions at WS_SUBSCRIBERS WebSocket subscribers on one replica (bench/wsload,
     a Rust client on the load core, is the subscribers, the Dodo stand-in and the webhooks):
     spread over 1,000 sessions, then all on one; then the same through Hive Router if built."""
-    if not os.path.exists(WSLOAD):
+    if not (os.path.exists(WSLOAD) and os.path.exists(WSFLOOR)):
         raise RuntimeError("bench/wsload is not built: bench/run.sh builds it (cargo build --release)")
     sessions = max(1, min(1000, WS_SUBSCRIBERS // 10))
     log(f"(l): {WS_SUBSCRIBERS} WebSocket subscribers over {sessions} sessions, then on one; {WS_ROUNDS} rounds")
-    rows = live_rows("", live_run(WS_SUBSCRIBERS, sessions), live_run(WS_SUBSCRIBERS, 1))
+    one = live_run(WS_SUBSCRIBERS, 1)
+    rows = live_rows("", live_run(WS_SUBSCRIBERS, sessions), one)
+    rows.append(stack_floor(one))
     rows.append(send_floor())
     if HIVE_ROUTER and os.path.exists(HIVE_ROUTER):
         rows += section_l_router(lambda gateway: HiveRouter(gateway, WS_SUBSCRIBERS), sessions)
     else:
         log(f"(l): no Hive Router at {HIVE_ROUTER or '(HIVE_ROUTER_BIN unset)'} (scripts/hive-router.sh builds it): its rows are left out")
     return rows
+
+
+def per_delivery_us(run, process="gateway"):
+    """A wsload run's CPU of `process` over the rounds, per delivered update, in µs."""
+    return run["cpu_seconds_during_rounds"][process] / max(1, run["deliveries"]) * 1e6
+
+
+def stack_floor(gateway):
+    """(l)'s floor on the gateway's stack: bench/wsload's `wsfloor` (a graphql-transport-ws server
+    that skips all a subscription server may: no GraphQL, no authentication, one payload per
+    change) in the gateway's place, on one session, against `gateway`'s run of the same."""
+    log(f"(l): {WS_SUBSCRIBERS} WebSocket subscribers of one session on bench/wsload's wsfloor")
+    run = live_run(WS_SUBSCRIBERS, 1, server=FloorServer)
+    latency, ours, its = run["latency_ms"], per_delivery_us(gateway), per_delivery_us(run)
+    missing = f", {run['missing']:,} missing" if run["missing"] else ""
+    return (f"(l) floor on the gateway's stack: a bare graphql-transport-ws server (tokio, tokio-tungstenite "
+            f"0.29, a task per socket; bench/wsload/src/bin/wsfloor.rs), {WS_SUBSCRIBERS:,} on one session",
+            f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms "
+            f"({run['deliveries']:,} of {run['expected_deliveries']:,} deliveries{missing}); "
+            f"{its:.1f} µs of its CPU per delivered update, the gateway's {ours:.1f} µs = {ours / its:.2f} × "
+            f"(per-round p99: {per_run(run['per_round_p99_ms'], 0)} ms)",
+            verdict("p99 ≤ 100 ms, for reference", latency["p99"] <= 100 and not run["missing"]))
 
 
 def send_floor():

@@ -39,6 +39,7 @@ fi
 
 cargo build --release --locked --bin checkout-gateway
 if [[ ",${BENCH_ONLY:-l}," == *,l,* ]]; then  # (l): the WebSocket load client, a crate of its own
+  # wsload, and wsfloor (the bare server on the gateway's stack under the one-session row).
   (cd bench/wsload && cargo build --release --locked)
   # The floor under its latency row: bare send() to as many loopback sockets (bench/sendfloor.c).
   need gcc gcc "(l) builds bench/sendfloor.c"
