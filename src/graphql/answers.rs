@@ -5,10 +5,11 @@
 //! Owns: each answer's label and when one is counted. Once per session answer a resolver
 //! produces: a `checkoutSession`, each `checkoutSessions` member, each `_entities`
 //! representation looked up (a failure counts under the `extensions.code` it carries), each
-//! subscription update each subscriber is sent (one execution may serve many: `fanout`); and once per session a replayed response holds (one is kept only when
-//! every answer in it is a session, so its count of sessions is its count of answers). A
-//! request refused as a whole (`BATCH_TOO_LARGE`, a document that does not validate) answers
-//! no session: it shows in `graphql_operations_total` only.
+//! subscription update each subscriber is sent (one execution may serve many: `fanout`); and
+//! once per session a replayed response holds (one is kept only when every answer in it is a
+//! session, so its count of sessions is its count of answers). A request refused as a whole
+//! (`BATCH_TOO_LARGE`, a document that does not validate) answers no session: it shows in
+//! `graphql_operations_total` only.
 
 use async_graphql::resolver_utils::EnumType;
 use prometheus::{IntCounter, IntCounterVec};

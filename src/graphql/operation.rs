@@ -18,8 +18,11 @@ use crate::telemetry::trail::bounded_name;
 pub struct OperationLabels {
     max: usize,
     seen: RwLock<HashMap<String, Arc<Operation>>>,
-    /// `anonymous`, `invalid_name` and `other`: not counted against `max`.
-    fixed: [OnceLock<Arc<Operation>>; 3],
+    /// The labels not counted against `max`, each made on its first use (its series appears
+    /// once it has a count).
+    anonymous: OnceLock<Arc<Operation>>,
+    invalid_name: OnceLock<Arc<Operation>>,
+    other: OnceLock<Arc<Operation>>,
     counters: IntCounterVec,
     durations: HistogramVec,
 }
@@ -30,7 +33,9 @@ impl OperationLabels {
         Self {
             max,
             seen: RwLock::default(),
-            fixed: Default::default(),
+            anonymous: OnceLock::new(),
+            invalid_name: OnceLock::new(),
+            other: OnceLock::new(),
             counters: counters.clone(),
             durations: durations.clone(),
         }
@@ -39,14 +44,14 @@ impl OperationLabels {
     /// The label for `request`'s operation: `operationName`, else the name in the document
     /// (parsed once; execution reuses the parse); `anonymous`, `invalid_name` or `other`.
     pub fn label(&self, request: &mut async_graphql::Request) -> Arc<Operation> {
-        let Some(name) = operation_name(request) else { return self.fixed(0, ANONYMOUS) };
+        let Some(name) = operation_name(request) else { return self.fixed(&self.anonymous, ANONYMOUS) };
         if name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return self.fixed(1, "invalid_name");
+            return self.fixed(&self.invalid_name, "invalid_name");
         }
         if let Some(operation) = self.seen.read().ok().and_then(|seen| seen.get(&name).cloned()) {
             return operation;
         }
-        let Ok(mut seen) = self.seen.write() else { return self.fixed(2, "other") };
+        let Ok(mut seen) = self.seen.write() else { return self.fixed(&self.other, "other") };
         if let Some(operation) = seen.get(&name) {
             return operation.clone();
         }
@@ -55,11 +60,12 @@ impl OperationLabels {
             seen.insert(name, operation.clone());
             return operation;
         }
-        self.fixed(2, "other")
+        self.fixed(&self.other, "other")
     }
 
-    fn fixed(&self, index: usize, label: &str) -> Arc<Operation> {
-        self.fixed[index].get_or_init(|| self.operation(label)).clone()
+    /// The operation of a fixed `label`, kept in `cell`.
+    fn fixed(&self, cell: &OnceLock<Arc<Operation>>, label: &str) -> Arc<Operation> {
+        cell.get_or_init(|| self.operation(label)).clone()
     }
 
     fn operation(&self, label: &str) -> Arc<Operation> {

@@ -98,10 +98,17 @@ pub fn http() -> reqwest::Client {
 
 /// Builds and runs an application in the background; returns its address.
 pub async fn start(config: Config) -> SocketAddr {
+    serve(config, pending()).await.0
+}
+
+/// Builds an application and runs it in the background until `until` resolves.
+async fn serve(
+    config: Config,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let app = Application::build(config).await.expect("the application builds");
     let addr = app.local_addr().unwrap();
-    tokio::spawn(app.run_until_stopped(pending()));
-    addr
+    (addr, tokio::spawn(app.run_until_stopped(until)))
 }
 
 /// An application serving `config` until the test sends `stop`; `server` ends once it drained.
@@ -112,12 +119,11 @@ pub struct Stoppable {
 }
 
 pub async fn start_stoppable(config: Config) -> Stoppable {
-    let app = Application::build(config).await.expect("the application builds");
-    let addr = app.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
+    let (addr, server) = serve(config, async move {
         let _ = stopped.await;
-    }));
+    })
+    .await;
     Stoppable { addr, stop, server }
 }
 
